@@ -1,0 +1,3 @@
+"""runvisor: runs bash commands under supervision."""
+
+__version__ = "0.1.0"

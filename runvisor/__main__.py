@@ -1,0 +1,3 @@
+from runvisor.cli import main
+
+raise SystemExit(main())

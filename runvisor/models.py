@@ -1,0 +1,141 @@
+"""Records and enums shared by the store, the actors and the HTTP layer."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    TIMED_OUT = "timed_out"
+    LOST = "lost"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.STOPPED, RunStatus.TIMED_OUT, RunStatus.LOST}
+)
+ACTIVE_STATUSES = frozenset(set(RunStatus) - TERMINAL_STATUSES)
+
+
+class AttemptEndReason(StrEnum):
+    """Why an attempt ended (run_attempts.reason)."""
+
+    EXITED = "exited"
+    TIMED_OUT = "timed_out"
+    STUCK = "stuck"
+    STOPPED = "stopped"
+    LOST = "lost"
+    ACTOR_FAILED = "actor_failed"
+
+
+class RestartPolicyKind(StrEnum):
+    NEVER = "never"
+    ON_FAILURE = "on-failure"
+    ALWAYS = "always"
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    policy: RestartPolicyKind = RestartPolicyKind.NEVER
+    max_restarts: int = 3
+    window_s: float = 60.0
+    backoff_s: float = 1.0
+    backoff_max_s: float = 60.0
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> RestartPolicy:
+        if not data:
+            return cls()
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if "policy" in values:
+            values["policy"] = RestartPolicyKind(values["policy"])
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "policy": str(self.policy),
+            "max_restarts": self.max_restarts,
+            "window_s": self.window_s,
+            "backoff_s": self.backoff_s,
+            "backoff_max_s": self.backoff_max_s,
+        }
+
+
+@dataclass(slots=True)
+class Command:
+    id: int
+    name: str | None
+    code: str
+    description: str
+    created_at: datetime
+    timeout_s: float | None
+    stuck_after_s: float | None
+    restart: dict[str, Any]
+    max_output_bytes: int
+
+
+@dataclass(slots=True)
+class Attempt:
+    run_id: int
+    attempt: int
+    node: str
+    pid: int | None
+    pid_start_ticks: int | None
+    started_at: datetime
+    finished_at: datetime | None
+    exit_code: int | None
+    signal: int | None
+    reason: str | None
+    output_offset: int
+    leftovers_killed: int
+
+
+@dataclass(slots=True)
+class Run:
+    id: int
+    command_id: int
+    code: str
+    env: dict[str, str]
+    status: RunStatus
+    exit_code: int | None
+    signal: int | None
+    reason: str | None
+    node: str | None
+    pid: int | None
+    attempt: int
+    restart_count: int
+    next_attempt_at: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    output_bytes: int
+    output_truncated: bool
+    stop_requested_by: str | None
+    stop_requested_at: datetime | None
+    stop_grace_s: float | None
+    timeout_s: float | None
+    stuck_after_s: float | None
+    restart: dict[str, Any]
+    max_output_bytes: int
+    attempts: list[Attempt] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.status = RunStatus(self.status)
+
+    @property
+    def restart_policy(self) -> RestartPolicy:
+        return RestartPolicy.from_json(self.restart)
