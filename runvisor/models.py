@@ -95,6 +95,7 @@ class Attempt:
     node: str
     pid: int | None
     pid_start_ticks: int | None
+    process_marker: str
     started_at: datetime
     finished_at: datetime | None
     exit_code: int | None
@@ -139,3 +140,26 @@ class Run:
     @property
     def restart_policy(self) -> RestartPolicy:
         return RestartPolicy.from_json(self.restart)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """A validated request to create a command (the HTTP layer builds it)."""
+
+    code: str
+    name: str | None = None
+    description: str = ""
+    timeout_s: float | None = None
+    stuck_after_s: float | None = None
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    max_output_bytes: int | None = None  # None: the RUNVISOR_MAX_OUTPUT_BYTES default
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """A validated request to start a run; None fields take the command's value."""
+
+    timeout_s: float | None = None
+    stuck_after_s: float | None = None
+    restart: RestartPolicy | None = None
+    env: dict[str, str] = field(default_factory=dict)
