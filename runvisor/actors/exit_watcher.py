@@ -1,0 +1,118 @@
+"""One thread that learns at once when a run's process exits, and reaps adopted orphans.
+
+Each watched process gets a pidfd (it becomes readable when the process exits, whether or not
+we are its parent, so adopted runs are covered too). As the service is a child subreaper,
+orphaned descendants of runs are re-parented to it; the same thread reaps their zombies,
+except those of processes it watches, which their RunActor reaps itself to read the status.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+from collections.abc import Callable
+
+from runvisor.actors.proctree import reap_children
+from runvisor.actors.spawn import ProcessIdentity
+from runvisor.logs import get_logger
+
+log = get_logger(__name__)
+
+ExitCallback = Callable[[], None]
+REAP_INTERVAL_S = 1.0
+
+
+class ExitWatcher:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._epoll = select.epoll()
+        self._by_fd: dict[int, tuple[int, ExitCallback]] = {}
+        self._watched_pids: set[int] = set()
+        self._wake_r, self._wake_w = os.pipe()
+        self._epoll.register(self._wake_r, select.EPOLLIN)
+        self._running = False
+        self._thread = threading.Thread(target=self._loop, name="runvisor-exit-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._running = True
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._running = False
+        os.write(self._wake_w, b"x")
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        with self._lock:
+            for fd in list(self._by_fd):
+                self._close(fd)
+        self._epoll.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def spawn_watched(
+        self, spawn: Callable[[], ProcessIdentity], on_exit: ExitCallback
+    ) -> ProcessIdentity:
+        """Spawn and watch under one lock, so the reaper never takes this child's exit status."""
+        with self._lock:
+            identity = spawn()
+            if not self._watch_locked(identity.pid, on_exit):
+                on_exit()
+        return identity
+
+    def watch(self, pid: int, on_exit: ExitCallback) -> bool:
+        """Call `on_exit` (from the watcher thread) once `pid` has exited. False if it is gone."""
+        with self._lock:
+            return self._watch_locked(pid, on_exit)
+
+    def _watch_locked(self, pid: int, on_exit: ExitCallback) -> bool:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        self._by_fd[fd] = (pid, on_exit)
+        self._watched_pids.add(pid)
+        self._epoll.register(fd, select.EPOLLIN)
+        return True
+
+    def unwatch(self, pid: int) -> None:
+        with self._lock:
+            for fd, (watched, _cb) in list(self._by_fd.items()):
+                if watched == pid:
+                    self._close(fd)
+
+    def is_watched(self, pid: int) -> bool:
+        return pid in self._watched_pids
+
+    def _close(self, fd: int) -> None:
+        pid, _cb = self._by_fd.pop(fd)
+        self._watched_pids.discard(pid)
+        try:
+            self._epoll.unregister(fd)
+        except (OSError, ValueError):
+            pass
+        os.close(fd)
+
+    def _loop(self) -> None:
+        while self._running:
+            try:
+                events = self._epoll.poll(REAP_INTERVAL_S)
+            except InterruptedError:
+                continue
+            callbacks: list[ExitCallback] = []
+            with self._lock:
+                for fd, _mask in events:
+                    if fd == self._wake_r or fd not in self._by_fd:
+                        continue
+                    callbacks.append(self._by_fd[fd][1])
+                    self._close(fd)
+                try:
+                    reap_children(exclude=self._watched_pids)
+                except Exception:
+                    log.exception("reaping orphaned children failed")
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("exit callback failed")
+

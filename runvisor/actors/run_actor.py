@@ -1,0 +1,412 @@
+"""RunActor: one per attempt of a run. Owns the attempt's process, spool and timers.
+
+It never blocks on the process: exits arrive as ProcessExited from the exit watcher, and
+output is pulled from the spool file on FlushTick. What to do after the attempt ends is the
+restart policy's call (runvisor.supervisor.policy); the Supervisor only schedules restarts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pykka
+
+from runvisor.actors import messages as m
+from runvisor.actors.exit_watcher import ExitWatcher
+from runvisor.actors.output_pump import OutputPump
+from runvisor.actors.proctree import (
+    find_attempt_processes,
+    kill_attempt_tree,
+    signal_all,
+    signal_group,
+)
+from runvisor.actors.run_env import run_environment
+from runvisor.actors.spawn import (
+    ExitStatus,
+    ProcessIdentity,
+    is_alive,
+    poll_exit,
+    read_status_file,
+    spawn_attempt,
+)
+from runvisor.actors.timer import TimerHandle, TimerService
+from runvisor.config import Settings
+from runvisor.errors import StoreUnavailable
+from runvisor.logs import get_logger
+from runvisor.models import Attempt, AttemptEndReason, Run, RunStatus
+from runvisor.store.journal import RunJournal
+from runvisor.store.live import LiveState
+from runvisor.supervisor.policy import Decision, attempt_history, decide
+
+RETRY_S = 1.0  # how soon to retry a store write that failed
+
+
+@dataclass(frozen=True, slots=True)
+class RunDeps:
+    """What every RunActor works with; built once by the service."""
+
+    settings: Settings
+    journal: RunJournal
+    live: LiveState
+    timers: TimerService
+    watcher: ExitWatcher
+
+
+class RunActor(pykka.ThreadingActor):
+    def __init__(
+        self, *, run: Run, deps: RunDeps, supervisor: pykka.ActorRef[Any],
+        adopt: Attempt | None = None,
+    ) -> None:
+        super().__init__()
+        self.run = run
+        self.deps = deps
+        self.supervisor = supervisor
+        self.adopt = adopt
+        self.spool_dir = deps.settings.spool_dir / str(run.id)
+        self.status_path = self.spool_dir / f"{run.attempt}.status"
+        self.marker = adopt.process_marker if adopt else uuid.uuid4().hex
+        self.identity: ProcessIdentity | None = None
+        self.exit: ExitStatus | None = None
+        self.end_reason: AttemptEndReason | None = None
+        self.stop_by: str | None = None
+        self.attempt_recorded = adopt is not None
+        self.started_at = time.time()
+        self.pump: OutputPump | None = None
+        self.timers: dict[str, TimerHandle] = {}
+        self.finished = False
+        self.leftovers_killed = 0
+        self.log = get_logger("runvisor.run", run_id=run.id, attempt=run.attempt)
+
+    # Lifecycle
+
+    def on_start(self) -> None:
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        spool_path = self.spool_dir / f"{self.run.attempt}.out"
+        if self.adopt is not None:
+            self._adopt(self.adopt, spool_path)
+        else:
+            self._spawn(spool_path)
+        if self.finished:
+            return
+        self._publish_state()
+        self._schedule("flush", self.deps.settings.flush_interval_s, m.FlushTick())
+        if self.run.timeout_s:
+            elapsed = time.time() - self.started_at
+            self._schedule("timeout", self.run.timeout_s - elapsed, m.TimeoutDeadline())
+
+    def _spawn(self, spool_path: Path) -> None:
+        base_offset = self.run.output_bytes
+        env = run_environment(
+            run_id=self.run.id, attempt=self.run.attempt, node_id=self.deps.journal.node_id,
+            marker=self.marker,
+            requested=self.run.env,
+        )
+        ref = self.actor_ref
+        try:
+            self.identity = self.deps.watcher.spawn_watched(
+                lambda: spawn_attempt(
+                    code=self.run.code, env=env, spool_path=spool_path,
+                    status_path=self.status_path, cwd=self.spool_dir,
+                ),
+                lambda: ref.tell(m.ProcessExited()),
+            )
+        except OSError as exc:
+            self.log.error("spawn failed", error=str(exc))
+            self.exit = ExitStatus(exit_code=None, signal=None)
+            self.end_reason = AttemptEndReason.EXITED
+            self._end(spawn_error=f"could not start: {exc}")
+            return
+        self.log = self.log.bind(pid=self.identity.pid)
+        self.pump = self._make_pump(spool_path, base_offset=base_offset, stored_in_spool=0)
+        self._record_attempt()
+        self.log.info("run started", node=self.deps.journal.node_id)
+
+    def _adopt(self, attempt: Attempt, spool_path: Path) -> None:
+        assert attempt.pid is not None
+        self.identity = ProcessIdentity(attempt.pid, attempt.pid_start_ticks or 0)
+        self.started_at = attempt.started_at.timestamp()
+        self.log = self.log.bind(pid=attempt.pid)
+        self.pump = self._make_pump(
+            spool_path, base_offset=attempt.output_offset,
+            stored_in_spool=max(self.run.output_bytes - attempt.output_offset, 0),
+        )
+        ref = self.actor_ref
+        if not is_alive(self.identity) or not self.deps.watcher.watch(
+            attempt.pid, lambda: ref.tell(m.ProcessExited())
+        ):
+            self.actor_ref.tell(m.ProcessExited())
+        self.log.info("run adopted", output_offset=self.pump.stored_bytes)
+
+    def _make_pump(self, spool_path: Path, *, base_offset: int, stored_in_spool: int) -> OutputPump:
+        return OutputPump(
+            run_id=self.run.id, attempt=self.run.attempt, spool_path=spool_path,
+            base_offset=base_offset, stored_in_spool=stored_in_spool,
+            max_output_bytes=self.run.max_output_bytes, journal=self.deps.journal,
+            live=self.deps.live,
+        )
+
+    def on_stop(self) -> None:
+        self._release()
+
+    def on_failure(
+        self, exception_type: type[BaseException] | None,
+        exception_value: BaseException | None, traceback: TracebackType | None,
+    ) -> None:
+        self.log.error("run actor failed", error=repr(exception_value))
+        self._release()
+        if not self.finished and self.identity is not None:
+            with contextlib.suppress(Exception):
+                kill_attempt_tree(leader=self.identity, marker=self.marker)
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.supervisor.tell(m.RunActorFailed(self.run.id, self.run.attempt))
+
+    def _release(self) -> None:
+        for handle in self.timers.values():
+            handle.cancel()
+        self.timers.clear()
+        if self.identity is not None:
+            self.deps.watcher.unwatch(self.identity.pid)
+        if self.pump is not None:
+            self.pump.close()
+
+    # Messages
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case m.FlushTick():
+                self._on_flush_tick()
+            case m.ProcessExited():
+                self._on_process_exited()
+            case m.StopRun(grace_s=grace_s, requested_by=by):
+                self._terminate(AttemptEndReason.STOPPED, grace_s, by)
+            case m.TimeoutDeadline():
+                self.log.info("attempt timed out", timeout_s=self.run.timeout_s)
+                self._terminate(AttemptEndReason.TIMED_OUT, self.deps.settings.default_grace_s)
+            case m.KillDeadline():
+                self._kill_now()
+            case m.Detach():
+                self._detach()
+            case m.Ping():
+                return True
+            case m.FailForTest() if self.deps.settings.test_hooks:
+                raise RuntimeError("failure injected by a test hook")
+        return None
+
+    def _on_flush_tick(self) -> None:
+        self.timers.pop("flush", None)
+        if self.finished:
+            return
+        drained = self._flush()
+        if self.exit is not None:
+            if self._leftovers_may_finish():
+                self._schedule("flush", self.deps.settings.flush_interval_s, m.FlushTick())
+            else:
+                self._try_end()
+            return
+        stuck_after = self.run.stuck_after_s
+        if (
+            stuck_after and self.end_reason is None and self.pump is not None
+            and time.monotonic() - self.pump.last_output_at > stuck_after
+        ):
+            self.log.warning("attempt stuck: no output", stuck_after_s=stuck_after)
+            self._terminate(AttemptEndReason.STUCK, self.deps.settings.default_grace_s)
+        delay = 0.0 if drained is False else self.deps.settings.flush_interval_s
+        self._schedule("flush", delay, m.FlushTick())
+
+    def _flush(self, *, to_eof: bool = False) -> bool | None:
+        """True: all stored; False: more is waiting; None: PostgreSQL is down, retry later."""
+        if self.pump is None:
+            return True
+        if not self.attempt_recorded:
+            self._record_attempt()
+        try:
+            return self.pump.flush(to_eof=to_eof)
+        except StoreUnavailable as exc:
+            self.log.warning("output not stored yet; will retry", error=exc.message)
+            return None
+
+    def _record_attempt(self) -> None:
+        assert self.identity is not None and self.pump is not None
+        try:
+            self.deps.journal.start_attempt(
+                self.run, pid=self.identity.pid, start_ticks=self.identity.start_ticks,
+                marker=self.marker, output_offset=self.pump.base_offset,
+            )
+            self.attempt_recorded = True
+        except StoreUnavailable as exc:
+            self.log.warning("attempt not recorded yet; will retry", error=exc.message)
+
+    def _on_process_exited(self) -> None:
+        if self.exit is not None or self.identity is None:
+            return
+        status = poll_exit(self.identity.pid) or read_status_file(self.status_path)
+        if status is None and self.end_reason is not None:
+            status = ExitStatus(exit_code=None, signal=signal.SIGKILL)  # killed before recording
+        self.exit = status or ExitStatus(exit_code=None, signal=None)
+        if self.end_reason is None:
+            self.end_reason = (
+                AttemptEndReason.EXITED if status is not None else AttemptEndReason.LOST
+            )
+        self.log.info("process exited", exit_code=self.exit.exit_code, signal=self.exit.signal)
+        if self._leftovers_may_finish():
+            return
+        self._try_end()
+
+    def _leftovers_may_finish(self) -> bool:
+        """While stopping, processes left after the main one get the rest of the grace period."""
+        if self.end_reason is AttemptEndReason.EXITED or "kill" not in self.timers:
+            return False
+        members = find_attempt_processes(leader=self.identity, marker=self.marker)
+        return any(not member.zombie for member in members)
+
+    def _terminate(self, reason: AttemptEndReason, grace_s: float, by: str | None = None) -> None:
+        if self.finished or self.identity is None:
+            return
+        if self.end_reason is None and self.exit is None:
+            self.end_reason = reason
+            self.stop_by = by
+            self.timers.pop("timeout", _NO_TIMER).cancel()
+            sent = signal_group(self.identity.pid, signal.SIGTERM)
+            sent_more = signal_all(
+                find_attempt_processes(leader=self.identity, marker=self.marker), signal.SIGTERM
+            )
+            self.log.info("stopping", reason=str(reason), grace_s=grace_s, by=by,
+                          group_signalled=sent, signalled=sent_more)
+        elif self.end_reason is None:
+            return  # it exited on its own already; its exit status tells the outcome
+        if grace_s <= 0:
+            self._kill_now()
+            return
+        current = self.timers.get("kill")
+        deadline = time.monotonic() + grace_s
+        if current is None or deadline < current.deadline:
+            if current is not None:
+                current.cancel()
+            self._schedule("kill", grace_s, m.KillDeadline())
+
+    def _kill_now(self) -> None:
+        self.timers.pop("kill", _NO_TIMER).cancel()
+        if self.identity is None or self.finished:
+            return
+        killed = kill_attempt_tree(leader=self.identity, marker=self.marker)
+        self.leftovers_killed += killed
+        self.log.info("killed after grace period", processes=killed)
+        if self.exit is not None:
+            self._try_end()
+
+    def _try_end(self) -> None:
+        """End the attempt once its process tree is gone and all output is stored."""
+        if self.finished:
+            return
+        assert self.identity is not None
+        leftovers = kill_attempt_tree(leader=self.identity, marker=self.marker)
+        if leftovers:
+            self.log.info("killed leftover processes", processes=leftovers)
+        self.leftovers_killed += leftovers
+        if self._flush(to_eof=True) is None:
+            self._schedule("flush", RETRY_S, m.FlushTick())
+            return
+        self._end()
+
+    def _end(self, spawn_error: str | None = None) -> None:
+        assert self.exit is not None and self.end_reason is not None
+        exit_status = self.exit
+        succeeded = spawn_error is None and exit_status.succeeded
+        decision = self._decide(succeeded)
+        run_reason = spawn_error or self._reason_text(decision)
+        try:
+            ok = self.deps.journal.end_attempt(
+                self.run, exit_code=exit_status.exit_code, signal=exit_status.signal,
+                reason=str(self.end_reason),
+                leftovers_killed=self.leftovers_killed,
+                run_status=decision.status, run_reason=run_reason,
+                restart_delay_s=decision.restart_delay_s,
+            )
+        except StoreUnavailable as exc:
+            self.log.warning("outcome not stored yet; will retry", error=exc.message)
+            self._schedule("flush", RETRY_S, m.FlushTick())
+            return
+        self.finished = True
+        if not ok:
+            self.log.warning("run was taken over by another node; not recording this attempt")
+        self.log.info(
+            "run ended" if decision.status.is_terminal else "attempt ended",
+            status=str(decision.status), reason=run_reason, exit_code=exit_status.exit_code,
+            signal=exit_status.signal, output_bytes=self.pump.stored_bytes if self.pump else 0,
+        )
+        self._publish_state(decision.status, exit_status)
+        if ok and decision.status.is_terminal:
+            shutil.rmtree(self.spool_dir, ignore_errors=True)
+        else:
+            self._remove_attempt_files()
+        self.supervisor.tell(m.AttemptEnded(self.run.id, self.run.attempt, decision.restart_delay_s))
+        self.actor_ref.stop(block=False)
+
+    def _decide(self, succeeded: bool) -> Decision:
+        assert self.end_reason is not None
+        now = time.time()
+        history = attempt_history(
+            self.run, started_at=self.started_at, ended_at=now, succeeded=succeeded
+        )
+        return decide(
+            self.run.restart_policy, reason=self.end_reason, succeeded=succeeded,
+            attempts=history, now=now,
+        )
+
+    def _reason_text(self, decision: Decision) -> str | None:
+        if self.end_reason is AttemptEndReason.STOPPED:
+            return f"stopped by {self.stop_by}" if self.stop_by else "stopped"
+        return decision.reason
+
+    def _remove_attempt_files(self) -> None:
+        for suffix in (".out", ".status"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.spool_dir / f"{self.run.attempt}{suffix}")
+
+    def _detach(self) -> None:
+        """Service shutdown: store what the spool holds and leave the process running."""
+        self._flush(to_eof=True)
+        self.log.info("detached; the run goes on and is adopted at the next start")
+        self.finished = True
+        self.actor_ref.stop(block=False)
+
+    # Helpers
+
+    def _schedule(self, name: str, delay_s: float, message: object) -> None:
+        self.timers.pop(name, _NO_TIMER).cancel()
+        self.timers[name] = self.deps.timers.schedule(delay_s, self.actor_ref, message)
+
+    def _publish_state(
+        self, status: RunStatus = RunStatus.RUNNING, exit_status: ExitStatus | None = None
+    ) -> None:
+        self.deps.live.publish_state(
+            self.run.id,
+            {
+                "status": str(status), "node": self.deps.journal.node_id,
+                "pid": self.identity.pid if self.identity else None,
+                "attempt": self.run.attempt,
+                "exit_code": exit_status.exit_code if exit_status else None,
+                "signal": exit_status.signal if exit_status else None,
+                "output_bytes": self.pump.stored_bytes if self.pump else self.run.output_bytes,
+            },
+            terminal=status.is_terminal,
+        )
+
+
+class _NoTimer:
+    deadline = float("inf")
+
+    def cancel(self) -> None:
+        return None
+
+
+_NO_TIMER: Any = _NoTimer()

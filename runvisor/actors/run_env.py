@@ -1,0 +1,27 @@
+"""The environment a run gets: a clean one, never the service's own (it holds secrets)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+# Taken from the service's environment: harmless, and needed for bash to behave normally.
+PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME", "SHELL", "TMPDIR")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def run_environment(
+    *, run_id: int, attempt: int, node_id: str, marker: str, requested: Mapping[str, str],
+    service_env: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    source = os.environ if service_env is None else service_env
+    env = {name: source[name] for name in PASSED_THROUGH if name in source}
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.update(requested)
+    # Set last, so a request cannot forge them (the HTTP layer also rejects RUNVISOR_* names).
+    env["PYTHONUNBUFFERED"] = "1"
+    env["RUNVISOR_RUN_ID"] = str(run_id)
+    env["RUNVISOR_ATTEMPT"] = str(attempt)
+    env["RUNVISOR_NODE"] = node_id
+    env["RUNVISOR_ATTEMPT_MARKER"] = marker
+    return env

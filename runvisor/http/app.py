@@ -1,0 +1,70 @@
+"""The aiohttp application factory: one route table, typed app keys, stores in cleanup_ctx."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pykka
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from runvisor.config import Settings
+from runvisor.http import health, legacy, v1
+from runvisor.http.auth import TokenTable
+from runvisor.http.keys import CONTROL, HISTORY, REDIS, SETTINGS, SUPERVISOR, TOKENS
+from runvisor.http.middleware import OPERATION_ID, authenticate, errors, request_log
+from runvisor.http.openapi import ROUTES
+from runvisor.store.history import open_history
+from runvisor.store.keys import RedisKeys
+from runvisor.supervisor.control import RunControl
+
+HANDLERS = {**v1.HANDLERS, **legacy.HANDLERS, **health.HANDLERS}
+
+
+def create_app(
+    settings: Settings, *, supervisor: pykka.ActorProxy[Any], tokens: TokenTable,
+    database_url: str, redis_url: str,
+) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[request_log, errors, authenticate],
+    )
+    app[SETTINGS] = settings
+    app[TOKENS] = tokens
+    app[SUPERVISOR] = supervisor
+    app.cleanup_ctx.append(_stores(database_url, redis_url))
+    add_routes(app)
+    return app
+
+
+def add_routes(app: web.Application) -> None:
+    """Register every route of the OpenAPI route table; each must have its handler."""
+    for method, path, operation in ROUTES:
+        handler = HANDLERS[operation]
+        setattr(handler, OPERATION_ID, operation)
+        app.router.add_route(method, path, handler, name=operation)
+
+
+def _stores(database_url: str, redis_url: str) -> Any:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        redis = aioredis.Redis.from_url(
+            redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
+        try:
+            async with open_history(
+                database_url, default_max_output_bytes=settings.max_output_bytes
+            ) as history:
+                app[HISTORY] = history
+                app[REDIS] = redis
+                app[CONTROL] = RunControl(
+                    history=history, supervisor=app[SUPERVISOR], redis=redis,
+                    keys=RedisKeys(settings.redis_prefix), node_id=settings.node_id,
+                    default_grace_s=settings.default_grace_s,
+                )
+                yield
+        finally:
+            await redis.aclose()
+
+    return ctx

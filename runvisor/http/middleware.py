@@ -1,0 +1,112 @@
+"""Request middlewares: a log line and context per request, authentication, one error mapping."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from runvisor.errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    RunvisorError,
+    UnsupportedMediaType,
+)
+from runvisor.http.auth import require
+from runvisor.http.keys import PRINCIPAL, TOKENS
+from runvisor.http.openapi import REQUIRED_ROLES
+from runvisor.http.serialize import error_json, legacy_error_json
+from runvisor.logs import get_logger
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = get_logger("runvisor.http")
+OPERATION_ID = "operation_id"  # set on each route's handler by the app factory
+
+
+def is_legacy_path(path: str) -> bool:
+    return not path.startswith(("/api/", "/healthz", "/readyz", "/metrics"))
+
+
+@web.middleware
+async def request_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One line per request, with a request id bound for every log line it causes."""
+    request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers["X-Request-Id"] = request_id
+        return response
+    finally:
+        principal = request.get(PRINCIPAL)
+        log.info(
+            "request", method=request.method, path=request.path, status=status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            principal=principal.name if principal else None,
+        )
+        structlog.contextvars.unbind_contextvars("request_id")
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every error to JSON: {"error": {code, message}} (v1), {"error": message} (legacy)."""
+    try:
+        return await handler(request)
+    except RunvisorError as exc:
+        return _error_response(request, exc)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return _error_response(request, PayloadTooLarge(
+            f"the request body is over the limit of {exc.max_size} bytes"
+        ))
+    except web.HTTPNotFound:
+        return _error_response(request, NotFound(f"no route {request.path}", code="no_route"))
+    except web.HTTPMethodNotAllowed as exc:
+        problem = RunvisorError(
+            f"{request.method} is not allowed here; use {', '.join(sorted(exc.allowed_methods))}",
+            code="method_not_allowed",
+        )
+        problem.status = 405
+        response = _error_response(request, problem)
+        response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+        return response
+    except web.HTTPUnsupportedMediaType:
+        return _error_response(request, UnsupportedMediaType("unsupported content type"))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        problem = BadRequest(exc.reason or "bad request") if exc.status == 400 else RunvisorError(
+            exc.reason or "error", code=exc.reason.lower().replace(" ", "_") if exc.reason else None
+        )
+        problem.status = exc.status
+        return _error_response(request, problem)
+    except Exception:
+        log.exception("unhandled error", path=request.path)
+        return _error_response(request, RunvisorError("internal error; see the service log"))
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Deny by default: every route needs a token unless the route table says it is open."""
+    operation = getattr(request.match_info.handler, OPERATION_ID, None)
+    if operation is None:  # no such route: let the router's 404/405 through, no auth needed
+        return await handler(request)
+    role = REQUIRED_ROLES[operation]
+    if role is not None:
+        principal = request.app[TOKENS].authenticate(request.headers)
+        request[PRINCIPAL] = principal
+        require(principal, role)
+    return await handler(request)
+
+
+def _error_response(request: web.Request, exc: RunvisorError) -> web.Response:
+    body = legacy_error_json(exc) if is_legacy_path(request.path) else error_json(exc)
+    response = web.json_response(body, status=exc.status)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="runvisor"'
+    return response

@@ -1,0 +1,124 @@
+"""Handlers of the v1 API (/api/v1/...), keyed by the OpenAPI operationId."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from runvisor.http.bodies import read_model
+from runvisor.http.keys import CONTROL, HISTORY, SETTINGS, principal_of
+from runvisor.http.schemas import (
+    CommandIn,
+    RunIn,
+    StopIn,
+    parse_id,
+    parse_int_param,
+    parse_output_range,
+    parse_pagination,
+    parse_status_filter,
+)
+from runvisor.http.serialize import command_json, page_json, run_json
+from runvisor.models import RunSpec
+
+DEFAULT_PAGE_LIMIT = 50
+
+
+async def create_command(request: web.Request) -> web.Response:
+    body = await read_model(request, CommandIn, required=True)
+    assert body is not None
+    command = await request.app[HISTORY].create_command(
+        body.to_spec(), actor=principal_of(request).name
+    )
+    location = f"/api/v1/commands/{command.id}"
+    return web.json_response(command_json(command), status=201, headers={"Location": location})
+
+
+async def list_commands(request: web.Request) -> web.Response:
+    limit, offset = _page(request)
+    items, total = await request.app[HISTORY].list_commands(limit=limit, offset=offset)
+    return web.json_response(
+        page_json([command_json(c) for c in items], limit=limit, offset=offset, total=total)
+    )
+
+
+async def get_command(request: web.Request) -> web.Response:
+    command_id = parse_id(request.match_info["id"], "command")
+    return web.json_response(command_json(await request.app[HISTORY].get_command(command_id)))
+
+
+async def delete_command(request: web.Request) -> web.Response:
+    command_id = parse_id(request.match_info["id"], "command")
+    await request.app[HISTORY].delete_command(command_id, actor=principal_of(request).name)
+    return web.Response(status=204)
+
+
+async def start_run(request: web.Request) -> web.Response:
+    command_id = parse_id(request.match_info["id"], "command")
+    body = await read_model(request, RunIn, required=False)
+    spec = body.to_spec() if body is not None else RunSpec()
+    run = await request.app[CONTROL].start_run(command_id, spec, actor=principal_of(request).name)
+    return web.json_response(
+        run_json(run), status=202, headers={"Location": f"/api/v1/runs/{run.id}"}
+    )
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    limit, offset = _page(request)
+    command_id = parse_int_param(request.query, "command_id", default=None, minimum=1)
+    statuses = parse_status_filter(request.query)
+    items, total = await request.app[HISTORY].list_runs(
+        command_id=command_id, statuses=statuses, limit=limit, offset=offset
+    )
+    return web.json_response(
+        page_json([run_json(r) for r in items], limit=limit, offset=offset, total=total)
+    )
+
+
+async def get_run(request: web.Request) -> web.Response:
+    run_id = parse_id(request.match_info["id"], "run")
+    return web.json_response(run_json(await request.app[HISTORY].get_run(run_id)))
+
+
+async def get_run_output(request: web.Request) -> web.Response:
+    run_id = parse_id(request.match_info["id"], "run")
+    offset, limit = parse_output_range(request.query)
+    history = request.app[HISTORY]
+    run = await history.get_run(run_id)
+    data = await history.read_output(run_id, offset=offset, limit=limit)
+    return web.Response(
+        body=data,
+        headers={
+            "Content-Type": "text/plain",
+            "X-Output-Bytes": str(run.output_bytes),
+            "X-Output-Offset": str(offset),
+            "X-Run-Status": str(run.status),
+        },
+    )
+
+
+async def stop_run(request: web.Request) -> web.Response:
+    run_id = parse_id(request.match_info["id"], "run")
+    body = await read_model(request, StopIn, required=False)
+    run = await request.app[CONTROL].stop_run(
+        run_id, grace_s=body.grace_s if body else None, actor=principal_of(request).name
+    )
+    return web.json_response(run_json(run), status=202)
+
+
+def _page(request: web.Request) -> tuple[int, int]:
+    return parse_pagination(
+        request.query, default_limit=DEFAULT_PAGE_LIMIT,
+        max_limit=request.app[SETTINGS].max_page_limit,
+    )
+
+
+HANDLERS = {
+    "createCommand": create_command,
+    "listCommands": list_commands,
+    "getCommand": get_command,
+    "deleteCommand": delete_command,
+    "startRun": start_run,
+    "listRuns": list_runs,
+    "getRun": get_run,
+    "getRunOutput": get_run_output,
+    "stopRun": stop_run,
+}

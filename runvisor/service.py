@@ -1,0 +1,159 @@
+"""Start-up and shutdown of a node, as small ordered steps.
+
+Each step registers its own stop on one ExitStack, so whatever started is stopped in reverse
+order in a `finally`, however start-up or the service ends. The last stop is
+ActorRegistry.stop_all(): a non-daemon actor thread left running would keep the process alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import pykka
+from aiohttp import web
+
+from runvisor.actors.exit_watcher import ExitWatcher
+from runvisor.actors.proctree import enable_child_subreaper
+from runvisor.actors.run_actor import RunDeps
+from runvisor.actors.timer import TimerService
+from runvisor.config import Settings
+from runvisor.errors import SettingsError
+from runvisor.http.app import create_app
+from runvisor.http.auth import TokenTable, generate_admin_token, parse_tokens
+from runvisor.logs import get_logger
+from runvisor.store.journal import open_journal
+from runvisor.store.keys import RedisKeys
+from runvisor.store.live import LiveState, redis_client
+from runvisor.store.migrate import apply_migrations
+from runvisor.supervisor.actor import Supervisor
+from runvisor.supervisor.control_listener import ControlListener
+
+log = get_logger("runvisor.service")
+MIGRATE_WAIT_S = 60.0  # how long start-up waits for an external PostgreSQL to come up
+ADMIN_TOKEN_FILE = "admin.token"
+
+
+def serve(settings: Settings) -> None:
+    """Run a node until SIGTERM or SIGINT. Runs are left running and adopted at the next start."""
+    with contextlib.ExitStack() as stack:
+        stack.callback(pykka.ActorRegistry.stop_all, block=True, timeout=10)
+        database_url, redis_url = start_stores(settings, stack)
+        migrate(database_url)
+        tokens = load_tokens(settings)
+        settings.spool_dir.mkdir(parents=True, exist_ok=True)
+        if not enable_child_subreaper():
+            log.warning("not a child subreaper: orphaned grandchildren may escape a stop")
+        deps = start_run_services(settings, database_url, redis_url, stack)
+        supervisor = start_supervisor(deps, stack)
+        start_control_listener(settings, redis_url, supervisor, stack)
+        app = create_app(
+            settings, supervisor=supervisor, tokens=tokens, database_url=database_url,
+            redis_url=redis_url,
+        )
+        log.info("serving", host=settings.host, port=settings.port, node=settings.node_id)
+        web.run_app(
+            app, host=settings.host, port=settings.port, print=None, access_log=None,
+            shutdown_timeout=5.0, handle_signals=True,
+        )
+        log.info("shutting down; runs keep running and are adopted at the next start")
+
+
+def start_stores(settings: Settings, stack: contextlib.ExitStack) -> tuple[str, str]:
+    """The configured PostgreSQL and Redis URLs, or embedded servers under the data dir."""
+    database_url, redis_url = settings.database_url, settings.redis_url
+    if database_url is None or redis_url is None:
+        from runvisor.embedded import EmbeddedPostgres, EmbeddedRedis
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if database_url is None:
+            postgres = EmbeddedPostgres(settings.data_dir)
+            database_url = postgres.start()
+            stack.callback(postgres.stop)
+            log.info("embedded PostgreSQL started", data_dir=str(settings.data_dir))
+        if redis_url is None:
+            valkey = EmbeddedRedis(settings.data_dir)
+            redis_url = valkey.start()
+            stack.callback(valkey.stop)
+            log.info("embedded Redis (Valkey) started", data_dir=str(settings.data_dir))
+    return database_url, redis_url
+
+
+def migrate(database_url: str, wait_s: float = MIGRATE_WAIT_S) -> list[str]:
+    """Apply migrations, waiting a while for PostgreSQL (compose starts everything at once)."""
+    import psycopg
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return apply_migrations(database_url)
+        except psycopg.OperationalError as exc:
+            if time.monotonic() > deadline:
+                raise SettingsError(
+                    f"RUNVISOR_DATABASE_URL: PostgreSQL is unreachable: {str(exc).strip()}"
+                ) from None
+            log.warning("waiting for PostgreSQL", error=str(exc).strip().splitlines()[0])
+            time.sleep(1.0)
+
+
+def load_tokens(settings: Settings) -> TokenTable:
+    """RUNVISOR_TOKENS, or a generated admin token kept in DATA_DIR/admin.token (mode 0600)."""
+    if settings.tokens is not None:
+        return parse_tokens(settings.tokens)
+    path = settings.data_dir / ADMIN_TOKEN_FILE
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(generate_admin_token() + "\n")
+        log.info("generated an admin token", file=str(path))
+    token = Path(path).read_text().strip()
+    log.info("RUNVISOR_TOKENS is not set; the admin token is in the data dir", file=str(path))
+    return parse_tokens(f"admin:{token}")
+
+
+def start_run_services(
+    settings: Settings, database_url: str, redis_url: str, stack: contextlib.ExitStack
+) -> RunDeps:
+    timers = TimerService()
+    timers.start()
+    stack.callback(timers.stop)
+    watcher = ExitWatcher()
+    watcher.start()
+    stack.callback(watcher.stop)
+    journal = open_journal(database_url, node_id=settings.node_id)
+    stack.callback(journal.close)
+    live = LiveState(redis_client(redis_url), RedisKeys(settings.redis_prefix))
+    stack.callback(live.close)
+    return RunDeps(settings=settings, journal=journal, live=live, timers=timers, watcher=watcher)
+
+
+def start_supervisor(deps: RunDeps, stack: contextlib.ExitStack) -> pykka.ActorProxy[Supervisor]:
+    ref = Supervisor.start(deps=deps)
+
+    def stop() -> None:
+        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+            detached = ref.proxy().detach_all().get(timeout=15)
+            log.info("run actors detached", runs=detached)
+        ref.stop(block=True, timeout=10)
+
+    stack.callback(stop)
+    proxy = ref.proxy()
+    proxy.running_count().get(timeout=10)  # a ping: the Supervisor is up and has recovered
+    return proxy
+
+
+def start_control_listener(
+    settings: Settings, redis_url: str, supervisor: pykka.ActorProxy[Supervisor],
+    stack: contextlib.ExitStack,
+) -> None:
+    client = redis_client(redis_url)
+    stack.callback(client.close)
+    listener = ControlListener(
+        client=client, keys=RedisKeys(settings.redis_prefix), node_id=settings.node_id,
+        supervisor=supervisor,
+    )
+    listener.start()
+    stack.callback(listener.stop)

@@ -1,0 +1,310 @@
+"""History as the HTTP side sees it: commands, runs and output in PostgreSQL (async pool)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from runvisor.errors import Conflict, NotFound, StoreUnavailable
+from runvisor.models import (
+    ACTIVE_STATUSES,
+    Attempt,
+    Command,
+    CommandSpec,
+    Run,
+    RunSpec,
+    RunStatus,
+)
+from runvisor.store.columns import (
+    ATTEMPTS_OF_RUNS,
+    COMMAND_COLUMNS,
+    RUN_COLUMNS,
+    RUNS_SELECT,
+    attach_attempts,
+)
+
+_ACTIVE = [str(s) for s in ACTIVE_STATUSES]
+OUTPUT_READ_BATCH = 64  # chunks fetched per round trip when reading output
+
+
+@asynccontextmanager
+async def open_history(
+    conninfo: str, *, default_max_output_bytes: int, max_size: int = 10
+) -> AsyncIterator[History]:
+    pool = AsyncConnectionPool(conninfo, min_size=1, max_size=max_size, open=False, timeout=5.0)
+    # Do not wait for a first connection: the service starts (and /readyz says why) while
+    # PostgreSQL is down, and the pool reconnects by itself when it returns.
+    await pool.open(wait=False)
+    try:
+        yield History(pool, default_max_output_bytes=default_max_output_bytes)
+    finally:
+        await pool.close()
+
+
+class History:
+    def __init__(self, pool: AsyncConnectionPool, *, default_max_output_bytes: int) -> None:
+        self._pool = pool
+        self._default_max_output_bytes = default_max_output_bytes
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {_first_line(exc)}") from exc
+
+    async def ping(self) -> None:
+        async with self._conn() as conn:
+            await conn.execute("SELECT 1")
+
+    # Commands
+
+    async def create_command(self, spec: CommandSpec, *, actor: str) -> Command:
+        query = sql.SQL(
+            "INSERT INTO commands (name, code, description, timeout_s, stuck_after_s, restart,"
+            " max_output_bytes, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+            " RETURNING {}"
+        ).format(COMMAND_COLUMNS)
+        max_output = spec.max_output_bytes or self._default_max_output_bytes
+        async with self._conn() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=class_row(Command))
+            await cur.execute(
+                query,
+                (spec.name, spec.code, spec.description, spec.timeout_s, spec.stuck_after_s,
+                 Jsonb(spec.restart.to_json()), max_output, actor),
+            )
+            command = await cur.fetchone()
+            assert command is not None
+            await _audit(conn, actor, "command.create", command_id=command.id)
+        return command
+
+    async def get_command(self, command_id: int, *, include_deleted: bool = False) -> Command:
+        async with self._conn() as conn:
+            command = await _fetch_command(conn, command_id, include_deleted=include_deleted)
+        if command is None:
+            raise NotFound(f"command {command_id} not found")
+        return command
+
+    async def list_commands(self, *, limit: int, offset: int) -> tuple[list[Command], int]:
+        query = sql.SQL(
+            "SELECT {} FROM commands WHERE deleted_at IS NULL ORDER BY created_at, id"
+            " LIMIT %s OFFSET %s"
+        ).format(COMMAND_COLUMNS)
+        async with self._conn() as conn:
+            cur = conn.cursor(row_factory=class_row(Command))
+            await cur.execute(query, (limit, offset))
+            items = await cur.fetchall()
+            total = await _scalar(conn, "SELECT count(*) FROM commands WHERE deleted_at IS NULL")
+        return items, total
+
+    async def delete_command(self, command_id: int, *, actor: str) -> None:
+        async with self._conn() as conn, conn.transaction():
+            row = await (
+                await conn.execute(
+                    "SELECT id FROM commands WHERE id = %s AND deleted_at IS NULL FOR UPDATE",
+                    (command_id,),
+                )
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"command {command_id} not found")
+            active = await _scalar(
+                conn,
+                "SELECT count(*) FROM runs WHERE command_id = %s AND status = ANY(%s)",
+                (command_id, _ACTIVE),
+            )
+            if active:
+                raise Conflict(
+                    f"command {command_id} has {active} active run(s); stop them first",
+                    code="command_busy",
+                )
+            await conn.execute(
+                "UPDATE commands SET deleted_at = now() WHERE id = %s", (command_id,)
+            )
+            await _audit(conn, actor, "command.delete", command_id=command_id)
+
+    # Runs
+
+    async def create_run(self, command_id: int, spec: RunSpec, *, actor: str) -> Run:
+        """Insert a queued run with the command's settings, overridden by `spec`."""
+        async with self._conn() as conn, conn.transaction():
+            command = await _fetch_command(conn, command_id, lock=True)
+            if command is None:
+                raise NotFound(f"command {command_id} not found")
+            restart = spec.restart.to_json() if spec.restart is not None else command.restart
+            query = sql.SQL(
+                "INSERT INTO runs (command_id, code, env, timeout_s, stuck_after_s, restart,"
+                " max_output_bytes, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                " RETURNING {}"
+            ).format(RUN_COLUMNS)
+            cur = conn.cursor(row_factory=class_row(Run))
+            await cur.execute(
+                query,
+                (command.id, command.code, Jsonb(spec.env),
+                 spec.timeout_s if spec.timeout_s is not None else command.timeout_s,
+                 spec.stuck_after_s if spec.stuck_after_s is not None else command.stuck_after_s,
+                 Jsonb(restart), command.max_output_bytes, actor),
+            )
+            run = await cur.fetchone()
+            assert run is not None
+            await _audit(conn, actor, "run.create", command_id=command.id, run_id=run.id)
+        return run
+
+    async def get_run(self, run_id: int) -> Run:
+        async with self._conn() as conn:
+            runs = await _fetch_runs(conn, sql.SQL("WHERE id = %s"), (run_id,))
+        if not runs:
+            raise NotFound(f"run {run_id} not found")
+        return runs[0]
+
+    async def latest_run(self, command_id: int) -> Run | None:
+        async with self._conn() as conn:
+            runs = await _fetch_runs(
+                conn, sql.SQL("WHERE command_id = %s ORDER BY id DESC LIMIT 1"), (command_id,)
+            )
+        return runs[0] if runs else None
+
+    async def list_runs(
+        self, *, command_id: int | None, statuses: Sequence[RunStatus] | None, limit: int,
+        offset: int,
+    ) -> tuple[list[Run], int]:
+        conditions: list[sql.Composable] = []
+        params: list[Any] = []
+        if command_id is not None:
+            conditions.append(sql.SQL("command_id = %s"))
+            params.append(command_id)
+        if statuses is not None:
+            conditions.append(sql.SQL("status = ANY(%s)"))
+            params.append([str(s) for s in statuses])
+        where = (
+            sql.SQL("WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
+        )
+        async with self._conn() as conn:
+            items = await _fetch_runs(
+                conn, where + sql.SQL(" ORDER BY id DESC LIMIT %s OFFSET %s"), (*params, limit, offset)
+            )
+            total = await _scalar(conn, sql.SQL("SELECT count(*) FROM runs ") + where, params)
+        return items, total
+
+    async def read_output(self, run_id: int, *, offset: int = 0, limit: int | None = None) -> bytes:
+        """The run's output bytes from `offset`, at most `limit` of them."""
+        async with self._conn() as conn:
+            exists = await _scalar(conn, "SELECT count(*) FROM runs WHERE id = %s", (run_id,))
+            if not exists:
+                raise NotFound(f"run {run_id} not found")
+            return await read_output_bytes(conn, run_id, offset=offset, limit=limit)
+
+    async def stop_queued_run(self, run_id: int, *, actor: str) -> Run | None:
+        """End a run that has not started yet; None when it is no longer queued."""
+        query = sql.SQL(
+            "UPDATE runs SET status = 'stopped', finished_at = now(), stop_requested_by = %s,"
+            " stop_requested_at = now(), reason = 'stopped before it started'"
+            " WHERE id = %s AND status = 'queued' RETURNING id"
+        )
+        async with self._conn() as conn, conn.transaction():
+            row = await (await conn.execute(query, (actor, run_id))).fetchone()
+            if row is None:
+                return None
+            await _audit(conn, actor, "run.stop", run_id=run_id, detail={"was": "queued"})
+        return await self.get_run(run_id)
+
+    async def record_stop_request(self, run_id: int, *, actor: str, grace_s: float) -> Run | None:
+        """Note who asked to stop an active run (the first asker is kept); None if it ended."""
+        query = sql.SQL(
+            "UPDATE runs SET stop_requested_by = coalesce(stop_requested_by, %s),"
+            " stop_requested_at = coalesce(stop_requested_at, now()), stop_grace_s = %s"
+            " WHERE id = %s AND status = ANY(%s) RETURNING id"
+        )
+        async with self._conn() as conn, conn.transaction():
+            row = await (await conn.execute(query, (actor, grace_s, run_id, _ACTIVE))).fetchone()
+            if row is None:
+                return None
+            await _audit(conn, actor, "run.stop", run_id=run_id, detail={"grace_s": grace_s})
+        return await self.get_run(run_id)
+
+
+async def read_output_bytes(
+    conn: psycopg.AsyncConnection[Any], run_id: int, *, offset: int, limit: int | None
+) -> bytes:
+    # Start at the chunk holding `offset`: an index scan on (run_id, byte_offset).
+    start = await _scalar(
+        conn,
+        "SELECT coalesce(max(byte_offset), 0) FROM run_output"
+        " WHERE run_id = %s AND byte_offset <= %s",
+        (run_id, offset),
+    )
+    out = bytearray()
+    end = None if limit is None else offset + limit
+    cursor_at = start
+    while end is None or cursor_at < end:
+        cur = await conn.execute(
+            "SELECT byte_offset, data FROM run_output WHERE run_id = %s AND byte_offset >= %s"
+            " ORDER BY byte_offset LIMIT %s",
+            (run_id, cursor_at, OUTPUT_READ_BATCH),
+        )
+        rows = await cur.fetchall()
+        for chunk_offset, data in rows:
+            lo = max(offset - chunk_offset, 0)
+            hi = len(data) if end is None else min(len(data), end - chunk_offset)
+            if hi > lo:
+                out += data[lo:hi]
+            cursor_at = chunk_offset + len(data)
+        if len(rows) < OUTPUT_READ_BATCH:
+            break
+    return bytes(out)
+
+
+async def _fetch_command(
+    conn: psycopg.AsyncConnection[Any], command_id: int, *, lock: bool = False,
+    include_deleted: bool = False,
+) -> Command | None:
+    query = sql.SQL("SELECT {} FROM commands WHERE id = %s{}{}").format(
+        COMMAND_COLUMNS,
+        sql.SQL("") if include_deleted else sql.SQL(" AND deleted_at IS NULL"),
+        sql.SQL(" FOR SHARE") if lock else sql.SQL(""),
+    )
+    cur = conn.cursor(row_factory=class_row(Command))
+    await cur.execute(query, (command_id,))
+    return await cur.fetchone()
+
+
+async def _fetch_runs(
+    conn: psycopg.AsyncConnection[Any], tail: sql.Composable, params: tuple[Any, ...] | list[Any]
+) -> list[Run]:
+    cur = conn.cursor(row_factory=class_row(Run))
+    await cur.execute(RUNS_SELECT + tail, params)
+    runs = await cur.fetchall()
+    if not runs:
+        return runs
+    acur = conn.cursor(row_factory=class_row(Attempt))
+    await acur.execute(ATTEMPTS_OF_RUNS, ([r.id for r in runs],))
+    return attach_attempts(runs, await acur.fetchall())
+
+
+async def _scalar(
+    conn: psycopg.AsyncConnection[Any], query: Any, params: Any = None
+) -> Any:
+    row = await (await conn.execute(query, params)).fetchone()
+    return row[0] if row else None
+
+
+async def _audit(
+    conn: psycopg.AsyncConnection[Any], actor: str, action: str, *,
+    command_id: int | None = None, run_id: int | None = None, detail: dict[str, Any] | None = None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO audit (actor, action, command_id, run_id, detail) VALUES (%s, %s, %s, %s, %s)",
+        (actor, action, command_id, run_id, Jsonb(detail or {})),
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,207 @@
+"""History as the actors write it: claims, attempts, output chunks and outcomes (sync pool).
+
+Every write that belongs to an attempt is fenced by (node, attempt): a node that comes back
+after its runs were taken over cannot overwrite the newer attempt's record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from runvisor.errors import StoreUnavailable
+from runvisor.models import Attempt, Run, RunStatus
+from runvisor.store.columns import ATTEMPTS_OF_RUNS, RUN_COLUMNS, RUNS_SELECT, attach_attempts
+
+
+def open_journal(conninfo: str, *, node_id: str, max_size: int = 8) -> RunJournal:
+    pool = ConnectionPool(conninfo, min_size=1, max_size=max_size, open=False, timeout=5.0)
+    pool.open(wait=False)
+    return RunJournal(pool, node_id=node_id)
+
+
+class RunJournal:
+    def __init__(self, pool: ConnectionPool, *, node_id: str) -> None:
+        self._pool = pool
+        self.node_id = node_id
+        self.actor = f"node:{node_id}"
+
+    def close(self) -> None:
+        self._pool.close()
+
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+
+    def ping(self) -> None:
+        with self._conn() as conn:
+            conn.execute("SELECT 1")
+
+    def get_run(self, run_id: int) -> Run | None:
+        with self._conn() as conn:
+            runs = _fetch_runs(conn, sql.SQL("WHERE id = %s"), (run_id,))
+        return runs[0] if runs else None
+
+    def claim_run(self, run_id: int) -> Run | None:
+        """Take a queued (or restarting) run for this node and open its next attempt number."""
+        return self._claim(sql.SQL("id = %s"), (run_id,))
+
+    def claim_next_queued(self) -> Run | None:
+        """Take the oldest queued run no other node is claiming right now."""
+        return self._claim(sql.SQL("status = 'queued'"), ())
+
+    def _claim(self, condition: sql.Composable, params: tuple[Any, ...]) -> Run | None:
+        query = sql.SQL(
+            "UPDATE runs SET status = 'running', node = %s, attempt = attempt + 1, pid = NULL,"
+            " started_at = coalesce(started_at, now()), next_attempt_at = NULL"
+            " WHERE id = (SELECT id FROM runs WHERE {} AND status IN ('queued', 'restarting')"
+            "             ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            " RETURNING {}"
+        ).format(condition, RUN_COLUMNS)
+        with self._conn() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=class_row(Run))
+            cur.execute(query, (self.node_id, *params))
+            return cur.fetchone()
+
+    def start_attempt(
+        self, run: Run, *, pid: int, start_ticks: int, marker: str, output_offset: int
+    ) -> None:
+        with self._conn() as conn, conn.transaction():
+            conn.execute(
+                "INSERT INTO run_attempts (run_id, attempt, node, pid, pid_start_ticks,"
+                " process_marker, output_offset) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (run_id, attempt) DO NOTHING",
+                (run.id, run.attempt, self.node_id, pid, start_ticks, marker, output_offset),
+            )
+            conn.execute(
+                "UPDATE runs SET pid = %s WHERE id = %s AND attempt = %s AND node = %s",
+                (pid, run.id, run.attempt, self.node_id),
+            )
+
+    def append_output(
+        self, run_id: int, attempt: int, *, offset: int, chunks: Sequence[bytes], truncated: bool
+    ) -> bool:
+        """Store output chunks starting at byte `offset`; False if this node lost the run."""
+        total = offset + sum(len(c) for c in chunks)
+        with self._conn() as conn, conn.transaction():
+            cur = conn.execute(
+                "UPDATE runs SET output_bytes = %s, output_truncated = output_truncated OR %s"
+                " WHERE id = %s AND attempt = %s AND node = %s AND status = 'running' RETURNING id",
+                (total, truncated, run_id, attempt, self.node_id),
+            )
+            if cur.fetchone() is None:
+                return False
+            rows, at = [], offset
+            for chunk in chunks:
+                rows.append((run_id, at, chunk))
+                at += len(chunk)
+            if rows:
+                # A re-flush after a crash may repeat an offset already stored: keep the first.
+                conn.cursor().executemany(
+                    "INSERT INTO run_output (run_id, byte_offset, data) VALUES (%s, %s, %s)"
+                    " ON CONFLICT (run_id, byte_offset) DO NOTHING",
+                    rows,
+                )
+        return True
+
+    def end_attempt(
+        self,
+        run: Run,
+        *,
+        exit_code: int | None,
+        signal: int | None,
+        reason: str,
+        leftovers_killed: int,
+        run_status: RunStatus,
+        run_reason: str | None,
+        restart_delay_s: float | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> bool:
+        """Close the attempt and set the run's status; False if this node lost the run."""
+        with self._conn() as conn, conn.transaction():
+            restarting = restart_delay_s is not None and not run_status.is_terminal
+            cur = conn.execute(
+                "UPDATE runs SET status = %s, exit_code = %s, signal = %s, reason = %s,"
+                " finished_at = CASE WHEN %s THEN now() END,"
+                " next_attempt_at = CASE WHEN %s THEN now() + make_interval(secs => %s) END,"
+                " restart_count = restart_count + CASE WHEN %s THEN 1 ELSE 0 END"
+                " WHERE id = %s AND attempt = %s AND node = %s AND status = 'running'"
+                " RETURNING id",
+                (str(run_status), exit_code, signal, run_reason, run_status.is_terminal,
+                 restarting, restart_delay_s or 0.0, restarting, run.id, run.attempt,
+                 self.node_id),
+            )
+            if cur.fetchone() is None:
+                return False
+            conn.execute(
+                "UPDATE run_attempts SET finished_at = coalesce(finished_at, now()),"
+                " exit_code = %s, signal = %s, reason = %s, leftovers_killed = %s"
+                " WHERE run_id = %s AND attempt = %s AND node = %s",
+                (exit_code, signal, reason, leftovers_killed, run.id, run.attempt, self.node_id),
+            )
+            _audit(conn, self.actor, f"run.{run_status}", run_id=run.id, detail={
+                "attempt": run.attempt, "reason": reason, "exit_code": exit_code,
+                "signal": signal, "leftovers_killed": leftovers_killed,
+                "restart_delay_s": restart_delay_s, **(detail or {}),
+            })
+        return True
+
+    def stop_restarting_run(self, run_id: int, *, reason: str) -> bool:
+        """End a run waiting for its next attempt (stopped by an operator)."""
+        with self._conn() as conn, conn.transaction():
+            cur = conn.execute(
+                "UPDATE runs SET status = 'stopped', finished_at = now(), next_attempt_at = NULL,"
+                " reason = %s WHERE id = %s AND status = 'restarting' AND node = %s RETURNING id",
+                (reason, run_id, self.node_id),
+            )
+            if cur.fetchone() is None:
+                return False
+            _audit(conn, self.actor, "run.stopped", run_id=run_id, detail={"reason": reason})
+        return True
+
+    def active_runs_of_node(self) -> list[Run]:
+        """Runs this node owned when it last stopped (or crashed), with their attempts."""
+        with self._conn() as conn:
+            return _fetch_runs(
+                conn,
+                sql.SQL("WHERE node = %s AND status IN ('running', 'restarting') ORDER BY id"),
+                (self.node_id,),
+            )
+
+    def audit(self, action: str, *, run_id: int | None = None, detail: dict[str, Any]) -> None:
+        with self._conn() as conn:
+            _audit(conn, self.actor, action, run_id=run_id, detail=detail)
+
+
+def _fetch_runs(
+    conn: psycopg.Connection[Any], tail: sql.Composable, params: tuple[Any, ...] | list[Any]
+) -> list[Run]:
+    cur = conn.cursor(row_factory=class_row(Run))
+    cur.execute(RUNS_SELECT + tail, params)
+    runs = cur.fetchall()
+    if not runs:
+        return runs
+    acur = conn.cursor(row_factory=class_row(Attempt))
+    acur.execute(ATTEMPTS_OF_RUNS, ([r.id for r in runs],))
+    return attach_attempts(runs, acur.fetchall())
+
+
+def _audit(
+    conn: psycopg.Connection[Any], actor: str, action: str, *,
+    run_id: int | None = None, detail: dict[str, Any] | None = None,
+) -> None:
+    conn.execute(
+        "INSERT INTO audit (actor, action, run_id, detail) VALUES (%s, %s, %s, %s)",
+        (actor, action, run_id, Jsonb(detail or {})),
+    )

@@ -1,0 +1,92 @@
+"""Live state in Redis: run state hashes, the output tail, events, node leases, control messages.
+
+Redis is a view, not the truth (PostgreSQL is): every write here is best effort, and an outage
+only costs freshness. Errors are logged once per outage, not per write.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from runvisor.logs import get_logger
+from runvisor.store.keys import RedisKeys
+
+log = get_logger(__name__)
+
+
+def redis_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10
+    )
+
+
+class LiveState:
+    def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
+        self._redis = client
+        self.keys = keys
+        self._down_since: float | None = None
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def ping(self) -> bool:
+        return self._best_effort("ping", self._redis.ping) is not None
+
+    def publish_state(self, run_id: int, state: dict[str, Any], *, terminal: bool) -> None:
+        fields = {k: ("" if v is None else str(v)) for k, v in state.items()}
+        fields["updated_at"] = f"{time.time():.3f}"
+        key = self.keys.run_state(run_id)
+
+        def write() -> None:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hset(key, mapping=fields)
+            if terminal:
+                pipe.expire(key, RedisKeys.FINISHED_RUN_TTL_S)
+                pipe.expire(self.keys.run_tail(run_id), RedisKeys.FINISHED_RUN_TTL_S)
+            pipe.publish(self.keys.run_events(run_id), json.dumps({"type": "status", **state}))
+            pipe.execute()
+
+        self._best_effort("publish state", write)
+
+    def publish_output(self, run_id: int, *, offset: int, tail: bytes, data: bytes) -> None:
+        """Set the capped tail and announce the new bytes (ending at `offset`)."""
+
+        def write() -> None:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.set(self.keys.run_tail(run_id), tail)
+            pipe.hset(self.keys.run_state(run_id), "output_bytes", str(offset))
+            pipe.publish(
+                self.keys.run_events(run_id),
+                json.dumps({"type": "output", "offset": offset, "bytes": len(data)}),
+            )
+            pipe.execute()
+
+        self._best_effort("publish output", write)
+
+    def renew_lease(self, node_id: str, ttl_s: float) -> None:
+        self._best_effort(
+            "renew lease",
+            lambda: self._redis.set(
+                self.keys.node_lease(node_id), f"{time.time():.3f}", px=int(ttl_s * 1000)
+            ),
+        )
+
+    def drop_lease(self, node_id: str) -> None:
+        self._best_effort("drop lease", lambda: self._redis.delete(self.keys.node_lease(node_id)))
+
+    def _best_effort(self, what: str, write: Any) -> Any:
+        try:
+            result = write()
+        except redis.RedisError as exc:
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                log.warning("redis unavailable; live state is stale", during=what, error=str(exc))
+            return None
+        if self._down_since is not None:
+            log.info("redis is back", down_s=round(time.monotonic() - self._down_since, 1))
+            self._down_since = None
+        return result if result is not None else True

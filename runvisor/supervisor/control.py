@@ -1,0 +1,77 @@
+"""RunControl: what the HTTP layer asks of the running service (start and stop runs).
+
+It bridges asyncio to the actors without blocking the event loop: a pykka future is waited on
+in a worker thread with a timeout (awaiting it directly would block the loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pykka
+import redis.asyncio as aioredis
+
+from runvisor.errors import Conflict, ServiceUnavailable
+from runvisor.logs import get_logger
+from runvisor.models import Run, RunSpec, RunStatus
+from runvisor.store.history import History
+from runvisor.store.keys import RedisKeys
+
+ASK_TIMEOUT_S = 10.0
+log = get_logger(__name__)
+
+
+class RunControl:
+    def __init__(
+        self, *, history: History, supervisor: pykka.ActorProxy[Any], redis: aioredis.Redis,
+        keys: RedisKeys, node_id: str, default_grace_s: float,
+    ) -> None:
+        self.history = history
+        self.supervisor = supervisor
+        self.redis = redis
+        self.keys = keys
+        self.node_id = node_id
+        self.default_grace_s = default_grace_s
+
+    async def start_run(self, command_id: int, spec: RunSpec, *, actor: str) -> Run:
+        """Create the run (queued, durable first), then ask the Supervisor to start it."""
+        run = await self.history.create_run(command_id, spec, actor=actor)
+        try:
+            await _ask(self.supervisor.start_run(run.id))
+        except ServiceUnavailable:
+            # It is queued in PostgreSQL: the Supervisor's next tick picks it up.
+            log.warning("supervisor busy; run left queued", run_id=run.id)
+        return await self.history.get_run(run.id)
+
+    async def stop_run(self, run_id: int, *, grace_s: float | None, actor: str) -> Run:
+        run = await self.history.get_run(run_id)
+        if run.status.is_terminal:
+            raise Conflict(f"run {run_id} has already ended ({run.status})", code="run_finished")
+        if run.status is RunStatus.QUEUED:
+            stopped = await self.history.stop_queued_run(run_id, actor=actor)
+            if stopped is not None:
+                return stopped
+        grace = self.default_grace_s if grace_s is None else grace_s
+        run = await self.history.record_stop_request(run_id, actor=actor, grace_s=grace)
+        if run is None:
+            raise Conflict(f"run {run_id} has already ended", code="run_finished")
+        if run.node in (None, self.node_id):
+            await _ask(self.supervisor.stop_run(run_id, grace, actor))
+        else:
+            message = json.dumps({"type": "stop", "run_id": run_id, "grace_s": grace, "by": actor})
+            await self.redis.publish(self.keys.node_control(run.node), message)
+        return await self.history.get_run(run_id)
+
+    async def running_count(self) -> int:
+        return int(await _ask(self.supervisor.running_count()))
+
+
+async def _ask(future: pykka.Future[Any]) -> Any:
+    try:
+        return await asyncio.to_thread(future.get, timeout=ASK_TIMEOUT_S)
+    except pykka.Timeout:
+        raise ServiceUnavailable("the supervisor did not answer in time; try again") from None
+    except pykka.ActorDeadError:
+        raise ServiceUnavailable("the service is shutting down") from None
