@@ -119,8 +119,22 @@ def _parse_prefix(name: str, raw: str) -> str:
     return value
 
 
+def _parse_database_url(name: str, raw: str) -> str:
+    """A postgresql:// URL or a libpq "key=value" string, as psycopg accepts."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    value = raw.strip()
+    if "://" in value:
+        return _parse_url(("postgresql", "postgres"))(name, value)
+    try:
+        conninfo_to_dict(value)
+    except Exception:
+        raise SettingsError(f"{name}: not a postgresql:// URL nor a libpq connection string") from None
+    return value
+
+
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
-    "database_url": _parse_url(("postgresql", "postgres")),
+    "database_url": _parse_database_url,
     "redis_url": _parse_url(("redis", "rediss", "unix")),
     "data_dir": lambda _name, raw: Path(raw).expanduser(),
     "host": lambda _name, raw: raw.strip(),

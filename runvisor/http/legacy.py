@@ -12,11 +12,10 @@ from aiohttp import web
 
 from runvisor.http.bodies import read_model
 from runvisor.http.keys import CONTROL, HISTORY, SETTINGS, principal_of
-from runvisor.http.schemas import LegacyCommandIn, parse_id, parse_pagination
+from runvisor.http.schemas import LEGACY_PAGE_LIMIT, LegacyCommandIn, parse_id, parse_pagination
 from runvisor.http.serialize import legacy_command_json, legacy_run_json
 from runvisor.models import Run, RunSpec
 
-DEFAULT_LIMIT = 10  # the original's default
 STOP_WAIT_MAX_S = 15.0  # the original answered STOPPED: wait a while for the run to end
 POLL_S = 0.05
 
@@ -47,7 +46,7 @@ async def get_command(request: web.Request) -> web.Response:
 
 async def list_commands(request: web.Request) -> web.Response:
     limit, offset = parse_pagination(
-        request.query, default_limit=DEFAULT_LIMIT, max_limit=request.app[SETTINGS].max_page_limit
+        request.query, default_limit=LEGACY_PAGE_LIMIT, max_limit=request.app[SETTINGS].max_page_limit
     )
     items, _total = await request.app[HISTORY].list_commands(limit=limit, offset=offset)
     return web.json_response([legacy_command_json(c) for c in items])

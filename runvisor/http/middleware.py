@@ -17,7 +17,7 @@ from runvisor.errors import (
     UnsupportedMediaType,
 )
 from runvisor.http.auth import require
-from runvisor.http.keys import PRINCIPAL, TOKENS
+from runvisor.http.keys import PRINCIPAL, SETTINGS, TOKENS
 from runvisor.http.openapi import REQUIRED_ROLES
 from runvisor.http.serialize import error_json, legacy_error_json
 from runvisor.logs import get_logger
@@ -60,9 +60,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except RunvisorError as exc:
         return _error_response(request, exc)
-    except web.HTTPRequestEntityTooLarge as exc:
+    except web.HTTPRequestEntityTooLarge:
         return _error_response(request, PayloadTooLarge(
-            f"the request body is over the limit of {exc.max_size} bytes"
+            f"the request body is over the limit of {request.app[SETTINGS].max_body_bytes} bytes"
+            " (RUNVISOR_MAX_BODY_BYTES)"
         ))
     except web.HTTPNotFound:
         return _error_response(request, NotFound(f"no route {request.path}", code="no_route"))

@@ -7,6 +7,7 @@ from aiohttp import web
 from runvisor.http.bodies import read_model
 from runvisor.http.keys import CONTROL, HISTORY, SETTINGS, principal_of
 from runvisor.http.schemas import (
+    DEFAULT_PAGE_LIMIT,
     CommandIn,
     RunIn,
     StopIn,
@@ -18,8 +19,6 @@ from runvisor.http.schemas import (
 )
 from runvisor.http.serialize import command_json, page_json, run_json
 from runvisor.models import RunSpec
-
-DEFAULT_PAGE_LIMIT = 50
 
 
 async def create_command(request: web.Request) -> web.Response:

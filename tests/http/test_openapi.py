@@ -1,0 +1,261 @@
+"""runvisor.http.openapi: a valid OpenAPI 3.1 document that matches the routes and shapes."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from openapi_spec_validator import validate as validate_spec
+
+from runvisor.http import serialize
+from runvisor.http.auth import Role
+from runvisor.http.openapi import REQUIRED_ROLES, ROUTES, build_openapi
+
+# The routes of the brief, each with the role it needs (DESIGN.md §6 also has .../events and
+# /metrics: not served yet).
+EXPECTED = {
+    ("POST", "/api/v1/commands"): Role.ADMIN,
+    ("GET", "/api/v1/commands"): Role.VIEWER,
+    ("GET", "/api/v1/commands/{id}"): Role.VIEWER,
+    ("DELETE", "/api/v1/commands/{id}"): Role.ADMIN,
+    ("POST", "/api/v1/commands/{id}/runs"): Role.OPERATOR,
+    ("GET", "/api/v1/runs"): Role.VIEWER,
+    ("GET", "/api/v1/runs/{id}"): Role.VIEWER,
+    ("GET", "/api/v1/runs/{id}/output"): Role.VIEWER,
+    ("POST", "/api/v1/runs/{id}/stop"): Role.OPERATOR,
+    ("GET", "/healthz"): None,
+    ("GET", "/readyz"): None,
+    ("GET", "/api/v1/openapi.json"): None,
+    ("POST", "/command"): Role.ADMIN,
+    ("GET", "/command/{id}"): Role.VIEWER,
+    ("GET", "/commands"): Role.VIEWER,
+    ("GET", "/command/exec/{id}"): Role.OPERATOR,
+    ("GET", "/command/result/{id}"): Role.VIEWER,
+    ("GET", "/command/stop/{id}"): Role.OPERATOR,
+    ("GET", "/ping"): Role.VIEWER,
+}
+
+
+@pytest.fixture(scope="module")
+def doc() -> dict[str, Any]:
+    return build_openapi(version="1.2.3")
+
+
+def operations(doc: dict[str, Any]) -> dict[str, tuple[str, str, dict[str, Any]]]:
+    return {
+        op["operationId"]: (method.upper(), path, op)
+        for path, item in doc["paths"].items()
+        for method, op in item.items()
+    }
+
+
+def test_the_document_is_valid_openapi_3_1(doc: dict[str, Any]) -> None:
+    validate_spec(doc)
+    assert doc["openapi"].startswith("3.1")
+    assert doc["info"]["version"] == "1.2.3"
+
+
+def test_the_document_is_json_and_deterministic(doc: dict[str, Any]) -> None:
+    assert json.loads(json.dumps(doc)) == doc
+    assert build_openapi(version="1.2.3") == doc
+    assert "$defs" not in json.dumps(doc)  # nested models were hoisted into components
+
+
+def test_routes_match_the_document_and_the_design(doc: dict[str, Any]) -> None:
+    assert len(ROUTES) == len(set(ROUTES))
+    assert len({op for _, _, op in ROUTES}) == len(ROUTES)
+    assert {(m, p) for m, p, _ in ROUTES} == set(EXPECTED)
+    ops = operations(doc)
+    assert {(m, p, o) for o, (m, p, _) in ops.items()} == set(ROUTES)
+    for method, path, op_id in ROUTES:
+        assert REQUIRED_ROLES[op_id] == EXPECTED[(method, path)], op_id
+        legacy = op_id.startswith("legacy")
+        assert ops[op_id][2]["tags"] == ["legacy" if legacy else "v1"], op_id
+        assert legacy == (not path.startswith(("/api/", "/healthz", "/readyz", "/metrics")))
+
+
+def test_security(doc: dict[str, Any]) -> None:
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["bearer"] == {"type": "http", "scheme": "bearer"}
+    assert schemes["tokenHeader"] == {"type": "apiKey", "in": "header", "name": "token"}
+    assert doc["security"] == [{"bearer": []}, {"tokenHeader": []}]
+    for op_id, (_, _, op) in operations(doc).items():
+        role = REQUIRED_ROLES[op_id]
+        if role is None:
+            assert op["security"] == [], op_id
+            assert "401" not in op["responses"]
+        else:
+            assert "security" not in op  # the document-wide requirement applies
+            assert op["x-required-role"] == role.name.lower()
+            assert {"401", "403", "503"} <= set(op["responses"]), op_id
+
+
+def test_status_codes(doc: dict[str, Any]) -> None:
+    for op_id, (_, path, op) in operations(doc).items():
+        codes = set(op["responses"])
+        if "{id}" in path:
+            assert {"400", "404"} <= codes, op_id
+            (param,) = [p for p in op["parameters"] if p["in"] == "path"]
+            assert param["name"] == "id" and param["required"] is True
+            assert param["schema"]["type"] == "integer"
+        if "requestBody" in op:
+            assert {"400", "413", "415", "422"} <= codes, op_id
+        if op_id in ("deleteCommand", "stopRun", "legacyStopRun"):
+            assert "409" in codes
+        ok = [c for c in codes if c.startswith("2")]
+        assert len(ok) == 1, op_id
+        legacy = op["tags"] == ["legacy"]
+        for code in codes - set(ok):
+            if op_id == "readyz":
+                continue  # its 503 is a Readiness body, not an error
+            prefix = "LegacyError" if legacy else "Error"
+            assert op["responses"][code]["$ref"].endswith(f"/{prefix}{code}"), (op_id, code)
+    by_id = operations(doc)
+    assert set(by_id["createCommand"][2]["responses"]) >= {"201"}
+    assert "Location" in by_id["createCommand"][2]["responses"]["201"]["headers"]
+    assert "Location" in by_id["startRun"][2]["responses"]["202"]["headers"]
+    assert set(by_id["deleteCommand"][2]["responses"]) >= {"204"}
+    assert "202" in by_id["stopRun"][2]["responses"]
+    assert "503" in by_id["readyz"][2]["responses"]
+    output = by_id["getRunOutput"][2]["responses"]["200"]
+    assert "text/plain" in output["content"]
+    assert {"X-Output-Bytes", "X-Output-Offset", "X-Run-Status"} <= set(output["headers"])
+
+
+def test_request_bodies(doc: dict[str, Any]) -> None:
+    ops = operations(doc)
+    expected = {
+        "createCommand": ("CommandIn", True),
+        "startRun": ("RunIn", False),
+        "stopRun": ("StopIn", False),
+        "legacyCreateCommand": ("LegacyCommandIn", True),
+    }
+    for op_id, (_, _, op) in ops.items():
+        body = op.get("requestBody")
+        if op_id not in expected:
+            assert body is None, op_id
+            continue
+        name, required = expected[op_id]
+        assert body["required"] is required
+        assert body["content"]["application/json"]["schema"] == {
+            "$ref": f"#/components/schemas/{name}"
+        }
+    schemas = doc["components"]["schemas"]
+    assert schemas["CommandIn"]["required"] == ["code"]
+    assert schemas["CommandIn"]["additionalProperties"] is False
+    assert schemas["RestartIn"]["properties"]["policy"]["enum"] == ["never", "on-failure", "always"]
+
+
+def test_query_parameters(doc: dict[str, Any]) -> None:
+    ops = operations(doc)
+
+    def params(op_id: str) -> dict[str, dict[str, Any]]:
+        return {p["name"]: p for p in ops[op_id][2].get("parameters", []) if p["in"] == "query"}
+
+    assert set(params("listCommands")) == {"limit", "offset"}
+    assert params("listCommands")["limit"]["schema"]["maximum"] == 1000
+    assert params("listCommands")["limit"]["schema"]["minimum"] == 1
+    assert params("listCommands")["offset"]["schema"]["minimum"] == 0
+    assert set(params("listRuns")) == {"command_id", "status", "limit", "offset"}
+    assert set(params("getRunOutput")) == {"offset", "limit"}
+    assert params("legacyListCommands")["limit"]["schema"]["default"] == 10
+    small = operations(build_openapi(version="x", max_page_limit=20))
+    limit = next(p for p in small["listRuns"][2]["parameters"] if p["name"] == "limit")
+    assert limit["schema"]["maximum"] == 20 and limit["schema"]["default"] <= 20
+
+
+# ---- the response schemas describe exactly what serialize.py builds -----------------------
+
+
+def _closed(schema: Any) -> Any:
+    """A copy in which every object schema with properties forbids other properties."""
+    if isinstance(schema, dict):
+        out = {k: _closed(v) for k, v in schema.items()}
+        if out.get("type") == "object" and "properties" in out:
+            out.setdefault("additionalProperties", False)
+        return out
+    if isinstance(schema, list):
+        return [_closed(v) for v in schema]
+    return schema
+
+
+def _records() -> Any:
+    """make_command and make_run of the sibling test_serialize.py, whatever pytest's import mode."""
+    path = Path(__file__).with_name("test_serialize.py")
+    spec = importlib.util.spec_from_file_location("_runvisor_test_serialize", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_command, module.make_run
+
+
+def check_shape(doc: dict[str, Any], name: str, instance: Any) -> None:
+    closed = _closed(copy.deepcopy(doc))
+    root = {"components": closed["components"], "$ref": f"#/components/schemas/{name}"}
+    jsonschema.Draft202012Validator(root, format_checker=jsonschema.FormatChecker()).validate(
+        instance
+    )
+
+
+def test_response_shapes_match_serialize(doc: dict[str, Any]) -> None:
+    make_command, make_run = _records()
+    from runvisor.errors import NotFound, Unprocessable
+    from runvisor.models import RunStatus
+
+    command, run = make_command(), make_run()
+    check_shape(doc, "Command", serialize.command_json(command))
+    check_shape(doc, "Run", serialize.run_json(run))
+    check_shape(
+        doc, "Run", serialize.run_json(make_run(status=RunStatus.QUEUED, attempts=[], pid=None))
+    )
+    check_shape(
+        doc,
+        "CommandPage",
+        serialize.page_json([serialize.command_json(command)], limit=1, offset=0, total=1),
+    )
+    check_shape(
+        doc, "RunPage", serialize.page_json([serialize.run_json(run)], limit=1, offset=0, total=1)
+    )
+    check_shape(doc, "Error", serialize.error_json(NotFound("nope")))
+    exc = Unprocessable("code: must not be blank")
+    exc.details = [{"field": "code", "message": "must not be blank", "type": "value_error"}]  # type: ignore[attr-defined]
+    check_shape(doc, "Error", serialize.error_json(exc))
+    check_shape(doc, "LegacyCommand", serialize.legacy_command_json(command))
+    check_shape(
+        doc,
+        "LegacyCommand",
+        serialize.legacy_command_json(command, latest_run=run, latest_output=b"x"),
+    )
+    check_shape(doc, "LegacyRun", serialize.legacy_run_json(run, command, b"out"))
+    check_shape(doc, "LegacyRun", serialize.legacy_run_json(run, command, None))
+    check_shape(doc, "LegacyError", serialize.legacy_error_json(NotFound("nope")))
+    check_shape(doc, "Health", {"status": "ok"})
+    down = {"status": "unavailable", "stores": {"postgres": "ok", "redis": "down: refused"}}
+    check_shape(doc, "Readiness", down)
+    with pytest.raises(jsonschema.ValidationError):
+        check_shape(doc, "Command", {**serialize.command_json(command), "surprise": 1})
+    with pytest.raises(jsonschema.ValidationError):
+        check_shape(
+            doc, "Run", {k: v for k, v in serialize.run_json(run).items() if k != "env_keys"}
+        )
+
+
+def test_request_schemas_accept_what_the_models_accept(doc: dict[str, Any]) -> None:
+    body = {
+        "code": "echo",
+        "name": "n",
+        "timeout_s": 1,
+        "restart": {"policy": "always", "window_s": 5},
+    }
+    check_shape(doc, "CommandIn", body)
+    check_shape(doc, "RunIn", {"env": {"A": "1"}, "restart": None})
+    check_shape(doc, "StopIn", {"grace_s": 0})
+    with pytest.raises(jsonschema.ValidationError):
+        check_shape(doc, "RunIn", {"env": {"RUNVISOR_X": "1"}})
+    with pytest.raises(jsonschema.ValidationError):
+        check_shape(doc, "RunIn", {"env": {"1A": "1"}})

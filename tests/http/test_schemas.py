@@ -1,0 +1,514 @@
+"""runvisor.http.schemas: body decoding, strict request models, query and path parameters."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
+from runvisor.errors import BadRequest, NotFound, Unprocessable, UnsupportedMediaType
+from runvisor.http.schemas import (
+    MAX_ID,
+    CommandIn,
+    LegacyCommandIn,
+    RestartIn,
+    RunIn,
+    StopIn,
+    decode_json_body,
+    parse_id,
+    parse_output_range,
+    parse_pagination,
+    parse_status_filter,
+    validate,
+)
+from runvisor.models import CommandSpec, RestartPolicy, RestartPolicyKind, RunSpec, RunStatus
+
+JSON = "application/json"
+CTX = {"max_code_bytes": 100}
+
+
+def check(model: type[BaseModel], data: Any, ctx: dict[str, Any] = CTX) -> Any:
+    return validate(model, data, context=ctx)
+
+
+def problems(model: type[BaseModel], data: Any, ctx: dict[str, Any] = CTX) -> dict[str, str]:
+    """field path -> message, from the Unprocessable that validating `data` must raise."""
+    with pytest.raises(Unprocessable) as info:
+        validate(model, data, context=ctx)
+    exc = info.value
+    assert exc.status == 422
+    details = exc.details  # type: ignore[attr-defined]
+    assert exc.message == "; ".join(f"{d['field']}: {d['message']}" for d in details)
+    return {d["field"]: d["message"] for d in details}
+
+
+# ---- decode_json_body ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        JSON,
+        "application/json; charset=utf-8",
+        "Application/JSON ;charset=UTF-8",
+        "application/vnd.runvisor+json",
+        "application/merge-patch+json",
+        "text/x-foo+json",
+    ],
+)
+def test_json_media_types_are_accepted(content_type: str) -> None:
+    assert decode_json_body(b'{"a": 1}', content_type, required=True) == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "", "text/plain", "application/x-www-form-urlencoded", "application/jsonx", "+json",
+     "application/+json", "/json", "json"],
+)  # fmt: skip
+def test_other_media_types_are_refused(content_type: str | None) -> None:
+    with pytest.raises(UnsupportedMediaType) as info:
+        decode_json_body(b'{"a": 1}', content_type, required=True)
+    assert info.value.status == 415
+    assert "application/json" in info.value.message
+
+
+def test_media_type_check_can_be_skipped_for_legacy_routes() -> None:
+    assert decode_json_body(b"{}", "text/plain", required=True, check_media_type=False) == {}
+
+
+@pytest.mark.parametrize("raw", [b"", b"  \r\n\t"])
+def test_empty_body(raw: bytes) -> None:
+    # No content type needed for an empty optional body (POST .../stop with nothing).
+    assert decode_json_body(raw, None, required=False) is None
+    with pytest.raises(BadRequest) as info:
+        decode_json_body(raw, JSON, required=True)
+    assert info.value.code == "missing_body"
+
+
+def test_invalid_json_reports_the_position() -> None:
+    with pytest.raises(BadRequest) as info:
+        decode_json_body(b'{\n  "code": "x",\n  oops}', JSON, required=True)
+    assert info.value.code == "invalid_json"
+    assert "line 3 column 3" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "phrase"),
+    [
+        (b'{"code": "\xff"}', "not UTF-8 at byte 10"),
+        (b'{"a": NaN}', "NaN"),
+        (b'{"a": -Infinity}', "-Infinity"),
+        (b'{"a": 1e400}', "out of range"),
+        (b'{"a": 1, "a": 2}', "duplicate key 'a'"),
+        (b'{"a": "\\ud800"}', "surrogate"),
+        (b'{"\\udfff": 1}', "surrogate"),
+        (b'{"a": [["\\ud800"]]}', "surrogate"),
+        (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        (b'{"a": ' + b"9" * 5000 + b"}", "invalid JSON"),
+        (b'{"a": 1} x', "Extra data"),
+    ],
+)
+def test_invalid_json_cases(raw: bytes, phrase: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        decode_json_body(raw, JSON, required=True)
+    assert info.value.code == "invalid_json"
+    assert phrase in info.value.message
+
+
+def test_surrogate_pairs_and_a_bom_are_fine() -> None:
+    raw = '\ufeff{"a": "\\ud83d\\ude00 é"}'.encode()
+    assert decode_json_body(raw, JSON, required=True) == {"a": "😀 é"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"), [(b"[]", "an array"), (b'"x"', "a string"), (b"1", "a number"),
+                      (b"null", "null"), (b"true", "a boolean")]
+)  # fmt: skip
+def test_non_objects_are_refused(raw: bytes, kind: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        decode_json_body(raw, JSON, required=False)
+    assert info.value.code == "not_an_object"
+    assert kind in info.value.message
+
+
+# ---- CommandIn ----------------------------------------------------------------------------
+
+
+def test_minimal_command() -> None:
+    spec = check(CommandIn, {"code": "echo hi"}).to_spec()
+    assert spec == CommandSpec(code="echo hi")
+    assert spec.restart == RestartPolicy()
+
+
+def test_full_command() -> None:
+    body = {
+        "code": "sleep 1",
+        "name": "nap",
+        "description": "naps",
+        "timeout_s": 5,
+        "stuck_after_s": 2.5,
+        "restart": {"policy": "on-failure", "max_restarts": 5, "window_s": 30},
+        "max_output_bytes": 1024,
+    }
+    spec = check(CommandIn, body).to_spec()
+    assert spec == CommandSpec(
+        code="sleep 1",
+        name="nap",
+        description="naps",
+        timeout_s=5.0,
+        stuck_after_s=2.5,
+        restart=RestartPolicy(RestartPolicyKind.ON_FAILURE, 5, 30.0, 1.0, 60.0),
+        max_output_bytes=1024,
+    )
+    assert isinstance(spec.restart.window_s, float)
+
+
+def test_explicit_nulls_mean_absent() -> None:
+    body = {"code": "x", "name": None, "timeout_s": None, "restart": None, "max_output_bytes": None}
+    assert check(CommandIn, body).to_spec() == CommandSpec(code="x")
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "phrase"),
+    [
+        ({}, "code", "is required"),
+        ({"code": ""}, "code", "must not be blank"),
+        ({"code": " \n\t"}, "code", "must not be blank"),
+        ({"code": "echo\x00"}, "code", "must not contain NUL bytes"),
+        ({"code": 5}, "code", "must be a string"),
+        ({"code": "x" * 101}, "code", "at most 100 bytes"),
+        ({"code": "é" * 51}, "code", "at most 100 bytes"),  # bytes, not characters
+        ({"code": "x", "name": ""}, "name", "at least 1 characters"),
+        ({"code": "x", "name": "a" * 201}, "name", "at most 200 characters"),
+        ({"code": "x", "name": "a\tb"}, "name", "control characters"),
+        ({"code": "x", "name": "a\x85b"}, "name", "control characters"),
+        ({"code": "x", "description": None}, "description", "must be a string"),
+        ({"code": "x", "description": "d" * 10_001}, "description", "at most 10000"),
+        ({"code": "x", "description": "\x00"}, "description", "NUL"),
+        ({"code": "x", "timeout_s": 0}, "timeout_s", "must be > 0"),
+        ({"code": "x", "timeout_s": -1.5}, "timeout_s", "must be > 0"),
+        ({"code": "x", "timeout_s": 31_536_001}, "timeout_s", "must be <= 31536000"),
+        ({"code": "x", "timeout_s": "5"}, "timeout_s", "must be a number"),
+        ({"code": "x", "timeout_s": True}, "timeout_s", "must be a number"),
+        ({"code": "x", "timeout_s": 10**400}, "timeout_s", "must be a number"),
+        ({"code": "x", "stuck_after_s": 0}, "stuck_after_s", "must be > 0"),
+        ({"code": "x", "max_output_bytes": 0}, "max_output_bytes", "must be >= 1"),
+        (
+            {"code": "x", "max_output_bytes": 2**40 + 1},
+            "max_output_bytes",
+            "must be <= 1099511627776",
+        ),
+        ({"code": "x", "max_output_bytes": 1.0}, "max_output_bytes", "must be an integer"),
+        ({"code": "x", "max_output_bytes": "5"}, "max_output_bytes", "must be an integer"),
+        ({"code": "x", "max_output_bytes": True}, "max_output_bytes", "must be an integer"),
+        ({"code": "x", "restart": "always"}, "restart", "must be an object"),
+        ({"code": "x", "restart": {}}, "restart.policy", "is required"),
+        ({"code": "x", "colour": "red"}, "colour", "unknown field"),
+    ],
+)
+def test_command_problems(body: dict[str, Any], field: str, phrase: str) -> None:
+    found = problems(CommandIn, body)
+    assert field in found, found
+    assert phrase in found[field]
+
+
+def test_code_limit_comes_from_the_context() -> None:
+    assert check(CommandIn, {"code": "x" * 100}).code == "x" * 100
+    assert "code" in problems(CommandIn, {"code": "x" * 11}, {"max_code_bytes": 10})
+    # Without a context the RUNVISOR_MAX_CODE_BYTES default (64 KiB) applies.
+    assert check(CommandIn, {"code": "x" * 65536}, {}).code
+    assert "code" in problems(CommandIn, {"code": "x" * 65537}, {})
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    body = {
+        "code": "a\x00",
+        "restart": {"policy": "sometimes", "max_restarts": -1},
+        "timeout_s": "5",
+        "extra": 1,
+    }
+    found = problems(CommandIn, body)
+    assert found == {
+        "code": "must not contain NUL bytes",
+        "restart.policy": "must be one of 'never', 'on-failure' or 'always'",
+        "restart.max_restarts": "must be >= 0",
+        "timeout_s": "must be a number",
+        "extra": "unknown field",
+    }
+
+
+def test_details_carry_field_message_and_type_but_never_the_input() -> None:
+    with pytest.raises(Unprocessable) as info:
+        check(RunIn, {"env": {"TOKEN": "hunter2\x00"}})
+    details = info.value.details  # type: ignore[attr-defined]
+    assert details == [
+        {"field": "env.TOKEN", "message": "must not contain NUL bytes", "type": "value_error"}
+    ]
+    assert "hunter2" not in info.value.message
+    json.dumps(details)
+
+
+def test_long_field_names_are_shortened_in_messages() -> None:
+    found = problems(CommandIn, {"code": "x", "k" * 5000: 1})
+    (field,) = found
+    assert len(field) < 100
+
+
+# ---- RestartIn ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "phrase"),
+    [
+        ({"policy": "Always"}, "policy", "must be one of"),
+        ({"policy": "always", "max_restarts": 1001}, "max_restarts", "<= 1000"),
+        ({"policy": "always", "max_restarts": 2.0}, "max_restarts", "integer"),
+        ({"policy": "always", "window_s": 0}, "window_s", "> 0"),
+        ({"policy": "always", "window_s": 86_401}, "window_s", "<= 86400"),
+        ({"policy": "always", "backoff_s": -0.1}, "backoff_s", ">= 0"),
+        ({"policy": "always", "backoff_s": 3601, "backoff_max_s": 5000}, "backoff_s", "<= 3600"),
+        ({"policy": "always", "backoff_max_s": 86_401}, "backoff_max_s", "<= 86400"),
+        (
+            {"policy": "always", "backoff_s": 10, "backoff_max_s": 5},
+            "backoff_max_s",
+            ">= backoff_s (10)",
+        ),
+        ({"policy": "always", "backoff_max_s": 0.5}, "backoff_max_s", ">= backoff_s (1)"),
+        ({"policy": "always", "jitter": 1}, "jitter", "unknown field"),
+    ],
+)
+def test_restart_problems(body: dict[str, Any], field: str, phrase: str) -> None:
+    found = problems(RestartIn, body)
+    assert phrase in found[field], found
+
+
+def test_restart_bounds_are_inclusive_where_documented() -> None:
+    body = {
+        "policy": "never",
+        "max_restarts": 0,
+        "window_s": 86_400,
+        "backoff_s": 0,
+        "backoff_max_s": 0,
+    }
+    assert check(RestartIn, body).to_policy() == RestartPolicy(
+        RestartPolicyKind.NEVER, 0, 86_400.0, 0.0, 0.0
+    )
+    body = {"policy": "always", "max_restarts": 1000, "backoff_s": 3600, "backoff_max_s": 86_400}
+    assert check(RestartIn, body).to_policy().max_restarts == 1000
+
+
+# ---- RunIn, StopIn, LegacyCommandIn -------------------------------------------------------
+
+
+def test_run_spec() -> None:
+    assert check(RunIn, {}).to_spec() == RunSpec()
+    body = {"timeout_s": 1, "restart": {"policy": "always"}, "env": {"A": "1", "_b9": ""}}
+    spec = check(RunIn, body).to_spec()
+    assert spec == RunSpec(
+        timeout_s=1.0, restart=RestartPolicy(RestartPolicyKind.ALWAYS), env={"A": "1", "_b9": ""}
+    )
+
+
+def test_env_limits() -> None:
+    many = {f"V{i}": "x" for i in range(100)}
+    assert len(check(RunIn, {"env": many}).to_spec().env) == 100
+    assert "at most 100 entries" in problems(RunIn, {"env": {**many, "V100": "x"}})["env"]
+    assert check(RunIn, {"env": {"BIG": "x" * 32768}}).env == {"BIG": "x" * 32768}
+    assert "32768 bytes" in problems(RunIn, {"env": {"BIG": "é" * 16385}})["env.BIG"]
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "phrase"),
+    [
+        ({"1A": "x"}, "env.1A", "invalid variable name"),
+        ({"A-B": "x"}, "env.A-B", "invalid variable name"),
+        ({"": "x"}, 'env.""', "invalid variable name"),
+        ({"RUNVISOR_RUN_ID": "7"}, "env.RUNVISOR_RUN_ID", "RUNVISOR_ prefix is reserved"),
+        ({"A": "a\x00b"}, "env.A", "NUL"),
+        ({"A": 1}, "env.A", "must be a string"),
+        ({"A": None}, "env.A", "must be a string"),
+    ],
+)
+def test_env_problems(env: dict[str, Any], field: str, phrase: str) -> None:
+    found = problems(RunIn, {"env": env})
+    assert phrase in found[field], found
+
+
+def test_env_names_are_case_sensitive_about_the_reserved_prefix() -> None:
+    assert check(RunIn, {"env": {"runvisor_x": "1"}}).env == {"runvisor_x": "1"}
+
+
+def test_stop() -> None:
+    assert check(StopIn, {}).grace_s is None
+    assert check(StopIn, {"grace_s": 0}).grace_s == 0
+    assert check(StopIn, {"grace_s": 3600}).grace_s == 3600
+    assert ">= 0" in problems(StopIn, {"grace_s": -1})["grace_s"]
+    assert "<= 3600" in problems(StopIn, {"grace_s": 3600.5})["grace_s"]
+    assert "unknown field" in problems(StopIn, {"signal": 9})["signal"]
+
+
+def test_legacy_command() -> None:
+    assert check(
+        LegacyCommandIn, {"code": "echo", "description": "maybe"}
+    ).to_spec() == CommandSpec(code="echo", description="maybe")
+    assert check(LegacyCommandIn, {"code": "echo"}).description == ""
+    # Go's encoding/json: null leaves a string empty, and field names match case-insensitively.
+    assert check(LegacyCommandIn, {"code": "echo", "description": None}).description == ""
+    assert check(LegacyCommandIn, {"Code": "echo", "DESCRIPTION": "d"}).to_spec() == CommandSpec(
+        code="echo", description="d"
+    )
+    assert problems(LegacyCommandIn, {"code": "echo", "name": "n"}) == {"name": "unknown field"}
+    assert problems(LegacyCommandIn, {"code": "  "}) == {"code": "must not be blank"}
+    assert "at most 100 bytes" in problems(LegacyCommandIn, {"code": "x" * 101})["code"]
+    assert problems(LegacyCommandIn, {"description": "d"}) == {"code": "is required"}
+
+
+def test_validate_on_a_non_object() -> None:
+    assert problems(CommandIn, ["code"]) == {"body": "must be an object"}
+
+
+# ---- hypothesis: whatever decodes, validates or is a 422 ----------------------------------
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+    | st.sampled_from(["never", "on-failure", "always", "A", "RUNVISOR_X", "", " ", "\x00"])
+)
+_json_values = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_field_names = st.sampled_from(
+    ["code", "Code", "name", "description", "timeout_s", "stuck_after_s", "restart", "policy",
+     "max_restarts", "window_s", "backoff_s", "backoff_max_s", "max_output_bytes", "env",
+     "grace_s", "A", "_x"]
+) | st.text(max_size=10)  # fmt: skip
+_objects = st.dictionaries(
+    _field_names, _json_values | st.dictionaries(_field_names, _json_values), max_size=6
+)
+
+
+@settings(max_examples=300)
+@given(obj=_objects, model=st.sampled_from([CommandIn, RunIn, StopIn, LegacyCommandIn, RestartIn]))
+def test_any_decoded_object_validates_or_is_unprocessable(
+    obj: dict[str, Any], model: type[BaseModel]
+) -> None:
+    raw = json.dumps(obj).encode()
+    try:
+        data = decode_json_body(raw, JSON, required=True)
+    except BadRequest:
+        return  # e.g. a lone surrogate or duplicate key: refused before validation
+    assert data is not None
+    try:
+        result = validate(model, data, context=CTX)
+    except Unprocessable as exc:
+        assert exc.details  # type: ignore[attr-defined]
+        json.dumps(exc.details)  # type: ignore[attr-defined]
+        return
+    if hasattr(result, "to_spec"):
+        result.to_spec()
+
+
+@given(raw=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_decoding_arbitrary_bytes_only_raises_bad_request(raw: bytes) -> None:
+    try:
+        result = decode_json_body(raw, JSON, required=False)
+    except BadRequest as exc:
+        assert exc.code in ("invalid_json", "not_an_object")
+        return
+    assert result is None or isinstance(result, dict)
+
+
+# ---- query and path parameters ------------------------------------------------------------
+
+
+def test_pagination() -> None:
+    assert parse_pagination({}, default_limit=50, max_limit=1000) == (50, 0)
+    assert parse_pagination({}, default_limit=50, max_limit=20) == (20, 0)
+    assert parse_pagination({"limit": "", "offset": ""}, default_limit=10, max_limit=100) == (10, 0)
+    assert parse_pagination({"limit": "100", "offset": "007"}, default_limit=10, max_limit=100) == (
+        100,
+        7,
+    )
+    assert parse_pagination({"offset": str(MAX_ID)}, default_limit=10, max_limit=100) == (
+        10,
+        MAX_ID,
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "name"),
+    [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "101"}, "limit"),
+        ({"limit": "-1"}, "limit"),
+        ({"limit": "1.5"}, "limit"),
+        ({"limit": " 5"}, "limit"),
+        ({"limit": "+5"}, "limit"),
+        ({"limit": "五"}, "limit"),
+        ({"limit": "²"}, "limit"),
+        ({"offset": "-1"}, "offset"),
+        ({"offset": "x"}, "offset"),
+        ({"offset": str(MAX_ID + 1)}, "offset"),
+        ({"offset": "9" * 5000}, "offset"),
+    ],
+)
+def test_bad_pagination(query: dict[str, str], name: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        parse_pagination(query, default_limit=10, max_limit=100)
+    assert info.value.code == "invalid_parameter"
+    assert info.value.message.startswith(f"{name}: ")
+
+
+def test_parse_id() -> None:
+    assert parse_id("42", "run") == 42
+    assert parse_id("0042", "run") == 42
+    assert parse_id(str(MAX_ID), "run") == MAX_ID
+    for raw in ("", "-1", "1.0", "abc", " 1", "1e3", "٣", "0x10"):
+        with pytest.raises(BadRequest) as info:
+            parse_id(raw, "run")
+        assert info.value.code == "invalid_id"
+        assert "run" in info.value.message
+    for raw in ("0", str(MAX_ID + 1), "9" * 10_000):
+        with pytest.raises(NotFound) as nf:
+            parse_id(raw, "command")
+        assert "command" in nf.value.message
+        assert len(nf.value.message) < 120
+
+
+def test_status_filter() -> None:
+    assert parse_status_filter({}) is None
+    assert parse_status_filter({"status": ""}) is None
+    assert parse_status_filter({"status": "running"}) == (RunStatus.RUNNING,)
+    assert parse_status_filter({"status": "failed, Running,failed"}) == (
+        RunStatus.RUNNING,
+        RunStatus.FAILED,
+    )
+    assert set(parse_status_filter({"status": "active"}) or ()) == {
+        RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.RESTARTING
+    }  # fmt: skip
+    terminal = parse_status_filter({"status": "terminal"}) or ()
+    assert len(terminal) == 5 and all(s.is_terminal for s in terminal)
+    with pytest.raises(BadRequest) as info:
+        parse_status_filter({"status": "running,done"})
+    assert info.value.code == "invalid_parameter"
+    assert "'done'" in info.value.message and "timed_out" in info.value.message
+
+
+def test_output_range() -> None:
+    assert parse_output_range({}) == (0, None)
+    assert parse_output_range({"offset": "10", "limit": "5"}) == (10, 5)
+    for query in ({"offset": "-1"}, {"limit": "0"}, {"limit": "x"}):
+        with pytest.raises(BadRequest) as info:
+            parse_output_range(query)
+        assert info.value.code == "invalid_parameter"
