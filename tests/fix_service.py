@@ -204,10 +204,14 @@ def service_factory(
     """Start nodes of one test; afterwards stop them and fail if a run process is left."""
     started: list[Service] = []
 
-    def make(node_id: str | None = None, **extra_env: str) -> Service:
+    def make(
+        node_id: str | None = None, *, db_url: str | None = None, redis_url: str | None = None,
+        **extra_env: str,
+    ) -> Service:
         node = node_id or f"node-{len(started) + 1}-{os.getpid()}-{id(request) % 10000}"
         service = Service(
-            database_url=database_url, redis_url=redis_server_url, redis_prefix=redis_prefix,
+            database_url=db_url or database_url, redis_url=redis_url or redis_server_url,
+            redis_prefix=redis_prefix,
             data_dir=data_dir, node_id=node, extra_env=extra_env,
         )
         started.append(service)

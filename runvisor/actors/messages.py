@@ -44,11 +44,6 @@ class Ping:
     """Asked by the Supervisor: a RunActor that does not answer in time is wedged."""
 
 
-@dataclass(frozen=True, slots=True)
-class FailForTest:
-    """Raise inside a handler (only honoured with RUNVISOR_TEST_HOOKS on)."""
-
-
 # Told to the Supervisor
 
 

@@ -44,6 +44,8 @@ class OutputPump:
         self._live = live
         self._tail = bytearray()
         self._fd: int | None = None
+        self._spool_size = stored_in_spool
+        self.last_stored = b""  # the bytes stored by the last flush (for the test hook)
 
     @property
     def stored_bytes(self) -> int:
@@ -55,11 +57,15 @@ class OutputPump:
             os.close(self._fd)
             self._fd = None
 
-    def pending_bytes(self) -> int:
+    def observe(self) -> None:
+        """Note output written since the last look, stored or not (PostgreSQL may be down)."""
         try:
-            return max(os.stat(self.spool_path).st_size - self.position, 0)
+            size = os.stat(self.spool_path).st_size
         except FileNotFoundError:
-            return 0
+            return
+        if size != self._spool_size:
+            self._spool_size = size
+            self.last_output_at = time.monotonic()
 
     def flush(self, *, to_eof: bool = False) -> bool:
         """Store new output. True when nothing readable is left behind (or the cap is reached).
@@ -83,7 +89,6 @@ class OutputPump:
                 raise StoreUnavailable(f"run {self.run_id} attempt {self.attempt} is fenced off")
             stored = sum(len(c) for c in chunks)
             self.position += stored
-            self.last_output_at = time.monotonic()
             self._publish(chunks)
             if truncated:
                 self.truncated = True
@@ -113,6 +118,7 @@ class OutputPump:
 
     def _publish(self, chunks: list[bytes]) -> None:
         data = b"".join(chunks)
+        self.last_stored = data
         self._tail += data
         if len(self._tail) > RedisKeys.TAIL_BYTES:
             del self._tail[: len(self._tail) - RedisKeys.TAIL_BYTES]

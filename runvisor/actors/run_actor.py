@@ -25,6 +25,7 @@ from runvisor.actors.exit_watcher import ExitWatcher
 from runvisor.actors.output_pump import OutputPump
 from runvisor.actors.proctree import (
     find_attempt_processes,
+    is_zombie,
     kill_attempt_tree,
     signal_all,
     signal_group,
@@ -48,6 +49,7 @@ from runvisor.store.live import LiveState
 from runvisor.supervisor.policy import Decision, attempt_history, decide
 
 RETRY_S = 1.0  # how soon to retry a store write that failed
+FAIL_ACTOR_MARKER = b"@@runvisor-test:fail-actor@@"
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,15 +199,25 @@ class RunActor(pykka.ThreadingActor):
                 self._detach()
             case m.Ping():
                 return True
-            case m.FailForTest() if self.deps.settings.test_hooks:
-                raise RuntimeError("failure injected by a test hook")
         return None
+
+    def _test_hook_fail_actor(self) -> None:
+        """With RUNVISOR_TEST_HOOKS on, a run printing FAIL_ACTOR_MARKER makes this actor raise."""
+        if (
+            self.deps.settings.test_hooks and self.pump is not None
+            and FAIL_ACTOR_MARKER in self.pump.last_stored
+        ):
+            self.pump.last_stored = b""
+            raise RuntimeError("failure injected by a test hook")
 
     def _on_flush_tick(self) -> None:
         self.timers.pop("flush", None)
         if self.finished:
             return
+        if self.pump is not None:
+            self.pump.observe()
         drained = self._flush()
+        self._test_hook_fail_actor()
         if self.exit is not None:
             if self._leftovers_may_finish():
                 self._schedule("flush", self.deps.settings.flush_interval_s, m.FlushTick())
@@ -266,7 +278,7 @@ class RunActor(pykka.ThreadingActor):
         if self.end_reason is AttemptEndReason.EXITED or "kill" not in self.timers:
             return False
         members = find_attempt_processes(leader=self.identity, marker=self.marker)
-        return any(not member.zombie for member in members)
+        return any(not is_zombie(member) for member in members)
 
     def _terminate(self, reason: AttemptEndReason, grace_s: float, by: str | None = None) -> None:
         if self.finished or self.identity is None:

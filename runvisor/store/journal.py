@@ -72,7 +72,12 @@ class RunJournal:
         with self._conn() as conn, conn.transaction():
             cur = conn.cursor(row_factory=class_row(Run))
             cur.execute(query, (self.node_id, *params))
-            return cur.fetchone()
+            run = cur.fetchone()
+            if run is None:
+                return None
+            acur = conn.cursor(row_factory=class_row(Attempt))
+            acur.execute(ATTEMPTS_OF_RUNS, ([run.id],))
+            return attach_attempts([run], acur.fetchall())[0]
 
     def start_attempt(
         self, run: Run, *, pid: int, start_ticks: int, marker: str, output_offset: int

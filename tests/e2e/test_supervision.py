@@ -1,0 +1,123 @@
+"""Supervision: timeouts, stuck attempts, restart policies, a failing RunActor, the queue."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from tests.fix_service import Api, Service, wait_until
+
+FAIL_ACTOR = "@@runvisor-test:fail-actor@@"
+
+
+def ts(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def test_a_timeout_ends_the_run_timed_out_and_leaves_no_process(service: Service) -> None:
+    api = service.api
+    run = api.run_code("sleep 30", timeout_s=1)
+    started = time.monotonic()
+    final = api.wait_finished(run["id"], timeout_s=10)
+    assert time.monotonic() - started < 2.5
+    assert final["status"] == "timed_out"
+    assert final["attempts"][0]["reason"] == "timed_out"
+    wait_until(lambda: not service.run_processes(), 2, "no process of the run")
+
+
+def test_stuck_attempts_are_restarted_by_policy_then_the_run_fails(api: Api) -> None:
+    run = api.run_code(
+        "echo start; sleep 60", stuck_after_s=1,
+        restart={"policy": "on-failure", "max_restarts": 2, "window_s": 60, "backoff_s": 0.2},
+    )
+    final = api.wait_finished(run["id"], timeout_s=30)
+    assert final["status"] == "failed"
+    assert "restart intensity" in final["reason"]
+    attempts = final["attempts"]
+    assert [a["attempt"] for a in attempts] == [1, 2, 3]
+    assert all(a["reason"] == "stuck" for a in attempts)
+    assert final["restart_count"] == 2
+    output = api.output(run["id"])
+    assert output == b"start\n" * 3
+    for a in attempts:  # each attempt's output begins where it says
+        assert output[a["output_offset"]:].startswith(b"start\n")
+
+
+def test_always_restarts_with_growing_gaps_until_the_intensity_limit(api: Api) -> None:
+    run = api.run_code(
+        "echo attempt $RUNVISOR_ATTEMPT; exit 1",
+        restart={"policy": "always", "max_restarts": 3, "window_s": 60, "backoff_s": 0.2,
+                 "backoff_max_s": 1},
+    )
+    final = api.wait_finished(run["id"], timeout_s=30)
+    assert final["status"] == "failed" and "restart intensity" in final["reason"]
+    attempts = final["attempts"]
+    assert len(attempts) == 4 and all(a["exit_code"] == 1 for a in attempts)
+    gaps = [ts(b["started_at"]) - ts(a["finished_at"]) for a, b in zip(attempts, attempts[1:])]
+    assert gaps == sorted(gaps) and gaps[0] < gaps[-1], gaps
+    assert gaps[-1] <= 1.0 * 1.1 + 0.5  # the cap, with jitter and scheduling slack
+    assert api.output(run["id"]) == b"attempt 1\nattempt 2\nattempt 3\nattempt 4\n"
+
+
+def test_on_failure_does_not_restart_a_success(api: Api) -> None:
+    run = api.run_code("echo fine", restart={"policy": "on-failure", "max_restarts": 5})
+    final = api.wait_finished(run["id"])
+    assert final["status"] == "succeeded" and len(final["attempts"]) == 1
+
+
+def test_restarting_shows_next_attempt_at_and_a_stop_then_ends_it(api: Api) -> None:
+    run = api.run_code(
+        "exit 2", restart={"policy": "always", "max_restarts": 5, "backoff_s": 30,
+                           "backoff_max_s": 60},
+    )
+    waiting = api.wait_status(run["id"], "restarting", timeout_s=10)
+    assert waiting["next_attempt_at"] is not None and waiting["restart_count"] == 1
+    assert api.post(f"/api/v1/runs/{run['id']}/stop").status_code == 202
+    final = api.wait_finished(run["id"], timeout_s=5)
+    assert final["status"] == "stopped" and len(final["attempts"]) == 1
+
+
+def test_a_failing_run_actor_is_restarted_by_policy_and_the_service_stays_up(
+    service_factory,
+) -> None:
+    service = service_factory(RUNVISOR_TEST_HOOKS="1")
+    api = service.api
+    code = (
+        f'if [ "$RUNVISOR_ATTEMPT" = 1 ]; then echo "{FAIL_ACTOR}"; sleep 60; fi; echo recovered'
+    )
+    run = api.run_code(code, restart={"policy": "on-failure", "max_restarts": 2,
+                                      "backoff_s": 0.1})
+    final = api.wait_finished(run["id"], timeout_s=20)
+    assert final["status"] == "succeeded", final
+    assert [a["reason"] for a in final["attempts"]] == ["actor_failed", "exited"]
+    assert api.output(run["id"]).endswith(b"recovered\n")
+    assert api.get("/healthz").status_code == 200
+    # Without the test hooks setting the marker is only output.
+    plain = api.run_code(f'echo "{FAIL_ACTOR}"')
+    assert api.wait_finished(plain["id"])["status"] == "succeeded"
+
+
+def test_the_marker_does_nothing_when_test_hooks_are_off(api: Api) -> None:
+    run = api.wait_finished(api.run_code(f'echo "{FAIL_ACTOR}"')["id"])
+    assert run["status"] == "succeeded" and len(run["attempts"]) == 1
+
+
+def test_max_running_queues_runs_in_order_and_a_stopped_queued_run_never_starts(
+    service_factory,
+) -> None:
+    service = service_factory(RUNVISOR_MAX_RUNNING="2")
+    api = service.api
+    command = api.create_command("sleep 1; echo done $RUNVISOR_RUN_ID")
+    runs = [api.start_run(command["id"]) for _ in range(5)]
+    statuses = [api.run(r["id"])["status"] for r in runs]
+    assert statuses.count("running") == 2 and statuses.count("queued") == 3, statuses
+    assert statuses[:2] == ["running", "running"]
+    stopped = api.post(f"/api/v1/runs/{runs[4]['id']}/stop")
+    assert stopped.status_code == 202 and stopped.json()["status"] == "stopped"
+    finals = [api.wait_finished(r["id"], timeout_s=30) for r in runs]
+    assert [f["status"] for f in finals] == ["succeeded"] * 4 + ["stopped"]
+    assert finals[4]["attempts"] == [] and api.output(runs[4]["id"]) == b""
+    starts = [ts(f["started_at"]) for f in finals[:4]]
+    assert starts == sorted(starts)  # in start order
+    for f in finals[:4]:
+        assert api.output(f["id"]) == f"done {f['id']}\n".encode()
