@@ -221,7 +221,9 @@ def service_factory(
     leftovers: dict[str, list[int]] = {}
     for service in started:
         _stop_active_runs(service)
+    for service in started:
         service.stop()
+    for service in started:
         pids = service.run_processes()
         if pids:
             leftovers[service.node_id] = pids

@@ -38,7 +38,11 @@ OUTPUT_READ_BATCH = 64  # chunks fetched per round trip when reading output
 async def open_history(
     conninfo: str, *, default_max_output_bytes: int, max_size: int = 10
 ) -> AsyncIterator[History]:
-    pool = AsyncConnectionPool(conninfo, min_size=1, max_size=max_size, open=False, timeout=5.0)
+    pool = AsyncConnectionPool(
+        conninfo, min_size=1, max_size=max_size, open=False, timeout=5.0,
+        # A connection broken by an outage is found and replaced at checkout, not used.
+        check=AsyncConnectionPool.check_connection,
+    )
     # Do not wait for a first connection: the service starts (and /readyz says why) while
     # PostgreSQL is down, and the pool reconnects by itself when it returns.
     await pool.open(wait=False)

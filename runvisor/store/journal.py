@@ -22,7 +22,10 @@ from runvisor.store.columns import ATTEMPTS_OF_RUNS, RUN_COLUMNS, RUNS_SELECT, a
 
 
 def open_journal(conninfo: str, *, node_id: str, max_size: int = 8) -> RunJournal:
-    pool = ConnectionPool(conninfo, min_size=1, max_size=max_size, open=False, timeout=5.0)
+    pool = ConnectionPool(
+        conninfo, min_size=1, max_size=max_size, open=False, timeout=5.0,
+        check=ConnectionPool.check_connection,  # see history.open_history
+    )
     pool.open(wait=False)
     return RunJournal(pool, node_id=node_id)
 
