@@ -5,6 +5,8 @@ Redis key prefix of its own; both are removed afterwards."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,14 +22,23 @@ TEMPLATE_DB = f"runvisor_tmpl_{os.getpid()}"
 
 
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def embedded_stores_dir() -> Iterator[Path]:
+    # Not under pytest's tmp_path: a later pytest session resets that tree to mode 0700, and an
+    # embedded PostgreSQL running as another user (pgserver does so under root) would lose it.
+    path = Path(tempfile.mkdtemp(prefix="runvisor-test-stores-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(embedded_stores_dir: Path) -> Iterator[str]:
     url = os.environ.get("RUNVISOR_TEST_DATABASE_URL")
     if url:
         yield url
         return
     from runvisor.embedded import EmbeddedPostgres
 
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
+    server = EmbeddedPostgres(embedded_stores_dir / "pg")
     try:
         yield server.start()
     finally:
@@ -35,14 +46,14 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_server_url(embedded_stores_dir: Path) -> Iterator[str]:
     url = os.environ.get("RUNVISOR_TEST_REDIS_URL")
     if url:
         yield url
         return
     from runvisor.embedded import EmbeddedRedis
 
-    server = EmbeddedRedis(tmp_path_factory.mktemp("valkey"))
+    server = EmbeddedRedis(embedded_stores_dir / "valkey")
     try:
         yield server.start()
     finally:
