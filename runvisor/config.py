@@ -19,7 +19,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
     return Path(base) / "runvisor"
 
 
@@ -44,6 +46,7 @@ class Settings:
     max_code_bytes: int = 64 * 1024
     max_output_bytes: int = 64 * 1024 * 1024
     max_page_limit: int = 1000
+    ping_timeout_s: float = 10.0
     test_hooks: bool = False
 
     @property
@@ -99,7 +102,9 @@ def _parse_url(schemes: tuple[str, ...]) -> Callable[[str, str], str]:
         value = raw.strip()
         scheme = value.split("://", 1)[0] if "://" in value else ""
         if scheme not in schemes:
-            raise SettingsError(f"{name}: must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+            raise SettingsError(
+                f"{name}: must be a URL starting with {' or '.join(s + '://' for s in schemes)}"
+            )
         return value
 
     return parse
@@ -129,7 +134,9 @@ def _parse_database_url(name: str, raw: str) -> str:
     try:
         conninfo_to_dict(value)
     except Exception:
-        raise SettingsError(f"{name}: not a postgresql:// URL nor a libpq connection string") from None
+        raise SettingsError(
+            f"{name}: not a postgresql:// URL nor a libpq connection string"
+        ) from None
     return value
 
 
@@ -151,6 +158,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_code_bytes": lambda name, raw: _parse_int(name, raw, minimum=1),
     "max_output_bytes": lambda name, raw: _parse_int(name, raw, minimum=1),
     "max_page_limit": lambda name, raw: _parse_int(name, raw, minimum=1),
+    "ping_timeout_s": lambda name, raw: _parse_float(name, raw, minimum=0.1, exclusive=False),
     "test_hooks": _parse_bool,
 }
 

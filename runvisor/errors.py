@@ -64,3 +64,8 @@ class StoreUnavailable(ServiceUnavailable):
 
 class SettingsError(Exception):
     """A RUNVISOR_* setting is invalid; start-up stops with this one line."""
+
+
+class Fenced(Exception):
+    """This node's attempt was superseded (ended or taken over by the Supervisor or another
+    node): its late writes are refused, and the actor that made them must stand down."""

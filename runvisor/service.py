@@ -50,13 +50,21 @@ def serve(settings: Settings) -> None:
         supervisor = start_supervisor(deps, stack)
         start_control_listener(settings, redis_url, supervisor, stack)
         app = create_app(
-            settings, supervisor=supervisor, tokens=tokens, database_url=database_url,
+            settings,
+            supervisor=supervisor,
+            tokens=tokens,
+            database_url=database_url,
             redis_url=redis_url,
         )
         log.info("serving", host=settings.host, port=settings.port, node=settings.node_id)
         web.run_app(
-            app, host=settings.host, port=settings.port, print=None, access_log=None,
-            shutdown_timeout=5.0, handle_signals=True,
+            app,
+            host=settings.host,
+            port=settings.port,
+            print=None,
+            access_log=None,
+            shutdown_timeout=5.0,
+            handle_signals=True,
         )
         log.info("shutting down; runs keep running and are adopted at the next start")
 
@@ -146,13 +154,17 @@ def start_supervisor(deps: RunDeps, stack: contextlib.ExitStack) -> pykka.ActorP
 
 
 def start_control_listener(
-    settings: Settings, redis_url: str, supervisor: pykka.ActorProxy[Supervisor],
+    settings: Settings,
+    redis_url: str,
+    supervisor: pykka.ActorProxy[Supervisor],
     stack: contextlib.ExitStack,
 ) -> None:
     client = redis_client(redis_url)
     stack.callback(client.close)
     listener = ControlListener(
-        client=client, keys=RedisKeys(settings.redis_prefix), node_id=settings.node_id,
+        client=client,
+        keys=RedisKeys(settings.redis_prefix),
+        node_id=settings.node_id,
         supervisor=supervisor,
     )
     listener.start()

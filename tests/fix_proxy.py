@@ -3,6 +3,7 @@ of the network path, with the real server behind it (no fakes)."""
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 import socket
 import threading
@@ -32,10 +33,8 @@ class TcpProxy:
         with self._lock:
             for a, b in self._pairs:
                 for s in (a, b):
-                    try:
+                    with contextlib.suppress(OSError):
                         s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
                     s.close()
             self._pairs.clear()
 
@@ -83,10 +82,8 @@ class TcpProxy:
         finally:
             sel.close()
             for s in (a, b):
-                try:
+                with contextlib.suppress(OSError):
                     s.close()
-                except OSError:
-                    pass
 
 
 def proxied_database_url(url: str, proxy: TcpProxy) -> str:

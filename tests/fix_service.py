@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -27,7 +28,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.05) -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.05
+) -> Any:
     """Poll `predicate` until it returns something truthy; fail naming `what` at the deadline."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -60,7 +63,9 @@ class Api:
     token: str = ADMIN
     session: requests.Session = field(default_factory=requests.Session)
 
-    def request(self, method: str, path: str, *, token: str | None = None, **kw: Any) -> requests.Response:
+    def request(
+        self, method: str, path: str, *, token: str | None = None, **kw: Any
+    ) -> requests.Response:
         headers = kw.pop("headers", {})
         token = self.token if token is None else token
         if token:
@@ -101,7 +106,9 @@ class Api:
         assert response.status_code == 200, response.text
         return response.content
 
-    def wait_status(self, run_id: int, statuses: set[str] | str, timeout_s: float = 30.0) -> dict[str, Any]:
+    def wait_status(
+        self, run_id: int, statuses: set[str] | str, timeout_s: float = 30.0
+    ) -> dict[str, Any]:
         wanted = {statuses} if isinstance(statuses, str) else statuses
 
         def check() -> dict[str, Any] | None:
@@ -119,8 +126,16 @@ class Api:
 class Service:
     """`runvisor serve` as a child process, with its own node id, data dir and Redis prefix."""
 
-    def __init__(self, *, database_url: str, redis_url: str, redis_prefix: str, data_dir: Path,
-                 node_id: str, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        redis_url: str,
+        redis_prefix: str,
+        data_dir: Path,
+        node_id: str,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.node_id = node_id
         self.data_dir = data_dir
@@ -145,7 +160,10 @@ class Service:
     def start(self) -> Service:
         log = open(self.log_path, "ab")  # noqa: SIM115  # kept open by the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runvisor", "serve"], env=self.env, stdout=log, stderr=log,
+            [sys.executable, "-m", "runvisor", "serve"],
+            env=self.env,
+            stdout=log,
+            stderr=log,
             stdin=subprocess.DEVNULL,
         )
         log.close()
@@ -190,29 +208,36 @@ class Service:
 
 def kill_pids(pids: list[int]) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.fixture
 def service_factory(
-    database_url: str, redis_server_url: str, redis_prefix: str, data_dir: Path,
+    database_url: str,
+    redis_server_url: str,
+    redis_prefix: str,
+    data_dir: Path,
     request: pytest.FixtureRequest,
 ) -> Iterator[Callable[..., Service]]:
     """Start nodes of one test; afterwards stop them and fail if a run process is left."""
     started: list[Service] = []
 
     def make(
-        node_id: str | None = None, *, db_url: str | None = None, redis_url: str | None = None,
+        node_id: str | None = None,
+        *,
+        db_url: str | None = None,
+        redis_url: str | None = None,
         **extra_env: str,
     ) -> Service:
         node = node_id or f"node-{len(started) + 1}-{os.getpid()}-{id(request) % 10000}"
         service = Service(
-            database_url=db_url or database_url, redis_url=redis_url or redis_server_url,
+            database_url=db_url or database_url,
+            redis_url=redis_url or redis_server_url,
             redis_prefix=redis_prefix,
-            data_dir=data_dir, node_id=node, extra_env=extra_env,
+            data_dir=data_dir,
+            node_id=node,
+            extra_env=extra_env,
         )
         started.append(service)
         return service.start()

@@ -8,6 +8,7 @@ except those of processes it watches, which their RunActor reaps itself to read 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import threading
@@ -32,7 +33,9 @@ class ExitWatcher:
         self._wake_r, self._wake_w = os.pipe()
         self._epoll.register(self._wake_r, select.EPOLLIN)
         self._running = False
-        self._thread = threading.Thread(target=self._loop, name="runvisor-exit-watcher", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name="runvisor-exit-watcher", daemon=True
+        )
 
     def start(self) -> None:
         self._running = True
@@ -87,10 +90,8 @@ class ExitWatcher:
     def _close(self, fd: int) -> None:
         pid, _cb = self._by_fd.pop(fd)
         self._watched_pids.discard(pid)
-        try:
+        with contextlib.suppress(OSError, ValueError):
             self._epoll.unregister(fd)
-        except (OSError, ValueError):
-            pass
         os.close(fd)
 
     def _loop(self) -> None:
@@ -115,4 +116,3 @@ class ExitWatcher:
                     callback()
                 except Exception:
                     log.exception("exit callback failed")
-

@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from runvisor.errors import StoreUnavailable
+from runvisor.errors import Fenced
 from runvisor.store.journal import RunJournal
 from runvisor.store.keys import RedisKeys
 from runvisor.store.live import LiveState
@@ -71,6 +71,7 @@ class OutputPump:
         """Store new output. True when nothing readable is left behind (or the cap is reached).
 
         Raises StoreUnavailable when PostgreSQL is down; nothing is lost, the next call retries.
+        Raises Fenced when the attempt was superseded.
         """
         while True:
             chunks = self._read_batch()
@@ -82,11 +83,14 @@ class OutputPump:
             if truncated:
                 chunks = _cut(chunks, cap_room)
             ok = self._journal.append_output(
-                self.run_id, self.attempt, offset=self.stored_bytes, chunks=chunks,
+                self.run_id,
+                self.attempt,
+                offset=self.stored_bytes,
+                chunks=chunks,
                 truncated=truncated,
             )
             if not ok:
-                raise StoreUnavailable(f"run {self.run_id} attempt {self.attempt} is fenced off")
+                raise Fenced(f"run {self.run_id} attempt {self.attempt} was superseded")
             stored = sum(len(c) for c in chunks)
             self.position += stored
             self._publish(chunks)

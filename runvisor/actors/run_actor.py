@@ -41,7 +41,7 @@ from runvisor.actors.spawn import (
 )
 from runvisor.actors.timer import TimerHandle, TimerService
 from runvisor.config import Settings
-from runvisor.errors import StoreUnavailable
+from runvisor.errors import Fenced, StoreUnavailable
 from runvisor.logs import get_logger
 from runvisor.models import Attempt, AttemptEndReason, Run, RunStatus
 from runvisor.store.journal import RunJournal
@@ -50,6 +50,7 @@ from runvisor.supervisor.policy import Decision, attempt_history, decide
 
 RETRY_S = 1.0  # how soon to retry a store write that failed
 FAIL_ACTOR_MARKER = b"@@runvisor-test:fail-actor@@"
+WEDGE_ACTOR_MARKER = b"@@runvisor-test:wedge-actor@@"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,11 @@ class RunDeps:
 
 class RunActor(pykka.ThreadingActor):
     def __init__(
-        self, *, run: Run, deps: RunDeps, supervisor: pykka.ActorRef[Any],
+        self,
+        *,
+        run: Run,
+        deps: RunDeps,
+        supervisor: pykka.ActorRef[Any],
         adopt: Attempt | None = None,
     ) -> None:
         super().__init__()
@@ -108,7 +113,9 @@ class RunActor(pykka.ThreadingActor):
     def _spawn(self, spool_path: Path) -> None:
         base_offset = self.run.output_bytes
         env = run_environment(
-            run_id=self.run.id, attempt=self.run.attempt, node_id=self.deps.journal.node_id,
+            run_id=self.run.id,
+            attempt=self.run.attempt,
+            node_id=self.deps.journal.node_id,
             marker=self.marker,
             requested=self.run.env,
         )
@@ -116,8 +123,11 @@ class RunActor(pykka.ThreadingActor):
         try:
             self.identity = self.deps.watcher.spawn_watched(
                 lambda: spawn_attempt(
-                    code=self.run.code, env=env, spool_path=spool_path,
-                    status_path=self.status_path, cwd=self.spool_dir,
+                    code=self.run.code,
+                    env=env,
+                    spool_path=spool_path,
+                    status_path=self.status_path,
+                    cwd=self.spool_dir,
                 ),
                 lambda: ref.tell(m.ProcessExited()),
             )
@@ -138,7 +148,8 @@ class RunActor(pykka.ThreadingActor):
         self.started_at = attempt.started_at.timestamp()
         self.log = self.log.bind(pid=attempt.pid)
         self.pump = self._make_pump(
-            spool_path, base_offset=attempt.output_offset,
+            spool_path,
+            base_offset=attempt.output_offset,
             stored_in_spool=max(self.run.output_bytes - attempt.output_offset, 0),
         )
         ref = self.actor_ref
@@ -150,9 +161,13 @@ class RunActor(pykka.ThreadingActor):
 
     def _make_pump(self, spool_path: Path, *, base_offset: int, stored_in_spool: int) -> OutputPump:
         return OutputPump(
-            run_id=self.run.id, attempt=self.run.attempt, spool_path=spool_path,
-            base_offset=base_offset, stored_in_spool=stored_in_spool,
-            max_output_bytes=self.run.max_output_bytes, journal=self.deps.journal,
+            run_id=self.run.id,
+            attempt=self.run.attempt,
+            spool_path=spool_path,
+            base_offset=base_offset,
+            stored_in_spool=stored_in_spool,
+            max_output_bytes=self.run.max_output_bytes,
+            journal=self.deps.journal,
             live=self.deps.live,
         )
 
@@ -160,8 +175,10 @@ class RunActor(pykka.ThreadingActor):
         self._release()
 
     def on_failure(
-        self, exception_type: type[BaseException] | None,
-        exception_value: BaseException | None, traceback: TracebackType | None,
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
     ) -> None:
         self.log.error("run actor failed", error=repr(exception_value))
         self._release()
@@ -201,14 +218,23 @@ class RunActor(pykka.ThreadingActor):
                 return True
         return None
 
-    def _test_hook_fail_actor(self) -> None:
-        """With RUNVISOR_TEST_HOOKS on, a run printing FAIL_ACTOR_MARKER makes this actor raise."""
-        if (
-            self.deps.settings.test_hooks and self.pump is not None
-            and FAIL_ACTOR_MARKER in self.pump.last_stored
-        ):
-            self.pump.last_stored = b""
+    def _test_hooks(self) -> None:
+        """With RUNVISOR_TEST_HOOKS on, a run printing a marker makes this actor fail or hang."""
+        if not self.deps.settings.test_hooks or self.pump is None:
+            return
+        stored, self.pump.last_stored = self.pump.last_stored, b""
+        if FAIL_ACTOR_MARKER in stored:
             raise RuntimeError("failure injected by a test hook")
+        if WEDGE_ACTOR_MARKER in stored:
+            self.log.warning("test hook: this actor stops answering for a while")
+            time.sleep(3 * self.deps.settings.ping_timeout_s)
+
+    def _stand_down(self) -> None:
+        """The attempt was superseded while this actor was away: stop, write nothing more."""
+        self.log.warning("attempt superseded; this actor stands down")
+        self.finished = True
+        self._remove_attempt_files()
+        self.actor_ref.stop(block=False)
 
     def _on_flush_tick(self) -> None:
         self.timers.pop("flush", None)
@@ -217,7 +243,12 @@ class RunActor(pykka.ThreadingActor):
         if self.pump is not None:
             self.pump.observe()
         drained = self._flush()
-        self._test_hook_fail_actor()
+        if self.finished:
+            return
+        self._test_hooks()
+        if self.exit is None and self.identity is not None and not is_alive(self.identity):
+            self._on_process_exited()  # a safety net: the exit watcher tells at once, normally
+            return
         if self.exit is not None:
             if self._leftovers_may_finish():
                 self._schedule("flush", self.deps.settings.flush_interval_s, m.FlushTick())
@@ -226,7 +257,9 @@ class RunActor(pykka.ThreadingActor):
             return
         stuck_after = self.run.stuck_after_s
         if (
-            stuck_after and self.end_reason is None and self.pump is not None
+            stuck_after
+            and self.end_reason is None
+            and self.pump is not None
             and time.monotonic() - self.pump.last_output_at > stuck_after
         ):
             self.log.warning("attempt stuck: no output", stuck_after_s=stuck_after)
@@ -245,13 +278,19 @@ class RunActor(pykka.ThreadingActor):
         except StoreUnavailable as exc:
             self.log.warning("output not stored yet; will retry", error=exc.message)
             return None
+        except Fenced:
+            self._stand_down()
+            return None
 
     def _record_attempt(self) -> None:
         assert self.identity is not None and self.pump is not None
         try:
             self.deps.journal.start_attempt(
-                self.run, pid=self.identity.pid, start_ticks=self.identity.start_ticks,
-                marker=self.marker, output_offset=self.pump.base_offset,
+                self.run,
+                pid=self.identity.pid,
+                start_ticks=self.identity.start_ticks,
+                marker=self.marker,
+                output_offset=self.pump.base_offset,
             )
             self.attempt_recorded = True
         except StoreUnavailable as exc:
@@ -291,8 +330,14 @@ class RunActor(pykka.ThreadingActor):
             sent_more = signal_all(
                 find_attempt_processes(leader=self.identity, marker=self.marker), signal.SIGTERM
             )
-            self.log.info("stopping", reason=str(reason), grace_s=grace_s, by=by,
-                          group_signalled=sent, signalled=sent_more)
+            self.log.info(
+                "stopping",
+                reason=str(reason),
+                grace_s=grace_s,
+                by=by,
+                group_signalled=sent,
+                signalled=sent_more,
+            )
         elif self.end_reason is None:
             return  # it exited on its own already; its exit status tells the outcome
         if grace_s <= 0:
@@ -325,7 +370,8 @@ class RunActor(pykka.ThreadingActor):
             self.log.info("killed leftover processes", processes=leftovers)
         self.leftovers_killed += leftovers
         if self._flush(to_eof=True) is None:
-            self._schedule("flush", RETRY_S, m.FlushTick())
+            if not self.finished:
+                self._schedule("flush", RETRY_S, m.FlushTick())
             return
         self._end()
 
@@ -337,30 +383,39 @@ class RunActor(pykka.ThreadingActor):
         run_reason = spawn_error or self._reason_text(decision)
         try:
             ok = self.deps.journal.end_attempt(
-                self.run, exit_code=exit_status.exit_code, signal=exit_status.signal,
+                self.run,
+                exit_code=exit_status.exit_code,
+                signal=exit_status.signal,
                 reason=str(self.end_reason),
                 leftovers_killed=self.leftovers_killed,
-                run_status=decision.status, run_reason=run_reason,
+                run_status=decision.status,
+                run_reason=run_reason,
                 restart_delay_s=decision.restart_delay_s,
             )
         except StoreUnavailable as exc:
             self.log.warning("outcome not stored yet; will retry", error=exc.message)
             self._schedule("flush", RETRY_S, m.FlushTick())
             return
-        self.finished = True
         if not ok:
-            self.log.warning("run was taken over by another node; not recording this attempt")
+            self._stand_down()
+            return
+        self.finished = True
         self.log.info(
             "run ended" if decision.status.is_terminal else "attempt ended",
-            status=str(decision.status), reason=run_reason, exit_code=exit_status.exit_code,
-            signal=exit_status.signal, output_bytes=self.pump.stored_bytes if self.pump else 0,
+            status=str(decision.status),
+            reason=run_reason,
+            exit_code=exit_status.exit_code,
+            signal=exit_status.signal,
+            output_bytes=self.pump.stored_bytes if self.pump else 0,
         )
         self._publish_state(decision.status, exit_status)
-        if ok and decision.status.is_terminal:
+        if decision.status.is_terminal:
             shutil.rmtree(self.spool_dir, ignore_errors=True)
         else:
             self._remove_attempt_files()
-        self.supervisor.tell(m.AttemptEnded(self.run.id, self.run.attempt, decision.restart_delay_s))
+        self.supervisor.tell(
+            m.AttemptEnded(self.run.id, self.run.attempt, decision.restart_delay_s)
+        )
         self.actor_ref.stop(block=False)
 
     def _decide(self, succeeded: bool) -> Decision:
@@ -370,8 +425,11 @@ class RunActor(pykka.ThreadingActor):
             self.run, started_at=self.started_at, ended_at=now, succeeded=succeeded
         )
         return decide(
-            self.run.restart_policy, reason=self.end_reason, succeeded=succeeded,
-            attempts=history, now=now,
+            self.run.restart_policy,
+            reason=self.end_reason,
+            succeeded=succeeded,
+            attempts=history,
+            now=now,
         )
 
     def _reason_text(self, decision: Decision) -> str | None:
@@ -403,7 +461,8 @@ class RunActor(pykka.ThreadingActor):
         self.deps.live.publish_state(
             self.run.id,
             {
-                "status": str(status), "node": self.deps.journal.node_id,
+                "status": str(status),
+                "node": self.deps.journal.node_id,
                 "pid": self.identity.pid if self.identity else None,
                 "attempt": self.run.attempt,
                 "exit_code": exit_status.exit_code if exit_status else None,

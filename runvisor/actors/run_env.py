@@ -11,7 +11,12 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def run_environment(
-    *, run_id: int, attempt: int, node_id: str, marker: str, requested: Mapping[str, str],
+    *,
+    run_id: int,
+    attempt: int,
+    node_id: str,
+    marker: str,
+    requested: Mapping[str, str],
     service_env: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     source = os.environ if service_env is None else service_env

@@ -23,8 +23,12 @@ HANDLERS = {**v1.HANDLERS, **legacy.HANDLERS, **health.HANDLERS}
 
 
 def create_app(
-    settings: Settings, *, supervisor: pykka.ActorProxy[Any], tokens: TokenTable,
-    database_url: str, redis_url: str,
+    settings: Settings,
+    *,
+    supervisor: pykka.ActorProxy[Any],
+    tokens: TokenTable,
+    database_url: str,
+    redis_url: str,
 ) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -49,9 +53,7 @@ def add_routes(app: web.Application) -> None:
 def _stores(database_url: str, redis_url: str) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
-        redis = aioredis.Redis.from_url(
-            redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
-        )
+        redis = aioredis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
         try:
             async with open_history(
                 database_url, default_max_output_bytes=settings.max_output_bytes
@@ -59,8 +61,11 @@ def _stores(database_url: str, redis_url: str) -> Any:
                 app[HISTORY] = history
                 app[REDIS] = redis
                 app[CONTROL] = RunControl(
-                    history=history, supervisor=app[SUPERVISOR], redis=redis,
-                    keys=RedisKeys(settings.redis_prefix), node_id=settings.node_id,
+                    history=history,
+                    supervisor=app[SUPERVISOR],
+                    redis=redis,
+                    keys=RedisKeys(settings.redis_prefix),
+                    node_id=settings.node_id,
                     default_grace_s=settings.default_grace_s,
                 )
                 yield

@@ -19,7 +19,9 @@ async def read_model(
     """Validate the JSON body as `model`; None when the body is empty and optional."""
     raw = await request.read()  # over client_max_size: HTTPRequestEntityTooLarge (413)
     data = decode_json_body(
-        raw, request.headers.get("Content-Type"), required=required,
+        raw,
+        request.headers.get("Content-Type"),
+        required=required,
         check_media_type=check_media_type,
     )
     if data is None:

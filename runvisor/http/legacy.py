@@ -39,14 +39,14 @@ async def get_command(request: web.Request) -> web.Response:
     command = await history.get_command(command_id)
     latest = await history.latest_run(command_id)
     output = await history.read_output(latest.id) if latest is not None else None
-    return web.json_response(
-        legacy_command_json(command, latest_run=latest, latest_output=output)
-    )
+    return web.json_response(legacy_command_json(command, latest_run=latest, latest_output=output))
 
 
 async def list_commands(request: web.Request) -> web.Response:
     limit, offset = parse_pagination(
-        request.query, default_limit=LEGACY_PAGE_LIMIT, max_limit=request.app[SETTINGS].max_page_limit
+        request.query,
+        default_limit=LEGACY_PAGE_LIMIT,
+        max_limit=request.app[SETTINGS].max_page_limit,
     )
     items, _total = await request.app[HISTORY].list_commands(limit=limit, offset=offset)
     return web.json_response([legacy_command_json(c) for c in items])

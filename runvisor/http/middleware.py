@@ -46,7 +46,10 @@ async def request_log(request: web.Request, handler: Handler) -> web.StreamRespo
     finally:
         principal = request.get(PRINCIPAL)
         log.info(
-            "request", method=request.method, path=request.path, status=status,
+            "request",
+            method=request.method,
+            path=request.path,
+            status=status,
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
             principal=principal.name if principal else None,
         )
@@ -61,10 +64,13 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except RunvisorError as exc:
         return _error_response(request, exc)
     except web.HTTPRequestEntityTooLarge:
-        return _error_response(request, PayloadTooLarge(
-            f"the request body is over the limit of {request.app[SETTINGS].max_body_bytes} bytes"
-            " (RUNVISOR_MAX_BODY_BYTES)"
-        ))
+        return _error_response(
+            request,
+            PayloadTooLarge(
+                f"the request body is over {request.app[SETTINGS].max_body_bytes} bytes"
+                " (RUNVISOR_MAX_BODY_BYTES)"
+            ),
+        )
     except web.HTTPNotFound:
         return _error_response(request, NotFound(f"no route {request.path}", code="no_route"))
     except web.HTTPMethodNotAllowed as exc:
@@ -81,8 +87,13 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        problem = BadRequest(exc.reason or "bad request") if exc.status == 400 else RunvisorError(
-            exc.reason or "error", code=exc.reason.lower().replace(" ", "_") if exc.reason else None
+        problem = (
+            BadRequest(exc.reason or "bad request")
+            if exc.status == 400
+            else RunvisorError(
+                exc.reason or "error",
+                code=exc.reason.lower().replace(" ", "_") if exc.reason else None,
+            )
         )
         problem.status = exc.status
         return _error_response(request, problem)

@@ -105,7 +105,8 @@ async def stop_run(request: web.Request) -> web.Response:
 
 def _page(request: web.Request) -> tuple[int, int]:
     return parse_pagination(
-        request.query, default_limit=DEFAULT_PAGE_LIMIT,
+        request.query,
+        default_limit=DEFAULT_PAGE_LIMIT,
         max_limit=request.app[SETTINGS].max_page_limit,
     )
 

@@ -39,7 +39,11 @@ async def open_history(
     conninfo: str, *, default_max_output_bytes: int, max_size: int = 10
 ) -> AsyncIterator[History]:
     pool = AsyncConnectionPool(
-        conninfo, min_size=1, max_size=max_size, open=False, timeout=5.0,
+        conninfo,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        timeout=5.0,
         # A connection broken by an outage is found and replaced at checkout, not used.
         check=AsyncConnectionPool.check_connection,
     )
@@ -82,8 +86,16 @@ class History:
             cur = conn.cursor(row_factory=class_row(Command))
             await cur.execute(
                 query,
-                (spec.name, spec.code, spec.description, spec.timeout_s, spec.stuck_after_s,
-                 Jsonb(spec.restart.to_json()), max_output, actor),
+                (
+                    spec.name,
+                    spec.code,
+                    spec.description,
+                    spec.timeout_s,
+                    spec.stuck_after_s,
+                    Jsonb(spec.restart.to_json()),
+                    max_output,
+                    actor,
+                ),
             )
             command = await cur.fetchone()
             assert command is not None
@@ -151,10 +163,16 @@ class History:
             cur = conn.cursor(row_factory=class_row(Run))
             await cur.execute(
                 query,
-                (command.id, command.code, Jsonb(spec.env),
-                 spec.timeout_s if spec.timeout_s is not None else command.timeout_s,
-                 spec.stuck_after_s if spec.stuck_after_s is not None else command.stuck_after_s,
-                 Jsonb(restart), command.max_output_bytes, actor),
+                (
+                    command.id,
+                    command.code,
+                    Jsonb(spec.env),
+                    spec.timeout_s if spec.timeout_s is not None else command.timeout_s,
+                    spec.stuck_after_s if spec.stuck_after_s is not None else command.stuck_after_s,
+                    Jsonb(restart),
+                    command.max_output_bytes,
+                    actor,
+                ),
             )
             run = await cur.fetchone()
             assert run is not None
@@ -176,7 +194,11 @@ class History:
         return runs[0] if runs else None
 
     async def list_runs(
-        self, *, command_id: int | None, statuses: Sequence[RunStatus] | None, limit: int,
+        self,
+        *,
+        command_id: int | None,
+        statuses: Sequence[RunStatus] | None,
+        limit: int,
         offset: int,
     ) -> tuple[list[Run], int]:
         conditions: list[sql.Composable] = []
@@ -187,12 +209,12 @@ class History:
         if statuses is not None:
             conditions.append(sql.SQL("status = ANY(%s)"))
             params.append([str(s) for s in statuses])
-        where = (
-            sql.SQL("WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
-        )
+        where = sql.SQL("WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
         async with self._conn() as conn:
             items = await _fetch_runs(
-                conn, where + sql.SQL(" ORDER BY id DESC LIMIT %s OFFSET %s"), (*params, limit, offset)
+                conn,
+                where + sql.SQL(" ORDER BY id DESC LIMIT %s OFFSET %s"),
+                (*params, limit, offset),
             )
             total = await _scalar(conn, sql.SQL("SELECT count(*) FROM runs ") + where, params)
         return items, total
@@ -266,7 +288,10 @@ async def read_output_bytes(
 
 
 async def _fetch_command(
-    conn: psycopg.AsyncConnection[Any], command_id: int, *, lock: bool = False,
+    conn: psycopg.AsyncConnection[Any],
+    command_id: int,
+    *,
+    lock: bool = False,
     include_deleted: bool = False,
 ) -> Command | None:
     query = sql.SQL("SELECT {} FROM commands WHERE id = %s{}{}").format(
@@ -292,16 +317,19 @@ async def _fetch_runs(
     return attach_attempts(runs, await acur.fetchall())
 
 
-async def _scalar(
-    conn: psycopg.AsyncConnection[Any], query: Any, params: Any = None
-) -> Any:
+async def _scalar(conn: psycopg.AsyncConnection[Any], query: Any, params: Any = None) -> Any:
     row = await (await conn.execute(query, params)).fetchone()
     return row[0] if row else None
 
 
 async def _audit(
-    conn: psycopg.AsyncConnection[Any], actor: str, action: str, *,
-    command_id: int | None = None, run_id: int | None = None, detail: dict[str, Any] | None = None,
+    conn: psycopg.AsyncConnection[Any],
+    actor: str,
+    action: str,
+    *,
+    command_id: int | None = None,
+    run_id: int | None = None,
+    detail: dict[str, Any] | None = None,
 ) -> None:
     await conn.execute(
         "INSERT INTO audit (actor, action, command_id, run_id, detail) VALUES (%s, %s, %s, %s, %s)",

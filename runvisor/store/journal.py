@@ -23,7 +23,11 @@ from runvisor.store.columns import ATTEMPTS_OF_RUNS, RUN_COLUMNS, RUNS_SELECT, a
 
 def open_journal(conninfo: str, *, node_id: str, max_size: int = 8) -> RunJournal:
     pool = ConnectionPool(
-        conninfo, min_size=1, max_size=max_size, open=False, timeout=5.0,
+        conninfo,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        timeout=5.0,
         check=ConnectionPool.check_connection,  # see history.open_history
     )
     pool.open(wait=False)
@@ -146,9 +150,19 @@ class RunJournal:
                 " restart_count = restart_count + CASE WHEN %s THEN 1 ELSE 0 END"
                 " WHERE id = %s AND attempt = %s AND node = %s AND status = 'running'"
                 " RETURNING id",
-                (str(run_status), exit_code, signal, run_reason, run_status.is_terminal,
-                 restarting, restart_delay_s or 0.0, restarting, run.id, run.attempt,
-                 self.node_id),
+                (
+                    str(run_status),
+                    exit_code,
+                    signal,
+                    run_reason,
+                    run_status.is_terminal,
+                    restarting,
+                    restart_delay_s or 0.0,
+                    restarting,
+                    run.id,
+                    run.attempt,
+                    self.node_id,
+                ),
             )
             if cur.fetchone() is None:
                 return False
@@ -158,11 +172,21 @@ class RunJournal:
                 " WHERE run_id = %s AND attempt = %s AND node = %s",
                 (exit_code, signal, reason, leftovers_killed, run.id, run.attempt, self.node_id),
             )
-            _audit(conn, self.actor, f"run.{run_status}", run_id=run.id, detail={
-                "attempt": run.attempt, "reason": reason, "exit_code": exit_code,
-                "signal": signal, "leftovers_killed": leftovers_killed,
-                "restart_delay_s": restart_delay_s, **(detail or {}),
-            })
+            _audit(
+                conn,
+                self.actor,
+                f"run.{run_status}",
+                run_id=run.id,
+                detail={
+                    "attempt": run.attempt,
+                    "reason": reason,
+                    "exit_code": exit_code,
+                    "signal": signal,
+                    "leftovers_killed": leftovers_killed,
+                    "restart_delay_s": restart_delay_s,
+                    **(detail or {}),
+                },
+            )
         return True
 
     def stop_restarting_run(self, run_id: int, *, reason: str) -> bool:
@@ -206,8 +230,12 @@ def _fetch_runs(
 
 
 def _audit(
-    conn: psycopg.Connection[Any], actor: str, action: str, *,
-    run_id: int | None = None, detail: dict[str, Any] | None = None,
+    conn: psycopg.Connection[Any],
+    actor: str,
+    action: str,
+    *,
+    run_id: int | None = None,
+    detail: dict[str, Any] | None = None,
 ) -> None:
     conn.execute(
         "INSERT INTO audit (actor, action, run_id, detail) VALUES (%s, %s, %s, %s)",

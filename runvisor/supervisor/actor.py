@@ -26,7 +26,6 @@ from runvisor.supervisor.policy import attempt_history, decide
 
 TICK_S = 1.0
 LEASE_TTL_S = 15.0
-PING_TIMEOUT_S = 10.0  # a RunActor silent this long is wedged
 
 log = get_logger("runvisor.supervisor")
 
@@ -37,6 +36,7 @@ class Supervisor(pykka.ThreadingActor):
         self.deps = deps
         self.node_id = deps.journal.node_id
         self.run_actors: dict[int, pykka.ActorRef[RunActor]] = {}
+        self.attempts: dict[int, int] = {}  # run id -> the attempt its RunActor runs
         self.pings: dict[int, tuple[float, pykka.Future[Any]]] = {}
         self.restarts: dict[int, TimerHandle] = {}
         self.recovered = False
@@ -99,19 +99,31 @@ class Supervisor(pykka.ThreadingActor):
             while ref.is_alive() and time.monotonic() < deadline:
                 time.sleep(0.02)
         self.run_actors.clear()
+        self.attempts.clear()
         return len(refs)
 
     # Messages from RunActors and timers
 
     def on_receive(self, message: Any) -> Any:
+        # The Supervisor must outlive any single failure: an exception here would stop it, and
+        # with it every restart, the queue and the pings. Log it and go on.
+        try:
+            self._handle(message)
+        except Exception:
+            log.exception("supervisor could not handle a message", message=repr(message))
+        return None
+
+    def _handle(self, message: Any) -> None:
         match message:
-            case m.AttemptEnded(run_id=run_id, restart_at=delay):
-                self._forget(run_id)
+            case m.AttemptEnded(run_id=run_id, attempt=attempt, restart_at=delay):
+                if not self._forget(run_id, attempt):
+                    return  # a RunActor that was given up on (wedged) ended late
                 if delay is not None:
                     self._schedule_restart(run_id, delay)
                 self._fill_slots()
             case m.RunActorFailed(run_id=run_id, attempt=attempt):
-                self._forget(run_id)
+                if not self._forget(run_id, attempt):
+                    return
                 self._end_failed_attempt(run_id, attempt, AttemptEndReason.ACTOR_FAILED)
                 self._fill_slots()
             case m.RestartDue(run_id=run_id):
@@ -119,25 +131,32 @@ class Supervisor(pykka.ThreadingActor):
                 self._restart(run_id)
             case m.SupervisorTick():
                 self._on_tick()
-        return None
 
     def _on_tick(self) -> None:
-        self.deps.live.renew_lease(self.node_id, LEASE_TTL_S)
-        if not self.recovered:
-            self._recover()
-        self._ping_run_actors()
-        self._fill_slots()
-        self.tick = self.deps.timers.schedule(TICK_S, self.actor_ref, m.SupervisorTick())
+        try:
+            self.deps.live.renew_lease(self.node_id, LEASE_TTL_S)
+            if not self.recovered:
+                self._recover()
+            self._ping_run_actors()
+            self._fill_slots()
+        finally:
+            self.tick = self.deps.timers.schedule(TICK_S, self.actor_ref, m.SupervisorTick())
 
     # Internals
 
     def _spawn(self, run: Run, adopt: Any = None) -> None:
         ref = RunActor.start(run=run, deps=self.deps, supervisor=self.actor_ref, adopt=adopt)
         self.run_actors[run.id] = ref
+        self.attempts[run.id] = run.attempt
 
-    def _forget(self, run_id: int) -> None:
+    def _forget(self, run_id: int, attempt: int) -> bool:
+        """Drop the RunActor of `attempt`; False if the table holds another attempt (or none)."""
+        if self.attempts.get(run_id) != attempt:
+            return False
+        del self.attempts[run_id]
         self.run_actors.pop(run_id, None)
         self.pings.pop(run_id, None)
+        return True
 
     def _has_free_slot(self) -> bool:
         limit = self.deps.settings.max_running
@@ -155,7 +174,9 @@ class Supervisor(pykka.ThreadingActor):
 
     def _schedule_restart(self, run_id: int, delay_s: float) -> None:
         log.info("restart scheduled", run_id=run_id, delay_s=round(delay_s, 3))
-        self.restarts[run_id] = self.deps.timers.schedule(delay_s, self.actor_ref, m.RestartDue(run_id))
+        self.restarts[run_id] = self.deps.timers.schedule(
+            delay_s, self.actor_ref, m.RestartDue(run_id)
+        )
 
     def _restart(self, run_id: int) -> None:
         try:
@@ -201,7 +222,7 @@ class Supervisor(pykka.ThreadingActor):
                 try:
                     future.get(timeout=0)
                 except pykka.Timeout:
-                    if now - sent_at > PING_TIMEOUT_S:
+                    if now - sent_at > self.deps.settings.ping_timeout_s:
                         self._handle_wedged(run_id)
                     continue
                 except Exception:
@@ -210,12 +231,14 @@ class Supervisor(pykka.ThreadingActor):
                 self.pings[run_id] = (now, ref.ask(m.Ping(), block=False))
 
     def _handle_wedged(self, run_id: int) -> None:
-        log.error("run actor does not answer; treating the attempt as stuck", run_id=run_id)
-        self._forget(run_id)
-        run = self.deps.journal.get_run(run_id)
-        if run is None:
-            return
-        self._end_failed_attempt(run_id, run.attempt, AttemptEndReason.STUCK, run=run)
+        attempt = self.attempts[run_id]
+        log.error(
+            "run actor does not answer; treating the attempt as stuck",
+            run_id=run_id,
+            attempt=attempt,
+        )
+        self._forget(run_id, attempt)
+        self._end_failed_attempt(run_id, attempt, AttemptEndReason.STUCK)
 
     def _end_failed_attempt(
         self, run_id: int, attempt_no: int, reason: AttemptEndReason, run: Run | None = None
@@ -230,20 +253,33 @@ class Supervisor(pykka.ThreadingActor):
         attempt = next((a for a in run.attempts if a.attempt == attempt_no), None)
         killed = 0
         if attempt is not None and attempt.pid is not None:
+            # Its RunActor is gone or wedged: let the reaper collect the wrapper's exit.
+            self.deps.watcher.unwatch(attempt.pid)
             killed = kill_attempt_tree(
                 leader=ProcessIdentity(attempt.pid, attempt.pid_start_ticks or 0),
                 marker=attempt.process_marker,
             )
         started = attempt.started_at.timestamp() if attempt else time.time()
         history = attempt_history(run, started_at=started, ended_at=time.time(), succeeded=False)
-        decision = decide(run.restart_policy, reason=reason, succeeded=False, attempts=history,
-                          now=time.time())
-        log.warning("attempt ended by the supervisor", run_id=run_id, reason=str(reason),
-                    status=str(decision.status), killed=killed)
+        decision = decide(
+            run.restart_policy, reason=reason, succeeded=False, attempts=history, now=time.time()
+        )
+        log.warning(
+            "attempt ended by the supervisor",
+            run_id=run_id,
+            reason=str(reason),
+            status=str(decision.status),
+            killed=killed,
+        )
         try:
             self.deps.journal.end_attempt(
-                run, exit_code=None, signal=None, reason=str(reason), leftovers_killed=killed,
-                run_status=decision.status, run_reason=decision.reason,
+                run,
+                exit_code=None,
+                signal=None,
+                reason=str(reason),
+                leftovers_killed=killed,
+                run_status=decision.status,
+                run_reason=decision.reason,
                 restart_delay_s=decision.restart_delay_s,
             )
         except StoreUnavailable:

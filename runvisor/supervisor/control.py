@@ -13,7 +13,7 @@ from typing import Any
 import pykka
 import redis.asyncio as aioredis
 
-from runvisor.errors import Conflict, ServiceUnavailable
+from runvisor.errors import Conflict, RunvisorError, ServiceUnavailable
 from runvisor.logs import get_logger
 from runvisor.models import Run, RunSpec, RunStatus
 from runvisor.store.history import History
@@ -25,8 +25,14 @@ log = get_logger(__name__)
 
 class RunControl:
     def __init__(
-        self, *, history: History, supervisor: pykka.ActorProxy[Any], redis: aioredis.Redis,
-        keys: RedisKeys, node_id: str, default_grace_s: float,
+        self,
+        *,
+        history: History,
+        supervisor: pykka.ActorProxy[Any],
+        redis: aioredis.Redis,
+        keys: RedisKeys,
+        node_id: str,
+        default_grace_s: float,
     ) -> None:
         self.history = history
         self.supervisor = supervisor
@@ -40,9 +46,10 @@ class RunControl:
         run = await self.history.create_run(command_id, spec, actor=actor)
         try:
             await _ask(self.supervisor.start_run(run.id))
-        except ServiceUnavailable:
-            # It is queued in PostgreSQL: the Supervisor's next tick picks it up.
-            log.warning("supervisor busy; run left queued", run_id=run.id)
+        except RunvisorError as exc:
+            # The run is stored as queued: the Supervisor's next tick starts it. The request
+            # succeeded (202), so its answer must not say otherwise.
+            log.warning("run left queued for the next tick", run_id=run.id, error=exc.message)
         return await self.history.get_run(run.id)
 
     async def stop_run(self, run_id: int, *, grace_s: float | None, actor: str) -> Run:

@@ -18,7 +18,11 @@ RETRY_S = 1.0
 
 class ControlListener:
     def __init__(
-        self, *, client: redis.Redis, keys: RedisKeys, node_id: str,
+        self,
+        *,
+        client: redis.Redis,
+        keys: RedisKeys,
+        node_id: str,
         supervisor: pykka.ActorProxy[Any],
     ) -> None:
         self._client = client

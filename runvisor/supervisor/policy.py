@@ -104,9 +104,7 @@ def attempt_history(
 ) -> list[AttemptSummary]:
     """The run's earlier attempts plus the one (run.attempt) that just ended."""
     history = [
-        AttemptSummary(
-            a.started_at.timestamp(), (a.finished_at or a.started_at).timestamp(), False
-        )
+        AttemptSummary(a.started_at.timestamp(), (a.finished_at or a.started_at).timestamp(), False)
         for a in run.attempts
         if a.attempt < run.attempt
     ]

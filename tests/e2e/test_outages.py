@@ -12,7 +12,10 @@ from tests.fix_proxy import TcpProxy, proxied_database_url, proxied_redis_url
 from tests.fix_service import Service, wait_until
 
 OUTAGE_S = 10.0
-PRINTER = "for i in $(seq 1 {n}); do echo line-$i; head -c 3000 /dev/urandom | base64 -w0; echo; sleep 0.1; done"
+PRINTER = (
+    "for i in $(seq 1 {n}); do echo line-$i; head -c 3000 /dev/urandom | base64 -w0; echo;"
+    " sleep 0.1; done"
+)
 
 
 def test_postgres_outage_runs_go_on_and_output_is_complete_after(
@@ -31,7 +34,8 @@ def test_postgres_outage_runs_go_on_and_output_is_complete_after(
     pg_proxy.cut()
     cut_at = time.monotonic()
     down = wait_until(
-        lambda: (r := api.get("/readyz", token="")).status_code == 503 and r.json(), 10,
+        lambda: (r := api.get("/readyz", token="")).status_code == 503 and r.json(),
+        10,
         "/readyz to report PostgreSQL down",
     )
     assert down["stores"]["postgres"].startswith("down") and down["stores"]["redis"] == "ok"
@@ -42,7 +46,7 @@ def test_postgres_outage_runs_go_on_and_output_is_complete_after(
     pg_proxy.restore()
 
     wait_until(lambda: api.get("/readyz", token="").status_code == 200, 20, "recovery")
-    for run, side in zip(runs, side_files):
+    for run, side in zip(runs, side_files, strict=False):
         final = api.wait_finished(run["id"], timeout_s=60)
         assert final["status"] == "succeeded", final
         assert api.output(run["id"]) == side.read_bytes()
@@ -58,7 +62,8 @@ def test_redis_outage_runs_go_on_and_history_is_complete(
     wait_until(lambda: api.output(run["id"]), 10, "first output")
     redis_proxy.cut()
     down = wait_until(
-        lambda: (r := api.get("/readyz", token="")).status_code == 503 and r.json(), 10,
+        lambda: (r := api.get("/readyz", token="")).status_code == 503 and r.json(),
+        10,
         "/readyz to report Redis down",
     )
     assert down["stores"]["redis"].startswith("down") and down["stores"]["postgres"] == "ok"

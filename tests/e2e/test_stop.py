@@ -40,8 +40,7 @@ CASES = {
     "background job": "sleep 1000 & echo $! > {d}/bg.pid; echo ready; wait",
     "setsid grandchild": "setsid sleep 1000 & echo $! > {d}/sid.pid; echo ready; wait",
     "double-forked daemon": (
-        "( setsid bash -c 'echo $$ > {d}/daemon.pid; exec sleep 1000' & ) ;"
-        " echo ready; sleep 1000"
+        "( setsid bash -c 'echo $$ > {d}/daemon.pid; exec sleep 1000' & ) ; echo ready; sleep 1000"
     ),
     "ignores SIGTERM": "trap '' TERM; echo $$ > {d}/main.pid; echo ready; sleep 1000",
     "traps SIGTERM and goes on": (
@@ -67,7 +66,9 @@ def test_stop_leaves_zero_survivors(service: Service, tmp_path: Path, case: str)
     assert response.status_code == 202, response.text
     wait_until(
         lambda: not any(alive(pid) for pid in before) and not run_pids(service, run["id"]),
-        GRACE_S + 1.0, f"every process of the run to be gone ({case})", poll_s=0.02,
+        GRACE_S + 1.0,
+        f"every process of the run to be gone ({case})",
+        poll_s=0.02,
     )
     assert time.monotonic() - started <= GRACE_S + 1.0
     final = api.wait_finished(run["id"], timeout_s=5)
@@ -121,7 +122,8 @@ def test_stopping_a_queued_run_ends_it_without_starting_it(service_factory) -> N
 
 
 def test_a_leftover_background_job_is_killed_and_counted_when_the_main_process_exits(
-    service: Service, tmp_path: Path,
+    service: Service,
+    tmp_path: Path,
 ) -> None:
     api = service.api
     run = api.run_code(f"sleep 1000 & echo $! > {tmp_path}/bg.pid; echo main done")

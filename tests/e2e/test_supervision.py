@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from datetime import datetime
 
@@ -27,7 +28,8 @@ def test_a_timeout_ends_the_run_timed_out_and_leaves_no_process(service: Service
 
 def test_stuck_attempts_are_restarted_by_policy_then_the_run_fails(api: Api) -> None:
     run = api.run_code(
-        "echo start; sleep 60", stuck_after_s=1,
+        "echo start; sleep 60",
+        stuck_after_s=1,
         restart={"policy": "on-failure", "max_restarts": 2, "window_s": 60, "backoff_s": 0.2},
     )
     final = api.wait_finished(run["id"], timeout_s=30)
@@ -40,20 +42,25 @@ def test_stuck_attempts_are_restarted_by_policy_then_the_run_fails(api: Api) -> 
     output = api.output(run["id"])
     assert output == b"start\n" * 3
     for a in attempts:  # each attempt's output begins where it says
-        assert output[a["output_offset"]:].startswith(b"start\n")
+        assert output[a["output_offset"] :].startswith(b"start\n")
 
 
 def test_always_restarts_with_growing_gaps_until_the_intensity_limit(api: Api) -> None:
     run = api.run_code(
         "echo attempt $RUNVISOR_ATTEMPT; exit 1",
-        restart={"policy": "always", "max_restarts": 3, "window_s": 60, "backoff_s": 0.2,
-                 "backoff_max_s": 1},
+        restart={
+            "policy": "always",
+            "max_restarts": 3,
+            "window_s": 60,
+            "backoff_s": 0.2,
+            "backoff_max_s": 1,
+        },
     )
     final = api.wait_finished(run["id"], timeout_s=30)
     assert final["status"] == "failed" and "restart intensity" in final["reason"]
     attempts = final["attempts"]
     assert len(attempts) == 4 and all(a["exit_code"] == 1 for a in attempts)
-    gaps = [ts(b["started_at"]) - ts(a["finished_at"]) for a, b in zip(attempts, attempts[1:])]
+    gaps = [ts(b["started_at"]) - ts(a["finished_at"]) for a, b in itertools.pairwise(attempts)]
     assert gaps == sorted(gaps) and gaps[0] < gaps[-1], gaps
     assert gaps[-1] <= 1.0 * 1.1 + 0.5  # the cap, with jitter and scheduling slack
     assert api.output(run["id"]) == b"attempt 1\nattempt 2\nattempt 3\nattempt 4\n"
@@ -67,8 +74,8 @@ def test_on_failure_does_not_restart_a_success(api: Api) -> None:
 
 def test_restarting_shows_next_attempt_at_and_a_stop_then_ends_it(api: Api) -> None:
     run = api.run_code(
-        "exit 2", restart={"policy": "always", "max_restarts": 5, "backoff_s": 30,
-                           "backoff_max_s": 60},
+        "exit 2",
+        restart={"policy": "always", "max_restarts": 5, "backoff_s": 30, "backoff_max_s": 60},
     )
     waiting = api.wait_status(run["id"], "restarting", timeout_s=10)
     assert waiting["next_attempt_at"] is not None and waiting["restart_count"] == 1
@@ -82,11 +89,8 @@ def test_a_failing_run_actor_is_restarted_by_policy_and_the_service_stays_up(
 ) -> None:
     service = service_factory(RUNVISOR_TEST_HOOKS="1")
     api = service.api
-    code = (
-        f'if [ "$RUNVISOR_ATTEMPT" = 1 ]; then echo "{FAIL_ACTOR}"; sleep 60; fi; echo recovered'
-    )
-    run = api.run_code(code, restart={"policy": "on-failure", "max_restarts": 2,
-                                      "backoff_s": 0.1})
+    code = f'if [ "$RUNVISOR_ATTEMPT" = 1 ]; then echo "{FAIL_ACTOR}"; sleep 60; fi; echo recovered'
+    run = api.run_code(code, restart={"policy": "on-failure", "max_restarts": 2, "backoff_s": 0.1})
     final = api.wait_finished(run["id"], timeout_s=20)
     assert final["status"] == "succeeded", final
     assert [a["reason"] for a in final["attempts"]] == ["actor_failed", "exited"]
@@ -121,3 +125,45 @@ def test_max_running_queues_runs_in_order_and_a_stopped_queued_run_never_starts(
     assert starts == sorted(starts)  # in start order
     for f in finals[:4]:
         assert api.output(f["id"]) == f"done {f['id']}\n".encode()
+
+
+WEDGE_ACTOR = "@@runvisor-test:wedge-actor@@"
+
+
+def test_a_wedged_run_actor_is_detected_by_ping_and_its_attempt_restarted(
+    service_factory,
+) -> None:
+    service = service_factory(RUNVISOR_TEST_HOOKS="1", RUNVISOR_PING_TIMEOUT_S="1")
+    api = service.api
+    code = (
+        f'if [ "$RUNVISOR_ATTEMPT" = 1 ]; then echo "{WEDGE_ACTOR}"; sleep 60; fi; echo recovered'
+    )
+    run = api.run_code(code, restart={"policy": "on-failure", "max_restarts": 2, "backoff_s": 0.1})
+    final = api.wait_finished(run["id"], timeout_s=20)
+    assert final["status"] == "succeeded", final
+    assert [a["reason"] for a in final["attempts"]] == ["stuck", "exited"]
+    assert api.output(run["id"]).endswith(b"recovered\n")
+    # The wedged actor wakes up later and must not overwrite the newer attempt's record.
+    wait_until(lambda: "stands down" in service.log_tail(200), 15, "the old actor to stand down")
+    assert api.run(run["id"])["status"] == "succeeded"
+    assert api.output(run["id"]).count(b"recovered") == 1
+
+
+def test_supervisor_decisions_are_audited(service_factory, database_url: str) -> None:
+    import psycopg
+
+    service = service_factory()
+    api = service.api
+    run = api.run_code("exit 1", restart={"policy": "always", "max_restarts": 1, "backoff_s": 0.1})
+    final = api.wait_finished(run["id"], timeout_s=15)
+    assert final["status"] == "failed"
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT actor, action, detail FROM audit WHERE run_id = %s ORDER BY id", (run["id"],)
+        ).fetchall()
+    actions = [r[1] for r in rows]
+    assert actions[0] == "run.create" and rows[0][0].startswith("admin:")
+    assert "run.restarting" in actions and actions[-1] == "run.failed"
+    restart = next(r for r in rows if r[1] == "run.restarting")
+    assert restart[0] == f"node:{service.node_id}" and restart[2]["restart_delay_s"] > 0
+    assert restart[2]["reason"] == "exited" and restart[2]["exit_code"] == 1

@@ -41,7 +41,7 @@ def test_backoff_grows_until_the_cap(base: float, n: int, seed: int) -> None:
     policy = RestartPolicy(RestartPolicyKind.ALWAYS, backoff_s=base, backoff_max_s=base * 1000)
     rng = random.Random(seed)
     # With +-10% jitter a doubling always wins: 2 * 0.9 > 1.1.
-    if base * 2.0 ** n <= policy.backoff_max_s:
+    if base * 2.0**n <= policy.backoff_max_s:
         assert backoff_delay(policy, n + 1, rng) > backoff_delay(policy, n, rng)
 
 
@@ -56,8 +56,11 @@ def test_never_more_than_max_restarts_within_the_window(
 ) -> None:
     now = starts[-1] + 0.1
     decision = decide(
-        policy, reason=AttemptEndReason.EXITED, succeeded=False,
-        attempts=attempts_at(starts), now=now,
+        policy,
+        reason=AttemptEndReason.EXITED,
+        succeeded=False,
+        attempts=attempts_at(starts),
+        now=now,
     )
     restarts_in_window = sum(1 for t in starts[1:] if now - t < policy.window_s)
     if policy.policy is RestartPolicyKind.NEVER:
@@ -74,8 +77,11 @@ def test_an_operator_stop_is_never_restarted(
     policy: RestartPolicy, _reason: AttemptEndReason, succeeded: bool
 ) -> None:
     decision = decide(
-        policy, reason=AttemptEndReason.STOPPED, succeeded=succeeded,
-        attempts=attempts_at([0.0]), now=1.0,
+        policy,
+        reason=AttemptEndReason.STOPPED,
+        succeeded=succeeded,
+        attempts=attempts_at([0.0]),
+        now=1.0,
     )
     assert decision.status is RunStatus.STOPPED and decision.restart_delay_s is None
 
@@ -83,8 +89,11 @@ def test_an_operator_stop_is_never_restarted(
 @given(policies)
 def test_on_failure_keeps_a_success(policy: RestartPolicy) -> None:
     decision = decide(
-        policy, reason=AttemptEndReason.EXITED, succeeded=True,
-        attempts=[AttemptSummary(0.0, 1.0, True)], now=1.0,
+        policy,
+        reason=AttemptEndReason.EXITED,
+        succeeded=True,
+        attempts=[AttemptSummary(0.0, 1.0, True)],
+        now=1.0,
     )
     if policy.policy is RestartPolicyKind.ALWAYS and policy.max_restarts > 0:
         assert decision.status is RunStatus.RESTARTING

@@ -1,0 +1,18 @@
+# Attempt wrapper, run by dash as:  /bin/sh attempt_wrapper.sh STATUS_PATH CODE [CWD]
+# It runs CODE under bash as a foreground child (not exec) and records bash's exit status in
+# STATUS_PATH, because after a service restart (adoption) nobody can waitpid() the attempt.
+#
+# A no-op *handler*, not '' (ignore): the stop's SIGTERM to the process group must not kill the
+# wrapper before it records the status, and unlike an ignored signal a handler is reset to the
+# default in children, so the user's bash starts with default dispositions.
+trap : TERM INT HUP QUIT
+# dash prints "Killed"/"Terminated" for a signalled child on its own stderr: keep that out of the
+# user's output by giving the wrapper /dev/null and only bash the real stderr (kept on fd 3).
+exec 3>&2 2>/dev/null
+# The subshell applies the redirections in the child; `--` lets CODE start with a dash.
+{ [ -z "$3" ] || { cd -- "$3" 2>&3 && unset OLDPWD; }; } &&
+  (exec 2>&3 3>&-; exec /bin/bash -c -- "$2")
+s=$?
+# Atomic (write + rename): a reader never sees a partial status.
+printf '%s\n' "$s" >"$1.tmp" && /bin/mv -f -- "$1.tmp" "$1"
+exit "$s"

@@ -1,0 +1,238 @@
+"""Starting one attempt under the status wrapper, identifying it, and reading how it ended.
+
+Linux only (/proc, posix_spawn with setsid). Pure OS primitives: no actors, no database; the
+RunActor decides when to call them and must not block its message loop on any of them.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import stat
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+WRAPPER_PATH = Path(__file__).with_name("attempt_wrapper.sh")
+SHELL = "/bin/sh"
+DEAD_STATES = frozenset("ZXx")  # zombie / dead: the pid exists but nothing runs any more
+
+# Every catchable signal back to SIG_DFL in the child: Python itself ignores SIGPIPE and SIGXFSZ,
+# and an ignored disposition would be inherited across exec by the user's code.
+_DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
+_NSIG = signal.NSIG
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """A process as pid plus start time: a pid alone may be recycled by an unrelated process.
+
+    `zombie` is what the /proc scan that produced this value saw; it is not part of the identity
+    (not compared, not hashed), so sets of identities from different scans still line up.
+    """
+
+    pid: int
+    start_ticks: int  # field 22 of /proc/PID/stat; 0 = unknown, never treated as alive
+    zombie: bool = field(default=False, compare=False)
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The fields of /proc/PID/stat this package needs."""
+
+    pid: int
+    state: str
+    ppid: int
+    pgid: int
+    sid: int
+    start_ticks: int
+
+    @property
+    def identity(self) -> ProcessIdentity:
+        return ProcessIdentity(self.pid, self.start_ticks, zombie=self.state in DEAD_STATES)
+
+
+def parse_stat(text: str) -> ProcStat:
+    """Parse one /proc/PID/stat line (ValueError if malformed)."""
+    # comm (field 2) is in parentheses and may itself contain spaces and ')': split on the last.
+    head, sep, tail = text.rpartition(")")
+    if not sep or "(" not in head:
+        raise ValueError(f"malformed /proc stat line: {text[:80]!r}")
+    fields = tail.split()  # fields[0] is field 3 (state); field N is fields[N - 3]
+    if len(fields) < 20:
+        raise ValueError(f"truncated /proc stat line: {text[:80]!r}")
+    return ProcStat(
+        pid=int(head.split("(", 1)[0]),
+        state=fields[0],
+        ppid=int(fields[1]),
+        pgid=int(fields[2]),
+        sid=int(fields[3]),
+        start_ticks=int(fields[19]),
+    )
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    """/proc/PID/stat, or None if the process does not exist (any more) or cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:  # FileNotFoundError, ProcessLookupError (ESRCH mid-read), PermissionError
+        return None
+    try:
+        return parse_stat(raw.decode("latin-1"))  # comm is arbitrary bytes; latin-1 never fails
+    except ValueError:
+        return None
+
+
+def read_identity(pid: int) -> ProcessIdentity | None:
+    st = read_stat(pid)
+    return None if st is None else st.identity
+
+
+def is_alive(identity: ProcessIdentity) -> bool:
+    """True if that very process (same pid and start time) exists and is not a zombie."""
+    if identity.start_ticks == 0:
+        return False  # unknown start: we cannot prove the pid still is ours
+    st = read_stat(identity.pid)
+    return st is not None and st.start_ticks == identity.start_ticks and st.state not in DEAD_STATES
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    exit_code: int | None
+    signal: int | None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.exit_code == 0 and self.signal is None
+
+    @classmethod
+    def from_wait_status(cls, status: int) -> ExitStatus:
+        """From a raw waitpid() status (ValueError for a stopped/continued status)."""
+        code = os.waitstatus_to_exitcode(status)
+        return cls(None, -code) if code < 0 else cls(code, None)
+
+    @classmethod
+    def from_shell_status(cls, n: int) -> ExitStatus:
+        """From a shell's $?: 128+N means killed by signal N, as bash and dash report it.
+
+        Values above 128+NSIG (e.g. `exit 255`) cannot be signals and stay exit codes. A script
+        that runs `exit 137` is indistinguishable from one killed by SIGKILL: shells conflate them.
+        """
+        if not 0 <= n <= 255:
+            raise ValueError(f"shell status out of range: {n}")
+        if 128 < n < 128 + _NSIG:
+            return cls(None, n - 128)
+        return cls(n, None)
+
+
+def spawn_attempt(
+    *, code: str, env: Mapping[str, str], spool_path: Path, status_path: Path, cwd: Path
+) -> ProcessIdentity:
+    """Start `bash -c code` under the wrapper, in a new session, and return its identity.
+
+    stdout and stderr both go to spool_path (appended, one byte stream, order preserved); stdin
+    is /dev/null; the environment is exactly `env`; no other descriptor is inherited. The pid is
+    the wrapper's, which is also the session and process-group id. A stale status_path is
+    removed first. Raises OSError on failure (E2BIG if code exceeds the kernel's 128 KiB limit
+    for one argument), ValueError for a NUL in code or env, or '=' in a variable name.
+    """
+    if not stat.S_ISDIR(os.stat(cwd).st_mode):  # fail here, cleanly, rather than in the wrapper
+        raise NotADirectoryError(errno.ENOTDIR, "attempt cwd is not a directory", str(cwd))
+    for stale in (status_path, status_path.with_name(status_path.name + ".tmp")):
+        stale.unlink(missing_ok=True)  # a previous attempt's status must not pass for this one's
+    # O_CLOEXEC: other threads spawning at the same moment must not inherit our spool fd.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    fd = os.open(spool_path, flags, 0o600)
+    try:
+        if fd < 3:  # our own 0-2 were closed; keep the spool fd clear of the dup2 targets
+            moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+            os.close(fd)
+            fd = moved
+        actions: list[tuple[object, ...]] = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, fd, 1),
+            (os.POSIX_SPAWN_DUP2, fd, 2),
+            *_close_other_fds(fd),
+        ]
+        argv = [SHELL, str(WRAPPER_PATH), str(status_path), code, str(cwd)]
+        # posix_spawn, not subprocess.Popen: no Popen object that could reap the pid behind the
+        # RunActor's back (Popen.__del__ / _cleanup), and vfork-speed spawning.
+        pid = os.posix_spawn(
+            SHELL,
+            argv,
+            dict(env),
+            file_actions=actions,
+            setsid=True,
+            setsigmask=(),  # nothing blocked, whatever the calling thread blocks
+            setsigdef=_DEFAULT_SIGNALS,
+        )
+    finally:
+        os.close(fd)
+    return _identity_after_spawn(pid)
+
+
+def _close_other_fds(keep: int) -> list[tuple[int, ...]]:
+    closefrom = getattr(os, "POSIX_SPAWN_CLOSEFROM", None)  # Python 3.13+
+    if closefrom is not None:
+        return [(closefrom, 3)]
+    # Python opens everything O_CLOEXEC (PEP 446), so only descriptors someone explicitly made
+    # inheritable can leak; close those. (One racing thread could still add one; closefrom won't.)
+    actions: list[tuple[int, ...]] = []
+    for name in os.listdir("/proc/self/fd"):
+        n = int(name)
+        if n < 3 or n == keep:
+            continue
+        try:
+            if os.get_inheritable(n):
+                actions.append((os.POSIX_SPAWN_CLOSE, n))
+        except OSError:  # the listdir's own descriptor, or closed meanwhile
+            continue
+    return actions
+
+
+def _identity_after_spawn(pid: int) -> ProcessIdentity:
+    # The child cannot leave /proc before it is reaped (an exited child stays a zombie, and its
+    # stat still shows its start time), so this only fails if something else reaped it: SIGCHLD
+    # set to SIG_IGN, or a stray waitpid(-1). A short retry covers a transient /proc error; after
+    # that start_ticks=0 means unknown: is_alive() says False and nothing will ever signal it.
+    for _ in range(3):
+        identity = read_identity(pid)
+        if identity is not None:
+            return identity
+        time.sleep(0.001)
+    return ProcessIdentity(pid, 0)
+
+
+def poll_exit(pid: int) -> ExitStatus | None:
+    """Reap the wrapper if it has exited; None while it runs or if it is not our child.
+
+    Not our child (ChildProcessError: after adoption, or already reaped) also gives None: the
+    caller then relies on is_alive() and read_status_file(). The wrapper exits with bash's $?,
+    so that is decoded like the status file (137 means SIGKILL); if the wrapper itself was
+    killed by a signal, that signal is reported.
+    """
+    try:
+        waited, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    if waited == 0:
+        return None
+    result = ExitStatus.from_wait_status(status)
+    if result.exit_code is not None:
+        return ExitStatus.from_shell_status(result.exit_code)
+    return result
+
+
+def read_status_file(path: Path) -> ExitStatus | None:
+    """The status the wrapper recorded, or None if missing, empty or garbled."""
+    try:
+        text = path.read_bytes().decode("ascii").strip()
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        return None
+    if not text.isdigit() or int(text) > 255:
+        return None
+    return ExitStatus.from_shell_status(int(text))
