@@ -40,9 +40,9 @@ def serve(settings: Settings) -> None:
     """Run a node until SIGTERM or SIGINT. Runs are left running and adopted at the next start."""
     with contextlib.ExitStack() as stack:
         stack.callback(pykka.ActorRegistry.stop_all, block=True, timeout=10)
+        tokens = load_tokens(settings)  # first: a bad RUNVISOR_TOKENS is a setting error
         database_url, redis_url = start_stores(settings, stack)
         migrate(database_url)
-        tokens = load_tokens(settings)
         settings.spool_dir.mkdir(parents=True, exist_ok=True)
         if not enable_child_subreaper():
             log.warning("not a child subreaper: orphaned grandchildren may escape a stop")

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any
 
 import pytest
 import requests
+
+from tests.polling import wait_until
 
 ADMIN, OPERATOR, VIEWER = "admin-secret-token", "operator-secret-token", "viewer-secret-token"
 TOKENS = f"admin:{ADMIN},operator:{OPERATOR},viewer:{VIEWER}"
@@ -26,20 +27,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_until(
-    predicate: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.05
-) -> Any:
-    """Poll `predicate` until it returns something truthy; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(poll_s)
 
 
 def processes_with_env(entry: str) -> list[int]:

@@ -29,6 +29,8 @@ class ExitWatcher:
         self._lock = threading.Lock()
         self._epoll = select.epoll()
         self._by_fd: dict[int, tuple[int, ExitCallback]] = {}
+        # Pids whose exit status belongs to their owner (a RunActor), from watch() until
+        # unwatch(): the reaper leaves them alone even after they exited.
         self._watched_pids: set[int] = set()
         self._wake_r, self._wake_w = os.pipe()
         self._epoll.register(self._wake_r, select.EPOLLIN)
@@ -79,7 +81,9 @@ class ExitWatcher:
         return True
 
     def unwatch(self, pid: int) -> None:
+        """The owner is done with `pid` (reaped it, or gave up): the reaper may take it now."""
         with self._lock:
+            self._watched_pids.discard(pid)
             for fd, (watched, _cb) in list(self._by_fd.items()):
                 if watched == pid:
                     self._close(fd)
@@ -88,8 +92,7 @@ class ExitWatcher:
         return pid in self._watched_pids
 
     def _close(self, fd: int) -> None:
-        pid, _cb = self._by_fd.pop(fd)
-        self._watched_pids.discard(pid)
+        self._by_fd.pop(fd)
         with contextlib.suppress(OSError, ValueError):
             self._epoll.unregister(fd)
         os.close(fd)

@@ -20,23 +20,12 @@ import pytest
 
 import runvisor
 from runvisor.actors.spawn import ExitStatus, ProcessIdentity, poll_exit, spawn_attempt
+from tests.polling import wait_until
 
 MARKER_ENV = "RUNVISOR_ATTEMPT_MARKER"
 REPO_ROOT = Path(runvisor.__file__).resolve().parents[1]
 _DEAD = frozenset("ZXx")
 T = TypeVar("T")
-
-
-def wait_until(predicate: Callable[[], T | None], timeout_s: float, what: str) -> T:
-    """Poll `predicate` until it returns something truthy; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.005)
 
 
 @dataclass(frozen=True)
