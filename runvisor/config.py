@@ -51,7 +51,13 @@ class Settings:
 
     @property
     def spool_dir(self) -> Path:
+        """Output and exit-status files of the attempts, one directory per run."""
         return self.data_dir / "spool"
+
+    @property
+    def work_dir(self) -> Path:
+        """The working directory of each run (one per run, removed when the run ends)."""
+        return self.data_dir / "work"
 
 
 def _parse_float(name: str, raw: str, *, minimum: float = 0.0, exclusive: bool = True) -> float:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from runvisor.errors import Fenced
 from runvisor.store.journal import RunJournal
-from runvisor.store.keys import RedisKeys
 from runvisor.store.live import LiveState
 
 CHUNK_BYTES = 256 * 1024  # one run_output row; also "flush sooner" threshold
@@ -42,7 +41,6 @@ class OutputPump:
         self.last_output_at = time.monotonic()
         self._journal = journal
         self._live = live
-        self._tail = bytearray()
         self._fd: int | None = None
         self._spool_size = stored_in_spool
         self.last_stored = b""  # the bytes stored by the last flush (for the test hook)
@@ -123,12 +121,7 @@ class OutputPump:
     def _publish(self, chunks: list[bytes]) -> None:
         data = b"".join(chunks)
         self.last_stored = data
-        self._tail += data
-        if len(self._tail) > RedisKeys.TAIL_BYTES:
-            del self._tail[: len(self._tail) - RedisKeys.TAIL_BYTES]
-        self._live.publish_output(
-            self.run_id, offset=self.stored_bytes, tail=bytes(self._tail), data=data
-        )
+        self._live.publish_output(self.run_id, offset=self.stored_bytes, data=data)
 
 
 def _cut(chunks: list[bytes], room: int) -> list[bytes]:

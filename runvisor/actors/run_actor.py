@@ -79,6 +79,7 @@ class RunActor(pykka.ThreadingActor):
         self.supervisor = supervisor
         self.adopt = adopt
         self.spool_dir = deps.settings.spool_dir / str(run.id)
+        self.work_dir = deps.settings.work_dir / str(run.id)
         self.status_path = self.spool_dir / f"{run.attempt}.status"
         self.marker = adopt.process_marker if adopt else uuid.uuid4().hex
         self.identity: ProcessIdentity | None = None
@@ -97,6 +98,7 @@ class RunActor(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
         spool_path = self.spool_dir / f"{self.run.attempt}.out"
         if self.adopt is not None:
             self._adopt(self.adopt, spool_path)
@@ -127,7 +129,7 @@ class RunActor(pykka.ThreadingActor):
                     env=env,
                     spool_path=spool_path,
                     status_path=self.status_path,
-                    cwd=self.spool_dir,
+                    cwd=self.work_dir,
                 ),
                 lambda: ref.tell(m.ProcessExited()),
             )
@@ -411,6 +413,7 @@ class RunActor(pykka.ThreadingActor):
         self._publish_state(decision.status, exit_status)
         if decision.status.is_terminal:
             shutil.rmtree(self.spool_dir, ignore_errors=True)
+            shutil.rmtree(self.work_dir, ignore_errors=True)
         else:
             self._remove_attempt_files()
         self.supervisor.tell(
@@ -443,8 +446,12 @@ class RunActor(pykka.ThreadingActor):
                 os.unlink(self.spool_dir / f"{self.run.attempt}{suffix}")
 
     def _detach(self) -> None:
-        """Service shutdown: store what the spool holds and leave the process running."""
-        self._flush(to_eof=True)
+        """Service shutdown: store a batch more and leave the process running.
+
+        Not to the end of the spool: a fast writer would keep shutdown waiting. What is left is
+        stored after the adoption at the next start.
+        """
+        self._flush()
         self.log.info("detached; the run goes on and is adopted at the next start")
         self.finished = True
         self.actor_ref.stop(block=False)

@@ -77,21 +77,29 @@ async def get_run(request: web.Request) -> web.Response:
     return web.json_response(run_json(await request.app[HISTORY].get_run(run_id)))
 
 
-async def get_run_output(request: web.Request) -> web.Response:
+async def get_run_output(request: web.Request) -> web.StreamResponse:
+    """The output bytes, streamed: a run may have stored gigabytes."""
     run_id = parse_id(request.match_info["id"], "run")
     offset, limit = parse_output_range(request.query)
     history = request.app[HISTORY]
     run = await history.get_run(run_id)
-    data = await history.read_output(run_id, offset=offset, limit=limit)
-    return web.Response(
-        body=data,
+    # Everything below output_bytes is stored: serve exactly that range, even as more arrives.
+    end = run.output_bytes if limit is None else min(run.output_bytes, offset + limit)
+    response = web.StreamResponse(
         headers={
             "Content-Type": "text/plain",
             "X-Output-Bytes": str(run.output_bytes),
             "X-Output-Offset": str(offset),
             "X-Run-Status": str(run.status),
-        },
+        }
     )
+    response.content_length = max(end - offset, 0)
+    await response.prepare(request)
+    if end > offset:
+        async for piece in history.iter_output(run_id, offset=offset, end=end):
+            await response.write(piece)
+    await response.write_eof()
+    return response
 
 
 async def stop_run(request: web.Request) -> web.Response:

@@ -31,7 +31,7 @@ from runvisor.store.columns import (
 )
 
 _ACTIVE = [str(s) for s in ACTIVE_STATUSES]
-OUTPUT_READ_BATCH = 64  # chunks fetched per round trip when reading output
+OUTPUT_READ_BATCH = 8  # chunks (up to 256 KiB each) fetched per round trip of an output read
 
 
 @asynccontextmanager
@@ -220,12 +220,48 @@ class History:
         return items, total
 
     async def read_output(self, run_id: int, *, offset: int = 0, limit: int | None = None) -> bytes:
-        """The run's output bytes from `offset`, at most `limit` of them."""
+        """The run's output bytes from `offset`, at most `limit` of them, in memory."""
         async with self._conn() as conn:
             exists = await _scalar(conn, "SELECT count(*) FROM runs WHERE id = %s", (run_id,))
-            if not exists:
-                raise NotFound(f"run {run_id} not found")
-            return await read_output_bytes(conn, run_id, offset=offset, limit=limit)
+        if not exists:
+            raise NotFound(f"run {run_id} not found")
+        end = None if limit is None else offset + limit
+        return b"".join([piece async for piece in self.iter_output(run_id, offset=offset, end=end)])
+
+    async def iter_output(
+        self, run_id: int, *, offset: int, end: int | None
+    ) -> AsyncIterator[bytes]:
+        """The run's output in [offset, end), a batch of chunks at a time.
+
+        Each batch takes a connection of its own, so a slow reader holds none while it writes.
+        """
+        async with self._conn() as conn:
+            # Start at the chunk holding `offset`: an index scan on (run_id, byte_offset).
+            cursor_at = await _scalar(
+                conn,
+                "SELECT coalesce(max(byte_offset), 0) FROM run_output"
+                " WHERE run_id = %s AND byte_offset <= %s",
+                (run_id, offset),
+            )
+        while end is None or cursor_at < end:
+            async with self._conn() as conn:
+                cur = await conn.execute(
+                    "SELECT byte_offset, data FROM run_output"
+                    " WHERE run_id = %s AND byte_offset >= %s ORDER BY byte_offset LIMIT %s",
+                    (run_id, cursor_at, OUTPUT_READ_BATCH),
+                )
+                rows = await cur.fetchall()
+            piece = bytearray()
+            for chunk_offset, data in rows:
+                lo = max(offset - chunk_offset, 0)
+                hi = len(data) if end is None else min(len(data), end - chunk_offset)
+                if hi > lo:
+                    piece += data[lo:hi]
+                cursor_at = chunk_offset + len(data)
+            if piece:
+                yield bytes(piece)
+            if len(rows) < OUTPUT_READ_BATCH:
+                return
 
     async def stop_queued_run(self, run_id: int, *, actor: str) -> Run | None:
         """End a run that has not started yet; None when it is no longer queued."""
@@ -254,37 +290,6 @@ class History:
                 return None
             await _audit(conn, actor, "run.stop", run_id=run_id, detail={"grace_s": grace_s})
         return await self.get_run(run_id)
-
-
-async def read_output_bytes(
-    conn: psycopg.AsyncConnection[Any], run_id: int, *, offset: int, limit: int | None
-) -> bytes:
-    # Start at the chunk holding `offset`: an index scan on (run_id, byte_offset).
-    start = await _scalar(
-        conn,
-        "SELECT coalesce(max(byte_offset), 0) FROM run_output"
-        " WHERE run_id = %s AND byte_offset <= %s",
-        (run_id, offset),
-    )
-    out = bytearray()
-    end = None if limit is None else offset + limit
-    cursor_at = start
-    while end is None or cursor_at < end:
-        cur = await conn.execute(
-            "SELECT byte_offset, data FROM run_output WHERE run_id = %s AND byte_offset >= %s"
-            " ORDER BY byte_offset LIMIT %s",
-            (run_id, cursor_at, OUTPUT_READ_BATCH),
-        )
-        rows = await cur.fetchall()
-        for chunk_offset, data in rows:
-            lo = max(offset - chunk_offset, 0)
-            hi = len(data) if end is None else min(len(data), end - chunk_offset)
-            if hi > lo:
-                out += data[lo:hi]
-            cursor_at = chunk_offset + len(data)
-        if len(rows) < OUTPUT_READ_BATCH:
-            break
-    return bytes(out)
 
 
 async def _fetch_command(

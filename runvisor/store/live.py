@@ -24,11 +24,24 @@ def redis_client(url: str) -> redis.Redis:
     )
 
 
+# Append to the tail and, once it holds twice the cap, keep only the last cap bytes: the
+# amortised cost per flush is the new bytes, not the whole tail.
+_APPEND_TAIL = """
+local n = redis.call('APPEND', KEYS[1], ARGV[1])
+local cap = tonumber(ARGV[2])
+if n > 2 * cap then
+  redis.call('SET', KEYS[1], redis.call('GETRANGE', KEYS[1], n - cap, n - 1))
+end
+return n
+"""
+
+
 class LiveState:
     def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
         self._redis = client
         self.keys = keys
         self._down_since: float | None = None
+        self._append_tail = client.register_script(_APPEND_TAIL)
 
     def close(self) -> None:
         self._redis.close()
@@ -52,12 +65,15 @@ class LiveState:
 
         self._best_effort("publish state", write)
 
-    def publish_output(self, run_id: int, *, offset: int, tail: bytes, data: bytes) -> None:
-        """Set the capped tail and announce the new bytes (ending at `offset`)."""
+    def publish_output(self, run_id: int, *, offset: int, data: bytes) -> None:
+        """Add to the run's capped tail and announce the new bytes (ending at `offset`)."""
+        cap = RedisKeys.TAIL_BYTES
 
         def write() -> None:
             pipe = self._redis.pipeline(transaction=False)
-            pipe.set(self.keys.run_tail(run_id), tail)
+            self._append_tail(
+                keys=[self.keys.run_tail(run_id)], args=[data[-cap:], cap], client=pipe
+            )
             pipe.hset(self.keys.run_state(run_id), "output_bytes", str(offset))
             pipe.publish(
                 self.keys.run_events(run_id),

@@ -53,7 +53,8 @@ def no_leaked_actors_or_threads() -> Iterator[None]:
     assert pykka.ActorRegistry.get_all() == []
     wait_until(
         lambda: not [t for t in threading.enumerate() if t.ident not in before and t.is_alive()],
-        5, "threads started by the test to end",
+        5,
+        "threads started by the test to end",
     )
 
 
@@ -109,8 +110,11 @@ def test_the_watcher_reports_an_exit_at_once_and_leaves_the_status_to_the_owner(
     try:
         identity = watcher.spawn_watched(
             lambda: spawn_attempt(
-                code="sleep 0.2; exit 4", env={"PATH": os.environ["PATH"]},
-                spool_path=tmp_path / "out", status_path=tmp_path / "status", cwd=tmp_path,
+                code="sleep 0.2; exit 4",
+                env={"PATH": os.environ["PATH"]},
+                spool_path=tmp_path / "out",
+                status_path=tmp_path / "status",
+                cwd=tmp_path,
             ),
             exited.set,
         )

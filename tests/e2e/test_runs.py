@@ -136,3 +136,15 @@ def test_wait_helper_fails_at_its_deadline() -> None:
     else:
         raise AssertionError("wait_until did not fail")
     assert time.monotonic() - started < 2
+
+
+def test_each_run_starts_in_its_own_working_directory_removed_at_the_end(service, api: Api) -> None:
+    run = api.wait_finished(api.run_code("pwd; ls -A | wc -l; touch scratch")["id"])
+    cwd, entries = api.output(run["id"]).decode().split()
+    assert cwd == str(service.data_dir / "work" / str(run["id"])) and entries == "0"
+    wait_until(
+        lambda: not (service.data_dir / "work" / str(run["id"])).exists(),
+        5,
+        "the working directory to be removed",
+    )
+    assert not (service.data_dir / "spool" / str(run["id"])).exists()

@@ -1,0 +1,323 @@
+"""The OpenAPI document at /api/v1/openapi.json matches what a live node does.
+
+1. The routes: the app's real aiohttp router, `openapi.ROUTES` and the served document name the
+   same (method, path, operationId) triples; every documented route answers on a live node.
+2. Schemathesis generates requests from the served document (its examples, coverage and fuzzing
+   phases, valid and invalid data) and sends them to a live node with an admin token; every
+   answer must be a documented status code and content type, with headers and a body that match
+   the documented schemas, and never a 5xx.
+
+Generated requests reach a service that runs bash. Nothing generated may ever be run:
+- `harmless()` rewrites every request body before it is sent: any `code` key (in any letter
+  case: the legacy route matches field names case-insensitively, as Go did) gets one of
+  SAFE_CODES, every valid `env` name gets the RVT_ prefix (so BASH_ENV, PS4, SHELLOPTS, PATH,
+  LD_PRELOAD and the like can never be set), and restart counts are capped;
+- `GuardAdapter` is the last check, on the bytes that actually leave the client: a request
+  whose body holds a `code` outside SAFE_CODES or an env name outside RVT_ is refused (the
+  test fails) before it is sent;
+- commands can only be created through the two guarded routes, the database is fresh for each
+  test, and at the end every run the node made is checked to have run one of SAFE_CODES.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any, cast
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, settings
+from requests.adapters import HTTPAdapter
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from runvisor import __version__
+from runvisor.config import Settings
+from runvisor.http.app import create_app
+from runvisor.http.auth import parse_tokens
+from runvisor.http.openapi import ROUTES, build_openapi
+from tests.fix_service import ADMIN, TOKENS, Service
+
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+
+# ---- 1. routes: router, route table and document agree -------------------------------------
+
+
+def router_routes() -> set[tuple[str, str, str]]:
+    """(method, path, name) of every route of the real app; HEAD (added for GET) left out."""
+    app = create_app(
+        Settings(),
+        supervisor=cast(Any, None),  # only stored by the factory; nothing here runs
+        tokens=parse_tokens(TOKENS),
+        database_url="postgresql://unused",
+        redis_url="redis://unused",
+    )
+    return {
+        (route.method, cast(str, route.resource.canonical), cast(str, route.name))
+        for route in app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+    }
+
+
+def document_routes(doc: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (method.upper(), path, op["operationId"])
+        for path, item in doc["paths"].items()
+        for method, op in item.items()
+        if method in HTTP_METHODS
+    }
+
+
+def test_every_served_route_is_documented_and_every_documented_route_is_served(
+    service: Service,
+) -> None:
+    served = router_routes()
+    table = set(ROUTES)
+    live_doc = service.api.get("/api/v1/openapi.json", token="").json()
+    assert live_doc == build_openapi(version=live_doc["info"]["version"])
+    documented = document_routes(live_doc)
+    assert len(table) == len(ROUTES), "a route is listed twice in openapi.ROUTES"
+    assert served - documented == set(), "served but not documented"
+    assert documented - served == set(), "documented but not served"
+    assert served == table == documented
+    # The live node serves every documented route: an id that cannot exist gets the handler's
+    # 404 (or a 400 for a missing body), never the router's "no route" 404 or its 405.
+    for method, path, op in sorted(documented):
+        response = service.api.request(method, path.replace("{id}", "999999"))
+        assert response.status_code in (200, 400, 404), (op, response.status_code, response.text)
+        assert "no route" not in response.text, (op, response.text)
+
+
+# ---- 2. schemathesis against a live node ---------------------------------------------------
+
+SAFE_CODES = ("true", "echo ok", "sleep 5")
+SAFE_ENV_PREFIX = "RVT_"
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_RESTARTS_CAP = 2  # a generated policy may ask for 1000 restarts: keep the node's load small
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+
+
+def _safe_code(value: Any) -> str:
+    # Deterministic in the generated value, so Hypothesis can replay and shrink a failure.
+    return SAFE_CODES[len(repr(value)) % len(SAFE_CODES)]
+
+
+def _safe_env(env: dict[Any, Any]) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
+    for name, value in env.items():
+        if isinstance(name, str) and ENV_NAME.fullmatch(name):
+            # RUNVISOR_* names stay: the node must refuse them (422), and then runs nothing.
+            name = name if name.startswith("RUNVISOR_") else SAFE_ENV_PREFIX + name
+        elif "%" in str(name):
+            continue  # BASH_FUNC_f%%: bash would import it as a function
+        out[name] = value
+    return out
+
+
+def harmless(body: Any) -> Any:
+    """The body with every field that could make bash run something replaced (see above)."""
+    if isinstance(body, (str, bytes)):
+        try:
+            decoded = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return body  # not JSON: no route reads a command from it
+        text = json.dumps(harmless(decoded))
+        return text if isinstance(body, str) else text.encode()
+    if isinstance(body, list):
+        return [harmless(item) for item in body]
+    if not isinstance(body, dict):
+        return body
+    out: dict[Any, Any] = {}
+    had_code = False
+    for key, value in body.items():
+        lower = key.lower() if isinstance(key, str) else None
+        if lower == "code":
+            had_code = True
+            continue
+        if lower == "env" and isinstance(value, dict):
+            value = _safe_env(value)
+        elif lower == "restart" and isinstance(value, dict):
+            value = dict(value)
+            restarts = value.get("max_restarts")
+            if isinstance(restarts, int) and not isinstance(restarts, bool) and restarts > 0:
+                value["max_restarts"] = min(restarts, MAX_RESTARTS_CAP)
+        out[key] = harmless(value) if isinstance(value, (dict, list)) and lower != "env" else value
+    if had_code:
+        out["code"] = _safe_code(body.get("code"))
+    return out
+
+
+def unsafe_fields(data: Any) -> list[str]:
+    """Every `code` value not in SAFE_CODES and env name not RVT_/RUNVISOR_, anywhere in `data`."""
+    found: list[str] = []
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                lower = key.lower() if isinstance(key, str) else ""
+                if lower == "code" and value not in SAFE_CODES:
+                    found.append(f"code={value!r}")
+                if lower == "env" and isinstance(value, dict):
+                    for name in value:
+                        ok = isinstance(name, str) and (
+                            name.startswith((SAFE_ENV_PREFIX, "RUNVISOR_"))
+                            or not ENV_NAME.fullmatch(name)
+                        )
+                        if not ok or "%" in str(name):
+                            found.append(f"env name {name!r}")
+                stack.append(value)
+    return found
+
+
+class GuardAdapter(HTTPAdapter):
+    """Refuses to send a body that could make the node run anything but SAFE_CODES."""
+
+    sent = 0
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
+        body = request.body
+        if body:
+            raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+            if not isinstance(raw, bytes):
+                raise AssertionError(f"refusing to send a streamed body to {request.url}")
+            try:
+                data = json.loads(raw.decode("utf-8").removeprefix("\ufeff"))
+            except (ValueError, UnicodeDecodeError):
+                data = None  # the node cannot read a command from it either
+            bad = unsafe_fields(data)
+            if bad:
+                raise AssertionError(f"refusing to send {bad} to {request.url}")
+        type(self).sent += 1
+        return super().send(request, *args, **kwargs)
+
+
+@pytest.fixture
+def guarded_session() -> Iterator[requests.Session]:
+    session = requests.Session()
+    session.mount("http://", GuardAdapter())
+    session.mount("https://", GuardAdapter())
+    yield session
+    session.close()
+
+
+@pytest.fixture
+def known_ids(service: Service) -> Iterator[dict[str, list[int]]]:
+    """Commands and runs that exist, so generated ids reach the handlers' success paths too."""
+    api = service.api
+    commands = [api.create_command(code)["id"] for code in SAFE_CODES for _ in range(2)]
+    runs = [api.start_run(command_id)["id"] for command_id in commands]
+    for run_id in runs[:4]:  # finished runs ("true", "echo ok"): reads with and without output
+        api.wait_finished(run_id)
+    yield {"command": commands, "run": runs}
+    # Afterwards: every run the node made ran one of SAFE_CODES.
+    page = api.get("/api/v1/runs?limit=1000").json()
+    assert page["total"] == len(page["items"])
+    ran = {run["code"] for run in page["items"]}
+    assert ran <= set(SAFE_CODES), ran - set(SAFE_CODES)
+
+
+# The document the node serves, built by the same code: the first test checks that the two are
+# equal, and `live_base` checks it again on each node. Loading it at import time lets
+# schemathesis make one test per operation (its lazy `from_fixture` loader does not run under
+# pytest 9.2, which dropped the `Node._nodeid` it sets).
+DOCUMENT = build_openapi(version=__version__)
+schema = schemathesis.openapi.from_dict(DOCUMENT, config=schemathesis.Config())
+
+
+@pytest.fixture
+def live_base(service: Service) -> str:
+    assert service.api.get("/api/v1/openapi.json", token="").json() == DOCUMENT
+    return service.api.base
+
+
+_RUN_PATH = re.compile(r"/(runs|command/result|command/stop)/\{id\}")
+
+
+def _aim_at_known(case: Any, known_ids: dict[str, list[int]]) -> None:
+    """Most generated ids go to existing commands/runs (deterministic in the generated id)."""
+    params = case.path_parameters or {}
+    value = params.get("id")
+    if not isinstance(value, int) or isinstance(value, bool) or value % 4 == 0:
+        return
+    kind = "run" if _RUN_PATH.search(case.operation.path) else "command"
+    ids = known_ids[kind]
+    params["id"] = ids[value % len(ids)]
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=int(
+        __import__("os").environ.get("XMAX", "25")
+    ),  # per operation and phase (fuzzing); the coverage phase adds its own cases
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+@schema.parametrize()
+def test_the_live_api_conforms_to_its_openapi_document(
+    case: Any, live_base: str, known_ids: dict[str, list[int]], guarded_session: requests.Session
+) -> None:
+    _aim_at_known(case, known_ids)
+    if case.body is not None:
+        case.body = harmless(case.body)
+    headers = {**dict(case.headers or {}), **AUTH}
+    st = "?"
+    try:
+        r = case.call_and_validate(
+            base_url=live_base,
+            session=guarded_session,
+            headers=headers,
+            checks=None if __import__("os").environ.get("XALL") else CHECKS,
+        )
+        st = r.status_code
+    except Exception as e:
+        st = "FAIL " + type(e).__name__
+        raise
+    finally:
+        import os
+
+        with open("/tmp/stlog.txt", "a") as f:
+            f.write(f"{case.operation.label}\t{case.meta.phase.name if case.meta else '?'}\t{st}\n")
+
+
+def test_the_guard_rewrites_and_refuses_unsafe_bodies() -> None:
+    """The guard itself: what it lets through, and what it refuses."""
+    assert unsafe_fields(harmless({"code": "rm -rf /", "description": "x"})) == []
+    assert harmless({"CoDe": "rm -rf /"})["code"] in SAFE_CODES
+    assert "CoDe" not in harmless({"CoDe": "rm -rf /"})
+    assert unsafe_fields(harmless('{"code": "reboot"}')) == []
+    assert unsafe_fields(json.loads(harmless(b'{"Code": "reboot"}'))) == []
+    env = harmless({"env": {"BASH_ENV": "$(reboot)", "PS4": "x", "1A": "y", "F%%": "z"}})["env"]
+    assert env == {"RVT_BASH_ENV": "$(reboot)", "RVT_PS4": "x", "1A": "y"}
+    assert unsafe_fields({"env": env}) == []
+    assert harmless({"restart": {"policy": "always", "max_restarts": 1000}})["restart"] == {
+        "policy": "always",
+        "max_restarts": MAX_RESTARTS_CAP,
+    }
+    assert unsafe_fields({"code": "rm -rf /"}) == ["code='rm -rf /'"]
+    assert unsafe_fields([{"x": {"cOdE": 5}}]) == ["code=5"]
+    assert unsafe_fields({"env": {"BASH_ENV": "x"}}) == ["env name 'BASH_ENV'"]
+    adapter = GuardAdapter()
+    request = requests.Request(
+        "POST", "http://127.0.0.1:9/command", json={"code": "rm -rf /"}
+    ).prepare()
+    with pytest.raises(AssertionError, match="refusing"):
+        adapter.send(request)  # refused before any connection is tried

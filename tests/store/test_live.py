@@ -1,0 +1,61 @@
+"""Live state in a real Redis: the capped tail, state hashes, events; and an outage is survived."""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+from runvisor.store.keys import RedisKeys
+from runvisor.store.live import LiveState, redis_client
+
+
+def test_the_tail_keeps_the_last_bytes_within_twice_the_cap(
+    redis_server_url: str, redis_prefix: str
+) -> None:
+    keys = RedisKeys(redis_prefix)
+    live = LiveState(redis_client(redis_server_url), keys)
+    raw = redis.Redis.from_url(redis_server_url)
+    try:
+        written = bytearray()
+        for i in range(300):
+            piece = (f"{i:05d}-" * 100).encode()  # 600 bytes
+            written += piece
+            live.publish_output(7, offset=len(written), data=piece)
+            tail = raw.get(keys.run_tail(7))
+            assert tail is not None and written.endswith(tail)
+            assert len(tail) <= 2 * RedisKeys.TAIL_BYTES
+            assert len(tail) >= min(len(written), RedisKeys.TAIL_BYTES)
+        assert raw.hget(keys.run_state(7), "output_bytes") == str(len(written)).encode()
+    finally:
+        live.close()
+        raw.close()
+
+
+def test_state_is_published_and_announced(redis_server_url: str, redis_prefix: str) -> None:
+    keys = RedisKeys(redis_prefix)
+    live = LiveState(redis_client(redis_server_url), keys)
+    raw = redis.Redis.from_url(redis_server_url)
+    pubsub = raw.pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe(keys.run_events(9))
+        assert pubsub.get_message(timeout=1) is None
+        live.publish_state(9, {"status": "succeeded", "pid": None}, terminal=True)
+        state = raw.hgetall(keys.run_state(9))
+        assert state[b"status"] == b"succeeded" and state[b"pid"] == b""
+        assert 0 < raw.ttl(keys.run_state(9)) <= RedisKeys.FINISHED_RUN_TTL_S
+        message = pubsub.get_message(timeout=2)
+        assert message is not None and json.loads(message["data"])["status"] == "succeeded"
+    finally:
+        pubsub.close()
+        live.close()
+        raw.close()
+
+
+def test_an_unreachable_redis_costs_freshness_not_an_exception() -> None:
+    live = LiveState(redis_client("redis://127.0.0.1:1/0"), RedisKeys("nowhere"))
+    live.publish_output(1, offset=3, data=b"abc")
+    live.publish_state(1, {"status": "running"}, terminal=False)
+    live.renew_lease("n", 5)
+    assert live.ping() is False
+    live.close()
