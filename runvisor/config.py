@@ -161,7 +161,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_running": lambda name, raw: _parse_int(name, raw, minimum=0),
     "default_grace_s": lambda name, raw: _parse_float(name, raw, minimum=0.0, exclusive=False),
     "max_body_bytes": lambda name, raw: _parse_int(name, raw, minimum=1024),
-    "max_code_bytes": lambda name, raw: _parse_int(name, raw, minimum=1),
+    # Code is one argv string of bash -c: Linux caps one argument at 128 KiB (MAX_ARG_STRLEN).
+    "max_code_bytes": lambda name, raw: _parse_int(name, raw, minimum=1, maximum=131_000),
     "max_output_bytes": lambda name, raw: _parse_int(name, raw, minimum=1),
     "max_page_limit": lambda name, raw: _parse_int(name, raw, minimum=1),
     "ping_timeout_s": lambda name, raw: _parse_float(name, raw, minimum=0.1, exclusive=False),

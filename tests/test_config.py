@@ -59,6 +59,7 @@ def test_libpq_connection_strings_are_accepted() -> None:
         ("RUNVISOR_MAX_RUNNING", "-1"),
         ("RUNVISOR_TEST_HOOKS", "perhaps"),
         ("RUNVISOR_REDIS_PREFIX", "a b"),
+        ("RUNVISOR_MAX_CODE_BYTES", "200000"),
     ],
 )
 def test_a_bad_setting_is_named(name: str, value: str) -> None:

@@ -92,6 +92,7 @@ class RunActor(pykka.ThreadingActor):
         self.timers: dict[str, TimerHandle] = {}
         self.finished = False
         self.leftovers_killed = 0
+        self.spawn_error: str | None = None
         self.log = get_logger("runvisor.run", run_id=run.id, attempt=run.attempt)
 
     # Lifecycle
@@ -133,11 +134,12 @@ class RunActor(pykka.ThreadingActor):
                 ),
                 lambda: ref.tell(m.ProcessExited()),
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             self.log.error("spawn failed", error=str(exc))
             self.exit = ExitStatus(exit_code=None, signal=None)
             self.end_reason = AttemptEndReason.EXITED
-            self._end(spawn_error=f"could not start: {exc}")
+            self.spawn_error = f"could not start: {exc}"
+            self._end()
             return
         self.log = self.log.bind(pid=self.identity.pid)
         self.pump = self._make_pump(spool_path, base_offset=base_offset, stored_in_spool=0)
@@ -232,9 +234,14 @@ class RunActor(pykka.ThreadingActor):
             time.sleep(3 * self.deps.settings.ping_timeout_s)
 
     def _stand_down(self) -> None:
-        """The attempt was superseded while this actor was away: stop, write nothing more."""
+        """The attempt was superseded while this actor was away: stop, write nothing more.
+
+        Its processes must not run on beside the attempt that replaced it.
+        """
         self.log.warning("attempt superseded; this actor stands down")
         self.finished = True
+        if self.identity is not None:
+            kill_attempt_tree(leader=self.identity, marker=self.marker)
         self._remove_attempt_files()
         self.actor_ref.stop(block=False)
 
@@ -366,23 +373,23 @@ class RunActor(pykka.ThreadingActor):
         """End the attempt once its process tree is gone and all output is stored."""
         if self.finished:
             return
-        assert self.identity is not None
-        leftovers = kill_attempt_tree(leader=self.identity, marker=self.marker)
-        if leftovers:
-            self.log.info("killed leftover processes", processes=leftovers)
-        self.leftovers_killed += leftovers
+        if self.identity is not None:
+            leftovers = kill_attempt_tree(leader=self.identity, marker=self.marker)
+            if leftovers:
+                self.log.info("killed leftover processes", processes=leftovers)
+            self.leftovers_killed += leftovers
         if self._flush(to_eof=True) is None:
             if not self.finished:
                 self._schedule("flush", RETRY_S, m.FlushTick())
             return
         self._end()
 
-    def _end(self, spawn_error: str | None = None) -> None:
+    def _end(self) -> None:
         assert self.exit is not None and self.end_reason is not None
         exit_status = self.exit
-        succeeded = spawn_error is None and exit_status.succeeded
+        succeeded = self.spawn_error is None and exit_status.succeeded
         decision = self._decide(succeeded)
-        run_reason = spawn_error or self._reason_text(decision)
+        run_reason = self.spawn_error or self._reason_text(decision)
         try:
             ok = self.deps.journal.end_attempt(
                 self.run,
