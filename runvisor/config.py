@@ -47,6 +47,7 @@ class Settings:
     max_output_bytes: int = 64 * 1024 * 1024
     max_page_limit: int = 1000
     ping_timeout_s: float = 10.0
+    lease_ttl_s: float = 15.0
     test_hooks: bool = False
 
     @property
@@ -166,6 +167,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_output_bytes": lambda name, raw: _parse_int(name, raw, minimum=1),
     "max_page_limit": lambda name, raw: _parse_int(name, raw, minimum=1),
     "ping_timeout_s": lambda name, raw: _parse_float(name, raw, minimum=0.1, exclusive=False),
+    "lease_ttl_s": lambda name, raw: _parse_float(name, raw, minimum=2.0, exclusive=False),
     "test_hooks": _parse_bool,
 }
 

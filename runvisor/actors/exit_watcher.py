@@ -12,6 +12,7 @@ import contextlib
 import os
 import select
 import threading
+import time
 from collections.abc import Callable
 
 from runvisor.actors.proctree import reap_children
@@ -98,6 +99,7 @@ class ExitWatcher:
         os.close(fd)
 
     def _loop(self) -> None:
+        next_reap = 0.0
         while self._running:
             try:
                 events = self._epoll.poll(REAP_INTERVAL_S)
@@ -105,17 +107,36 @@ class ExitWatcher:
                 continue
             callbacks: list[ExitCallback] = []
             with self._lock:
-                for fd, _mask in events:
-                    if fd == self._wake_r or fd not in self._by_fd:
-                        continue
+                for fd in _still_readable([fd for fd, _mask in events if fd in self._by_fd]):
                     callbacks.append(self._by_fd[fd][1])
                     self._close(fd)
-                try:
-                    reap_children(exclude=self._watched_pids)
-                except Exception:
-                    log.exception("reaping orphaned children failed")
+            if time.monotonic() >= next_reap:
+                next_reap = time.monotonic() + REAP_INTERVAL_S
+                self._reap_orphans()
             for callback in callbacks:
                 try:
                     callback()
                 except Exception:
                     log.exception("exit callback failed")
+
+    def _reap_orphans(self) -> None:
+        with self._lock:
+            try:
+                reap_children(exclude=self._watched_pids)
+            except Exception:
+                log.exception("reaping orphaned children failed")
+
+
+def _still_readable(fds: list[int]) -> list[int]:
+    """The fds among `fds` that are readable now, looked at again under the lock.
+
+    Between epoll's answer and the lock, an owner may unwatch (closing its pidfd) and a new
+    spawn may get the same fd number for a process that is still running: without this check
+    that run would be told its process had exited.
+    """
+    if not fds:
+        return []
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return [fd for fd, mask in poller.poll(0) if mask & select.POLLIN]

@@ -132,7 +132,7 @@ class RunActor(pykka.ThreadingActor):
                     status_path=self.status_path,
                     cwd=self.work_dir,
                 ),
-                lambda: ref.tell(m.ProcessExited()),
+                lambda: _tell_quietly(ref, m.ProcessExited()),
             )
         except (OSError, ValueError) as exc:
             self.log.error("spawn failed", error=str(exc))
@@ -158,7 +158,7 @@ class RunActor(pykka.ThreadingActor):
         )
         ref = self.actor_ref
         if not is_alive(self.identity) or not self.deps.watcher.watch(
-            attempt.pid, lambda: ref.tell(m.ProcessExited())
+            attempt.pid, lambda: _tell_quietly(ref, m.ProcessExited())
         ):
             self.actor_ref.tell(m.ProcessExited())
         self.log.info("run adopted", output_offset=self.pump.stored_bytes)
@@ -485,6 +485,12 @@ class RunActor(pykka.ThreadingActor):
             },
             terminal=status.is_terminal,
         )
+
+
+def _tell_quietly(ref: pykka.ActorRef[Any], message: object) -> None:
+    """Tell, unless the actor has ended already (an exit can be noticed after a stand-down)."""
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.tell(message)
 
 
 class _NoTimer:

@@ -211,6 +211,53 @@ class RunJournal:
                 (self.node_id,),
             )
 
+    def attempt_markers(self, run_ids: Sequence[int]) -> dict[int, list[str]]:
+        """The process markers of every attempt of these runs."""
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT run_id, process_marker FROM run_attempts WHERE run_id = ANY(%s)",
+                (list(run_ids),),
+            ).fetchall()
+        markers: dict[int, list[str]] = {}
+        for run_id, marker in rows:
+            markers.setdefault(run_id, []).append(marker)
+        return markers
+
+    def nodes_with_active_runs(self) -> list[str]:
+        """Other nodes that own running or restarting runs."""
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT node FROM runs WHERE status IN ('running', 'restarting')"
+                " AND node IS NOT NULL AND node <> %s",
+                (self.node_id,),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def take_over_runs(self, dead_node: str) -> list[Run]:
+        """Move the active runs of a node that lost its lease to this node, with their attempts.
+
+        The attempt number stays: this node ends that attempt (lost) and the policy decides. The
+        dead node, should it come back, is fenced off by the node column.
+        """
+        with self._conn() as conn, conn.transaction():
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "UPDATE runs SET node = %s WHERE node = %s"
+                    " AND status IN ('running', 'restarting') RETURNING id",
+                    (self.node_id, dead_node),
+                ).fetchall()
+            ]
+            if not ids:
+                return []
+            conn.execute(
+                "UPDATE run_attempts SET node = %s WHERE node = %s AND finished_at IS NULL"
+                " AND run_id = ANY(%s)",
+                (self.node_id, dead_node, ids),
+            )
+            _audit(conn, self.actor, "node.takeover", detail={"node": dead_node, "runs": ids})
+            return _fetch_runs(conn, sql.SQL("WHERE id = ANY(%s) ORDER BY id"), (ids,))
+
     def audit(self, action: str, *, run_id: int | None = None, detail: dict[str, Any]) -> None:
         with self._conn() as conn:
             _audit(conn, self.actor, action, run_id=run_id, detail=detail)

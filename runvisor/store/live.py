@@ -91,8 +91,12 @@ class LiveState:
             ),
         )
 
-    def drop_lease(self, node_id: str) -> None:
-        self._best_effort("drop lease", lambda: self._redis.delete(self.keys.node_lease(node_id)))
+    def lease_held(self, node_id: str) -> bool | None:
+        """Whether `node_id` holds its lease; None when Redis cannot tell (then assume nothing)."""
+        try:
+            return bool(self._redis.exists(self.keys.node_lease(node_id)))
+        except redis.RedisError:
+            return None
 
     def _best_effort(self, what: str, write: Any) -> Any:
         try:

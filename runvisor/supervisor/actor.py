@@ -9,6 +9,7 @@ adopts the runs this node owned before it stopped or crashed.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from typing import Any
 
@@ -25,7 +26,7 @@ from runvisor.models import AttemptEndReason, Run, RunStatus
 from runvisor.supervisor.policy import attempt_history, decide
 
 TICK_S = 1.0
-LEASE_TTL_S = 15.0
+TAKEOVER_CHECK_S = 5.0  # how often to look for nodes whose lease expired
 
 log = get_logger("runvisor.supervisor")
 
@@ -41,11 +42,12 @@ class Supervisor(pykka.ThreadingActor):
         self.restarts: dict[int, TimerHandle] = {}
         self.recovered = False
         self.tick: TimerHandle | None = None
+        self.next_takeover_check = 0.0
 
     # Lifecycle
 
     def on_start(self) -> None:
-        self.deps.live.renew_lease(self.node_id, LEASE_TTL_S)
+        self.deps.live.renew_lease(self.node_id, self.deps.settings.lease_ttl_s)
         self._recover()
         self.tick = self.deps.timers.schedule(TICK_S, self.actor_ref, m.SupervisorTick())
 
@@ -54,7 +56,8 @@ class Supervisor(pykka.ThreadingActor):
             self.tick.cancel()
         for handle in self.restarts.values():
             handle.cancel()
-        self.deps.live.drop_lease(self.node_id)
+        # The lease is left to expire rather than dropped: a node restarted within the lease
+        # time adopts its own runs; only a node that stays away has them taken over.
 
     # Called through the proxy (from HTTP and the control listener)
 
@@ -134,10 +137,11 @@ class Supervisor(pykka.ThreadingActor):
 
     def _on_tick(self) -> None:
         try:
-            self.deps.live.renew_lease(self.node_id, LEASE_TTL_S)
+            self.deps.live.renew_lease(self.node_id, self.deps.settings.lease_ttl_s)
             if not self.recovered:
                 self._recover()
             self._ping_run_actors()
+            self._take_over_dead_nodes()
             self._fill_slots()
         finally:
             self.tick = self.deps.timers.schedule(TICK_S, self.actor_ref, m.SupervisorTick())
@@ -197,6 +201,7 @@ class Supervisor(pykka.ThreadingActor):
             log.warning("recovery waits for PostgreSQL", error=exc.message)
             return
         self.recovered = True
+        self._clear_leftover_spools(keep={run.id for run in runs})
         for run in runs:
             if run.id in self.run_actors or run.id in self.restarts:
                 continue
@@ -212,6 +217,62 @@ class Supervisor(pykka.ThreadingActor):
             log.info("adopting run", run_id=run.id, pid=attempt.pid, attempt=attempt.attempt)
             self.deps.journal.audit("run.adopt", run_id=run.id, detail={"pid": attempt.pid})
             self._spawn(run, adopt=attempt)
+
+    def _clear_leftover_spools(self, keep: set[int]) -> None:
+        """Spool directories of runs this node no longer owns (they ended, or another node took
+        them over while this one was away): kill what of them still runs here, remove them."""
+        spool_dir, work_dir = self.deps.settings.spool_dir, self.deps.settings.work_dir
+        stale = [
+            int(p.name) for p in spool_dir.iterdir() if p.name.isdigit() and int(p.name) not in keep
+        ]
+        if not stale:
+            return
+        markers = self.deps.journal.attempt_markers(stale)
+        for run_id in stale:
+            killed = sum(
+                kill_attempt_tree(leader=None, marker=mk) for mk in markers.get(run_id, [])
+            )
+            if killed:
+                log.warning(
+                    "killed processes of a run this node no longer owns",
+                    run_id=run_id,
+                    processes=killed,
+                )
+                self.deps.journal.audit(
+                    "run.orphans_killed", run_id=run_id, detail={"processes": killed}
+                )
+            shutil.rmtree(spool_dir / str(run_id), ignore_errors=True)
+            shutil.rmtree(work_dir / str(run_id), ignore_errors=True)
+
+    def _take_over_dead_nodes(self) -> None:
+        """Runs of a node whose lease expired are lost there: end their attempts, restart here."""
+        now = time.monotonic()
+        if now < self.next_takeover_check:
+            return
+        self.next_takeover_check = now + TAKEOVER_CHECK_S
+        try:
+            nodes = self.deps.journal.nodes_with_active_runs()
+        except StoreUnavailable:
+            return
+        for node in nodes:
+            if self.deps.live.lease_held(node) is not False:
+                continue  # alive, or Redis cannot tell: never take over on a guess
+            try:
+                runs = self.deps.journal.take_over_runs(node)
+            except StoreUnavailable:
+                return
+            log.warning(
+                "took over the runs of a node whose lease expired",
+                node=node,
+                runs=[r.id for r in runs],
+            )
+            for run in runs:
+                if run.status is RunStatus.RESTARTING:
+                    self._schedule_restart(run.id, 0.0)
+                else:
+                    self._end_failed_attempt(
+                        run.id, run.attempt, AttemptEndReason.LOST, run=run, local=False
+                    )
 
     def _ping_run_actors(self) -> None:
         now = time.monotonic()
@@ -241,7 +302,13 @@ class Supervisor(pykka.ThreadingActor):
         self._end_failed_attempt(run_id, attempt, AttemptEndReason.STUCK)
 
     def _end_failed_attempt(
-        self, run_id: int, attempt_no: int, reason: AttemptEndReason, run: Run | None = None
+        self,
+        run_id: int,
+        attempt_no: int,
+        reason: AttemptEndReason,
+        run: Run | None = None,
+        *,
+        local: bool = True,
     ) -> None:
         """End an attempt whose RunActor cannot (failed, wedged, lost): kill, record, decide."""
         try:
@@ -252,13 +319,17 @@ class Supervisor(pykka.ThreadingActor):
             return
         attempt = next((a for a in run.attempts if a.attempt == attempt_no), None)
         killed = 0
-        if attempt is not None and attempt.pid is not None:
+        if attempt is not None and local and attempt.pid is not None:
             # Its RunActor is gone or wedged: let the reaper collect the wrapper's exit.
             self.deps.watcher.unwatch(attempt.pid)
             killed = kill_attempt_tree(
                 leader=ProcessIdentity(attempt.pid, attempt.pid_start_ticks or 0),
                 marker=attempt.process_marker,
             )
+        elif attempt is not None:
+            # Another node's attempt: its pid means nothing here, its unique marker does (the
+            # nodes may share a machine).
+            killed = kill_attempt_tree(leader=None, marker=attempt.process_marker)
         started = attempt.started_at.timestamp() if attempt else time.time()
         history = attempt_history(run, started_at=started, ended_at=time.time(), succeeded=False)
         decision = decide(

@@ -66,3 +66,25 @@ def test_a_run_whose_process_vanished_is_lost_and_restarted_by_policy(service_fa
     wait_until(lambda: second.api.output(run["id"]).endswith(b"attempt 2\n"), 15, "attempt 2")
     current = second.api.run(run["id"])
     assert [a["reason"] for a in current["attempts"]][:1] == ["lost"]
+
+
+def test_processes_of_a_run_that_ended_elsewhere_are_killed_at_the_next_start(
+    service_factory, database_url: str
+) -> None:
+    import psycopg
+
+    first: Service = service_factory("node-stale")
+    run = first.api.run_code("echo alive; sleep 1000")
+    wait_until(lambda: first.api.output(run["id"]) == b"alive\n", 10, "the run to start")
+    first.kill()
+    leftover = first.run_processes()
+    assert leftover
+    # Meanwhile the run was ended by someone else (another node, an operator's repair).
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "UPDATE runs SET status = 'lost', finished_at = now() WHERE id = %s", (run["id"],)
+        )
+    second: Service = service_factory("node-stale")
+    wait_until(lambda: not second.run_processes(), 10, "the stale processes to be killed")
+    assert not (second.data_dir / "spool" / str(run["id"])).exists()
+    assert second.api.run(run["id"])["status"] == "lost"
