@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -38,6 +39,9 @@ ADMIN_TOKEN_FILE = "admin.token"
 
 def serve(settings: Settings) -> None:
     """Run a node until SIGTERM or SIGINT. Runs are left running and adopted at the next start."""
+    # Until aiohttp installs its own handler, SIGTERM unwinds start-up like Ctrl-C does, so that
+    # what already started (an embedded server, say) is stopped and not orphaned.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with contextlib.ExitStack() as stack:
         stack.callback(pykka.ActorRegistry.stop_all, block=True, timeout=10)
         tokens = load_tokens(settings)  # first: a bad RUNVISOR_TOKENS is a setting error
@@ -67,6 +71,10 @@ def serve(settings: Settings) -> None:
             handle_signals=True,
         )
         log.info("shutting down; runs keep running and are adopted at the next start")
+
+
+def _exit_on_sigterm(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 def start_stores(settings: Settings, stack: contextlib.ExitStack) -> tuple[str, str]:
@@ -109,7 +117,10 @@ def migrate(database_url: str, wait_s: float = MIGRATE_WAIT_S) -> list[str]:
 def load_tokens(settings: Settings) -> TokenTable:
     """RUNVISOR_TOKENS, or a generated admin token kept in DATA_DIR/admin.token (mode 0600)."""
     if settings.tokens is not None:
-        return parse_tokens(settings.tokens)
+        table = parse_tokens(settings.tokens)
+        if len(table) == 0:
+            log.warning("RUNVISOR_TOKENS is set but empty: every request needing a token is denied")
+        return table
     path = settings.data_dir / ADMIN_TOKEN_FILE
     if not path.exists():
         settings.data_dir.mkdir(parents=True, exist_ok=True)

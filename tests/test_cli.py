@@ -139,3 +139,34 @@ def test_serve_with_no_urls_runs_on_embedded_servers_and_keeps_history(tmp_path:
         for pid in processes_with_env(f"RUNVISOR_NODE={node}") + embedded_processes(data_dir):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_sigterm_during_start_up_stops_what_already_started(tmp_path: Path) -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="runvisor-startup-"))
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/root"),
+        "RUNVISOR_DATA_DIR": str(data_dir),
+        "RUNVISOR_PORT": str(free_port()),
+        "RUNVISOR_TOKENS": "admin:x",
+        # Unreachable: start-up waits for it, after the embedded Valkey has started.
+        "RUNVISOR_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none",
+    }
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runvisor", "serve"], env=env, stdout=out, stderr=out
+        )
+    try:
+        wait_until(lambda: "waiting for PostgreSQL" in log.read_text(), 30, "start-up to wait")
+        assert embedded_processes(data_dir), "the embedded Valkey should be running by now"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert not embedded_processes(data_dir)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in embedded_processes(data_dir):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(data_dir, ignore_errors=True)

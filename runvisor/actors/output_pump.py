@@ -18,6 +18,7 @@ CHUNK_BYTES = 256 * 1024  # one run_output row; also "flush sooner" threshold
 # At most this much per transaction and per flush message, so a Stop never waits long behind
 # a fast writer; bigger batches amortise PostgreSQL's commit.
 BATCH_BYTES = 16 * CHUNK_BYTES
+SPOOL_DISCARD_BYTES = 1024 * 1024  # past the output cap, the spool is emptied beyond this
 
 
 class OutputPump:
@@ -104,6 +105,7 @@ class OutputPump:
 
     def _read_batch(self) -> list[bytes]:
         if self.truncated:
+            self._discard_beyond_cap()
             return []
         if self._fd is None:
             try:
@@ -119,6 +121,15 @@ class OutputPump:
             chunks.append(data)
             at += len(data)
         return chunks
+
+    def _discard_beyond_cap(self) -> None:
+        """Past the cap nothing more is stored: empty the spool so that a chatty run cannot
+        fill the disk. The writers append (O_APPEND), so they go on at the new end."""
+        try:
+            if os.stat(self.spool_path).st_size > SPOOL_DISCARD_BYTES:
+                os.truncate(self.spool_path, 0)
+        except FileNotFoundError:
+            pass
 
     def _publish(self, chunks: list[bytes]) -> None:
         data = b"".join(chunks)

@@ -13,16 +13,13 @@ from runvisor.http.schemas import decode_json_body, validate
 M = TypeVar("M", bound=BaseModel)
 
 
-async def read_model(
-    request: web.Request, model: type[M], *, required: bool, check_media_type: bool = True
-) -> M | None:
+async def read_model(request: web.Request, model: type[M], *, required: bool) -> M | None:
     """Validate the JSON body as `model`; None when the body is empty and optional."""
     raw = await request.read()  # over client_max_size: HTTPRequestEntityTooLarge (413)
     data = decode_json_body(
         raw,
         request.headers.get("Content-Type"),
         required=required,
-        check_media_type=check_media_type,
     )
     if data is None:
         return None

@@ -44,6 +44,7 @@ _BOOL = {"type": "boolean"}
 _TIME, _NTIME = {"type": "string", "format": "date-time"}, _n("string", format="date-time")
 _NINT, _NNUM, _NSTR = _n("integer"), _n("number"), _n("string")
 _SIGNAL = _n("integer", description="the terminating signal's number")
+_STATUS_FILTER = {"type": "string", "enum": [*(str(s) for s in RunStatus), "active", "terminal"]}
 _LEGACY_STATUS = {"type": "string", "enum": ["RUNNING", "COMPLETED", "STOPPED"]}
 _ENV_KEYS_TEXT = "names only: values stay secret"
 _ERROR_ITEM = _obj({"field": _STR, "message": _STR, "type": _STR})
@@ -115,7 +116,9 @@ for _kind in ("Command", "Run"):
 _REQUEST_MODELS: tuple[type[BaseModel], ...] = (CommandIn, RunIn, StopIn, LegacyCommandIn)
 
 _ERRORS = {
-    400: "Malformed request: invalid JSON, id or query parameter",
+    400: "Malformed request: invalid JSON, id or query parameter. A request whose HTTP framing"
+    " cannot be parsed (a request line or header over 8190 bytes) is refused by the HTTP layer"
+    " before the service sees it, with a plain-text body",
     401: "No token, or an unknown one",
     403: "The token's role may not do this",
     404: "No such command or run",
@@ -230,13 +233,17 @@ def _query(name: str, max_page_limit: int) -> dict[str, Any]:
                                    "default": LEGACY_PAGE_LIMIT}, "page size"),
         "offset": ("offset", {**big, "default": 0}, "rows to skip"),
         "command_id": ("command_id", {**big, "minimum": 1}, "only this command's runs"),
-        "status": ("status", _STR, "comma-separated statuses, or `active` / `terminal`"),
+        "status": ("status", {"type": "array", "minItems": 1, "items": _STATUS_FILTER},
+                   "comma-separated statuses, or `active` / `terminal`"),
         "output_offset": ("offset", {**big, "default": 0}, "first byte to return"),
         "output_limit": ("limit", {**big, "minimum": 1}, "at most this many bytes"),
     }
     # fmt: on
     real, schema, text = params[name]
-    return {"name": real, "in": "query", "required": False, "schema": schema, "description": text}
+    out = {"name": real, "in": "query", "required": False, "schema": schema, "description": text}
+    if schema.get("type") == "array":
+        out.update(style="form", explode=False)  # ?status=running,queued
+    return out
 
 
 def _operation(route: _Route, max_page_limit: int) -> dict[str, Any]:
@@ -291,6 +298,9 @@ def build_openapi(*, version: str, max_page_limit: int = 1000) -> dict[str, Any]
     for code, text in _ERRORS.items():
         responses[f"Error{code}"] = _json(_ref("Error"), text)
         responses[f"LegacyError{code}"] = _json(_ref("LegacyError"), text)
+        if code == 400:  # aiohttp's own answer to a request it cannot parse: text/plain
+            for name in (f"Error{code}", f"LegacyError{code}"):
+                responses[name]["content"]["text/plain"] = {"schema": _STR}
     return {
         "openapi": "3.1.0",
         "info": {

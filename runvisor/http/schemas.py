@@ -112,7 +112,9 @@ class RestartIn(BaseModel):
     max_restarts: int = Field(3, ge=0, le=1000, description="restarts allowed within window_s")
     window_s: float = Field(60.0, gt=0, le=86_400)
     backoff_s: float = Field(1.0, ge=0, le=3600, description="first restart delay")
-    backoff_max_s: float = Field(60.0, ge=0, le=86_400, description="cap of the delay")
+    backoff_max_s: float = Field(
+        60.0, ge=0, le=86_400, description="cap of the delay; must be >= backoff_s"
+    )
 
     @field_validator("backoff_max_s")
     @classmethod

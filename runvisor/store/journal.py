@@ -27,7 +27,9 @@ def open_journal(conninfo: str, *, node_id: str, max_size: int = 8) -> RunJourna
         min_size=1,
         max_size=max_size,
         open=False,
-        timeout=5.0,
+        # Short: a RunActor waits this long per write while PostgreSQL is down, and must keep
+        # answering the Supervisor's ping meanwhile.
+        timeout=2.0,
         check=ConnectionPool.check_connection,  # see history.open_history
     )
     pool.open(wait=False)

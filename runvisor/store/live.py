@@ -83,12 +83,15 @@ class LiveState:
 
         self._best_effort("publish output", write)
 
-    def renew_lease(self, node_id: str, ttl_s: float) -> None:
-        self._best_effort(
-            "renew lease",
-            lambda: self._redis.set(
-                self.keys.node_lease(node_id), f"{time.time():.3f}", px=int(ttl_s * 1000)
-            ),
+    def renew_lease(self, node_id: str, ttl_s: float) -> bool:
+        return (
+            self._best_effort(
+                "renew lease",
+                lambda: self._redis.set(
+                    self.keys.node_lease(node_id), f"{time.time():.3f}", px=int(ttl_s * 1000)
+                ),
+            )
+            is not None
         )
 
     def lease_held(self, node_id: str) -> bool | None:

@@ -43,11 +43,16 @@ class Supervisor(pykka.ThreadingActor):
         self.recovered = False
         self.tick: TimerHandle | None = None
         self.next_takeover_check = 0.0
+        # Attempts to end whose RunActor cannot (failed, wedged, lost) while PostgreSQL was
+        # down: run id -> (attempt, reason, local); retried every tick until recorded.
+        self.unended: dict[int, tuple[int, AttemptEndReason, bool]] = {}
+        # Since when Redis has answered our lease renewals without a break (None: it failed).
+        self.redis_ok_since: float | None = None
 
     # Lifecycle
 
     def on_start(self) -> None:
-        self.deps.live.renew_lease(self.node_id, self.deps.settings.lease_ttl_s)
+        self._renew_lease()
         self._recover()
         self.tick = self.deps.timers.schedule(TICK_S, self.actor_ref, m.SupervisorTick())
 
@@ -137,9 +142,11 @@ class Supervisor(pykka.ThreadingActor):
 
     def _on_tick(self) -> None:
         try:
-            self.deps.live.renew_lease(self.node_id, self.deps.settings.lease_ttl_s)
+            self._renew_lease()
             if not self.recovered:
                 self._recover()
+            for run_id, (attempt, reason, local) in list(self.unended.items()):
+                self._end_failed_attempt(run_id, attempt, reason, local=local)
             self._ping_run_actors()
             self._take_over_dead_nodes()
             self._fill_slots()
@@ -244,10 +251,22 @@ class Supervisor(pykka.ThreadingActor):
             shutil.rmtree(spool_dir / str(run_id), ignore_errors=True)
             shutil.rmtree(work_dir / str(run_id), ignore_errors=True)
 
+    def _renew_lease(self) -> None:
+        if self.deps.live.renew_lease(self.node_id, self.deps.settings.lease_ttl_s):
+            if self.redis_ok_since is None:
+                self.redis_ok_since = time.monotonic()
+        else:
+            self.redis_ok_since = None
+
     def _take_over_dead_nodes(self) -> None:
         """Runs of a node whose lease expired are lost there: end their attempts, restart here."""
         now = time.monotonic()
         if now < self.next_takeover_check:
+            return
+        # After a Redis outage every lease has lapsed: give the other nodes a whole lease time
+        # (and a half) to renew theirs before reading a missing lease as a dead node.
+        settled = 1.5 * self.deps.settings.lease_ttl_s
+        if self.redis_ok_since is None or now - self.redis_ok_since < settled:
             return
         self.next_takeover_check = now + TAKEOVER_CHECK_S
         try:
@@ -298,8 +317,10 @@ class Supervisor(pykka.ThreadingActor):
             run_id=run_id,
             attempt=attempt,
         )
-        self._forget(run_id, attempt)
-        self._end_failed_attempt(run_id, attempt, AttemptEndReason.STUCK)
+        # Forgotten only once its end is recorded: until then stops still go to it, and a
+        # PostgreSQL outage (which slows every RunActor) cannot orphan the run.
+        if self._end_failed_attempt(run_id, attempt, AttemptEndReason.STUCK):
+            self._forget(run_id, attempt)
 
     def _end_failed_attempt(
         self,
@@ -309,14 +330,20 @@ class Supervisor(pykka.ThreadingActor):
         run: Run | None = None,
         *,
         local: bool = True,
-    ) -> None:
-        """End an attempt whose RunActor cannot (failed, wedged, lost): kill, record, decide."""
+    ) -> bool:
+        """End an attempt whose RunActor cannot (failed, wedged, lost): kill, record, decide.
+
+        True once recorded (or nothing is left to record); False while PostgreSQL is down,
+        and the next tick tries again.
+        """
+        self.unended[run_id] = (attempt_no, reason, local)
         try:
             run = run or self.deps.journal.get_run(run_id)
         except StoreUnavailable:
-            return
+            return False
         if run is None or run.attempt != attempt_no or run.status.is_terminal:
-            return
+            self.unended.pop(run_id, None)
+            return True
         attempt = next((a for a in run.attempts if a.attempt == attempt_no), None)
         killed = 0
         if attempt is not None and local and attempt.pid is not None:
@@ -354,6 +381,8 @@ class Supervisor(pykka.ThreadingActor):
                 restart_delay_s=decision.restart_delay_s,
             )
         except StoreUnavailable:
-            return
+            return False
+        self.unended.pop(run_id, None)
         if decision.restart_delay_s is not None:
             self._schedule_restart(run_id, decision.restart_delay_s)
+        return True

@@ -77,3 +77,22 @@ def test_run_overrides_take_precedence_over_the_command(api: Api) -> None:
     run = api.start_run(command["id"], timeout_s=0.5, env={"X": "1"})
     assert run["timeout_s"] == 0.5
     assert api.wait_finished(run["id"], timeout_s=15)["status"] == "timed_out"
+
+
+def test_past_the_cap_the_spool_does_not_grow_without_bound(service, api: Api) -> None:
+    from tests.polling import wait_until
+
+    command = api.create_command(
+        "head -c 8388608 /dev/zero; echo written; sleep 30", max_output_bytes=1000
+    )
+    run = api.start_run(command["id"])
+    spool = service.data_dir / "spool" / str(run["id"]) / "1.out"
+    wait_until(lambda: api.run(run["id"])["output_truncated"], 15, "the cap to be reached")
+    wait_until(
+        lambda: spool.exists() and spool.stat().st_size < 2 * 1024 * 1024,
+        10,
+        "the spool to be emptied past the cap",
+    )
+    assert api.output(run["id"]) == b"\0" * 1000
+    api.post(f"/api/v1/runs/{run['id']}/stop", json={"grace_s": 0})
+    api.wait_finished(run["id"])
