@@ -56,7 +56,7 @@ def _migrate(settings: object) -> int:
     from runvisor.service import migrate, start_stores
 
     with contextlib.ExitStack() as stack:
-        database_url, _redis_url = start_stores(settings, stack)  # type: ignore[arg-type]
+        database_url = start_stores(settings, stack, redis=False)[0]  # type: ignore[arg-type]
         applied = migrate(database_url)
     print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
     return 0

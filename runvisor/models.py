@@ -96,6 +96,7 @@ class Attempt:
     pid: int | None
     pid_start_ticks: int | None
     process_marker: str
+    boot_id: str | None
     started_at: datetime
     finished_at: datetime | None
     exit_code: int | None

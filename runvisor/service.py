@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -43,9 +44,12 @@ def serve(settings: Settings) -> None:
     # what already started (an embedded server, say) is stopped and not orphaned.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with contextlib.ExitStack() as stack:
-        stack.callback(pykka.ActorRegistry.stop_all, block=True, timeout=10)
-        tokens = load_tokens(settings)  # first: a bad RUNVISOR_TOKENS is a setting error
+        stack.callback(_stop_all_actors)
+        check_data_dir(settings)  # first: bad settings are reported before anything starts
+        check_listen_address(settings)
+        tokens = load_tokens(settings)
         database_url, redis_url = start_stores(settings, stack)
+        assert redis_url is not None
         migrate(database_url)
         settings.spool_dir.mkdir(parents=True, exist_ok=True)
         if not enable_child_subreaper():
@@ -73,14 +77,49 @@ def serve(settings: Settings) -> None:
         log.info("shutting down; runs keep running and are adopted at the next start")
 
 
+def _stop_all_actors() -> None:
+    """The last stop. Bounded: an actor wedged in a store call must not keep the node alive
+    (RunActors run on daemon threads, so the process can exit past one)."""
+    try:
+        pykka.ActorRegistry.stop_all(block=True, timeout=10)
+    except pykka.Timeout:
+        log.warning("some actors did not stop in time; exiting anyway")
+
+
+def check_data_dir(settings: Settings) -> None:
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        probe = settings.data_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SettingsError(f"RUNVISOR_DATA_DIR={settings.data_dir}: {exc.strerror}") from None
+
+
+def check_listen_address(settings: Settings) -> None:
+    """Fail at once, naming the setting, if the HTTP address cannot be listened on."""
+    try:
+        infos = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
+        family, kind, proto, _name, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        where = f"RUNVISOR_HOST={settings.host} / RUNVISOR_PORT={settings.port}"
+        raise SettingsError(f"{where}: cannot listen: {reason}") from None
+
+
 def _exit_on_sigterm(_signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
-def start_stores(settings: Settings, stack: contextlib.ExitStack) -> tuple[str, str]:
+def start_stores(
+    settings: Settings, stack: contextlib.ExitStack, *, redis: bool = True
+) -> tuple[str, str | None]:
     """The configured PostgreSQL and Redis URLs, or embedded servers under the data dir."""
     database_url, redis_url = settings.database_url, settings.redis_url
-    if database_url is None or redis_url is None:
+    if database_url is None or (redis and redis_url is None):
         from runvisor.embedded import EmbeddedPostgres, EmbeddedRedis
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +128,7 @@ def start_stores(settings: Settings, stack: contextlib.ExitStack) -> tuple[str, 
             database_url = postgres.start()
             stack.callback(postgres.stop)
             log.info("embedded PostgreSQL started", data_dir=str(settings.data_dir))
-        if redis_url is None:
+        if redis and redis_url is None:
             valkey = EmbeddedRedis(settings.data_dir)
             redis_url = valkey.start()
             stack.callback(valkey.stop)

@@ -108,3 +108,42 @@ def test_bad_tokens_stop_serve_without_echoing_the_secret(tmp_path: Path) -> Non
 def test_settings_are_frozen() -> None:
     with pytest.raises(AttributeError):
         Settings().port = 1  # type: ignore[misc]
+
+
+def test_an_address_that_cannot_be_listened_on_is_one_line(tmp_path: Path) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "RUNVISOR_HOST": "192.0.2.1",
+        "RUNVISOR_TOKENS": "admin:x",
+        "RUNVISOR_DATA_DIR": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "runvisor", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "RUNVISOR_HOST=192.0.2.1" in lines[0], result.stderr
+
+
+def test_an_unusable_data_dir_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "RUNVISOR_DATA_DIR": str(blocker / "sub"),
+        "RUNVISOR_TOKENS": "admin:x",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "runvisor", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("runvisor: bad setting: RUNVISOR_DATA_DIR")

@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +33,7 @@ from runvisor.actors.run_env import run_environment
 from runvisor.actors.spawn import (
     ExitStatus,
     ProcessIdentity,
+    boot_id,
     is_alive,
     poll_exit,
     read_status_file,
@@ -65,6 +65,10 @@ class RunDeps:
 
 
 class RunActor(pykka.ThreadingActor):
+    # A RunActor stuck in a store call must not keep the process alive at shutdown: its run
+    # is adopted at the next start anyway.
+    use_daemon_thread = True
+
     def __init__(
         self,
         *,
@@ -81,7 +85,10 @@ class RunActor(pykka.ThreadingActor):
         self.spool_dir = deps.settings.spool_dir / str(run.id)
         self.work_dir = deps.settings.work_dir / str(run.id)
         self.status_path = self.spool_dir / f"{run.attempt}.status"
-        self.marker = adopt.process_marker if adopt else uuid.uuid4().hex
+        # The attempt's row (and its marker) was written when the run was claimed.
+        self.attempt_row = next(a for a in run.attempts if a.attempt == run.attempt)
+        self.marker = self.attempt_row.process_marker
+        self.adopted = adopt is not None
         self.identity: ProcessIdentity | None = None
         self.exit: ExitStatus | None = None
         self.end_reason: AttemptEndReason | None = None
@@ -98,6 +105,16 @@ class RunActor(pykka.ThreadingActor):
     # Lifecycle
 
     def on_start(self) -> None:
+        # pykka does not call on_failure for an exception here: report it the same way, or the
+        # run would stay `running` with nobody looking after it.
+        try:
+            self._start()
+        except Exception as exc:
+            self.on_failure(type(exc), exc, exc.__traceback__)
+            self.finished = True
+            self.actor_ref.stop(block=False)
+
+    def _start(self) -> None:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         spool_path = self.spool_dir / f"{self.run.attempt}.out"
@@ -112,6 +129,14 @@ class RunActor(pykka.ThreadingActor):
         if self.run.timeout_s:
             elapsed = time.time() - self.started_at
             self._schedule("timeout", self.run.timeout_s - elapsed, m.TimeoutDeadline())
+        if self.run.stop_requested_at is not None:
+            # A stop was under way when the service went down: finish it, in the grace left.
+            grace = self.run.stop_grace_s
+            grace = self.deps.settings.default_grace_s if grace is None else grace
+            elapsed = time.time() - self.run.stop_requested_at.timestamp()
+            self._terminate(
+                AttemptEndReason.STOPPED, max(grace - elapsed, 0.0), self.run.stop_requested_by
+            )
 
     def _spawn(self, spool_path: Path) -> None:
         base_offset = self.run.output_bytes
@@ -157,8 +182,13 @@ class RunActor(pykka.ThreadingActor):
             stored_in_spool=max(self.run.output_bytes - attempt.output_offset, 0),
         )
         ref = self.actor_ref
-        if not is_alive(self.identity) or not self.deps.watcher.watch(
-            attempt.pid, lambda: _tell_quietly(ref, m.ProcessExited())
+        same_boot = attempt.boot_id is None or attempt.boot_id == boot_id()
+        if (
+            not same_boot
+            or not is_alive(self.identity)
+            or not self.deps.watcher.watch(
+                attempt.pid, lambda: _tell_quietly(ref, m.ProcessExited())
+            )
         ):
             self.actor_ref.tell(m.ProcessExited())
         self.log.info("run adopted", output_offset=self.pump.stored_bytes)
@@ -188,7 +218,7 @@ class RunActor(pykka.ThreadingActor):
         self._release()
         if not self.finished and self.identity is not None:
             with contextlib.suppress(Exception):
-                kill_attempt_tree(leader=self.identity, marker=self.marker)
+                kill_attempt_tree(leader=self._leader(), marker=self.marker)
         with contextlib.suppress(pykka.ActorDeadError):
             self.supervisor.tell(m.RunActorFailed(self.run.id, self.run.attempt))
 
@@ -204,6 +234,10 @@ class RunActor(pykka.ThreadingActor):
     # Messages
 
     def on_receive(self, message: Any) -> Any:
+        if isinstance(message, m.FlushTick | m.KillDeadline | m.TimeoutDeadline) and not any(
+            handle.message is message for handle in self.timers.values()
+        ):
+            return None  # a tick cancelled after the timer thread had sent it: stale
         match message:
             case m.FlushTick():
                 self._on_flush_tick()
@@ -241,7 +275,7 @@ class RunActor(pykka.ThreadingActor):
         self.log.warning("attempt superseded; this actor stands down")
         self.finished = True
         if self.identity is not None:
-            kill_attempt_tree(leader=self.identity, marker=self.marker)
+            kill_attempt_tree(leader=self._leader(), marker=self.marker)
         self._remove_attempt_files()
         self.actor_ref.stop(block=False)
 
@@ -292,14 +326,10 @@ class RunActor(pykka.ThreadingActor):
             return None
 
     def _record_attempt(self) -> None:
-        assert self.identity is not None and self.pump is not None
+        assert self.identity is not None
         try:
             self.deps.journal.start_attempt(
-                self.run,
-                pid=self.identity.pid,
-                start_ticks=self.identity.start_ticks,
-                marker=self.marker,
-                output_offset=self.pump.base_offset,
+                self.run, pid=self.identity.pid, start_ticks=self.identity.start_ticks
             )
             self.attempt_recorded = True
         except StoreUnavailable as exc:
@@ -308,7 +338,10 @@ class RunActor(pykka.ThreadingActor):
     def _on_process_exited(self) -> None:
         if self.exit is not None or self.identity is None:
             return
-        status = poll_exit(self.identity.pid) or read_status_file(self.status_path)
+        # An adopted process is not our child: waitpid on its number could reap a new child of
+        # ours that reuses it. Its status is in the file.
+        status = None if self.adopted else poll_exit(self.identity.pid)
+        status = status or read_status_file(self.status_path)
         if status is None and self.end_reason is not None:
             status = ExitStatus(exit_code=None, signal=signal.SIGKILL)  # killed before recording
         self.exit = status or ExitStatus(exit_code=None, signal=None)
@@ -321,23 +354,35 @@ class RunActor(pykka.ThreadingActor):
             return
         self._try_end()
 
+    def _leader(self) -> ProcessIdentity | None:
+        """The attempt's leader, for finding its session and group; None when its number may
+        belong to someone else now (an adopted process that is gone): then the marker only."""
+        if self.identity is None or (self.adopted and not is_alive(self.identity)):
+            return None
+        return self.identity
+
     def _leftovers_may_finish(self) -> bool:
         """While stopping, processes left after the main one get the rest of the grace period."""
         if self.end_reason is AttemptEndReason.EXITED or "kill" not in self.timers:
             return False
-        members = find_attempt_processes(leader=self.identity, marker=self.marker)
+        members = find_attempt_processes(leader=self._leader(), marker=self.marker)
         return any(not is_zombie(member) for member in members)
 
     def _terminate(self, reason: AttemptEndReason, grace_s: float, by: str | None = None) -> None:
         if self.finished or self.identity is None:
             return
+        if reason is AttemptEndReason.STOPPED and self.end_reason not in (None, reason):
+            # An operator's stop outranks a timeout or a stuck verdict already under way: it
+            # is never restarted. (PostgreSQL enforces it too, see RunJournal.end_attempt.)
+            self.end_reason, self.stop_by = reason, by
         if self.end_reason is None and self.exit is None:
             self.end_reason = reason
             self.stop_by = by
             self.timers.pop("timeout", _NO_TIMER).cancel()
-            sent = signal_group(self.identity.pid, signal.SIGTERM)
+            leader = self._leader()
+            sent = leader is not None and signal_group(leader.pid, signal.SIGTERM)
             sent_more = signal_all(
-                find_attempt_processes(leader=self.identity, marker=self.marker), signal.SIGTERM
+                find_attempt_processes(leader=leader, marker=self.marker), signal.SIGTERM
             )
             self.log.info(
                 "stopping",
@@ -363,7 +408,7 @@ class RunActor(pykka.ThreadingActor):
         self.timers.pop("kill", _NO_TIMER).cancel()
         if self.identity is None or self.finished:
             return
-        killed = kill_attempt_tree(leader=self.identity, marker=self.marker)
+        killed = kill_attempt_tree(leader=self._leader(), marker=self.marker)
         self.leftovers_killed += killed
         self.log.info("killed after grace period", processes=killed)
         if self.exit is not None:
@@ -374,7 +419,7 @@ class RunActor(pykka.ThreadingActor):
         if self.finished:
             return
         if self.identity is not None:
-            leftovers = kill_attempt_tree(leader=self.identity, marker=self.marker)
+            leftovers = kill_attempt_tree(leader=self._leader(), marker=self.marker)
             if leftovers:
                 self.log.info("killed leftover processes", processes=leftovers)
             self.leftovers_killed += leftovers
@@ -391,7 +436,7 @@ class RunActor(pykka.ThreadingActor):
         decision = self._decide(succeeded)
         run_reason = self.spawn_error or self._reason_text(decision)
         try:
-            ok = self.deps.journal.end_attempt(
+            stored = self.deps.journal.end_attempt(
                 self.run,
                 exit_code=exit_status.exit_code,
                 signal=exit_status.signal,
@@ -405,27 +450,27 @@ class RunActor(pykka.ThreadingActor):
             self.log.warning("outcome not stored yet; will retry", error=exc.message)
             self._schedule("flush", RETRY_S, m.FlushTick())
             return
-        if not ok:
+        if stored is None:
             self._stand_down()
             return
         self.finished = True
+        restart_delay = decision.restart_delay_s if stored is RunStatus.RESTARTING else None
         self.log.info(
-            "run ended" if decision.status.is_terminal else "attempt ended",
-            status=str(decision.status),
+            "run ended" if stored.is_terminal else "attempt ended",
+            status=str(stored),
             reason=run_reason,
             exit_code=exit_status.exit_code,
             signal=exit_status.signal,
             output_bytes=self.pump.stored_bytes if self.pump else 0,
         )
-        self._publish_state(decision.status, exit_status)
-        if decision.status.is_terminal:
+        # The Supervisor first: a stop arriving now must find the run no longer here.
+        self.supervisor.tell(m.AttemptEnded(self.run.id, self.run.attempt, restart_delay))
+        self._publish_state(stored, exit_status)
+        if stored.is_terminal:
             shutil.rmtree(self.spool_dir, ignore_errors=True)
             shutil.rmtree(self.work_dir, ignore_errors=True)
         else:
             self._remove_attempt_files()
-        self.supervisor.tell(
-            m.AttemptEnded(self.run.id, self.run.attempt, decision.restart_delay_s)
-        )
         self.actor_ref.stop(block=False)
 
     def _decide(self, succeeded: bool) -> Decision:

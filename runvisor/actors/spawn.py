@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import os
 import signal
 import stat
@@ -236,3 +237,12 @@ def read_status_file(path: Path) -> ExitStatus | None:
     if not text.isdigit() or int(text) > 255:
         return None
     return ExitStatus.from_shell_status(int(text))
+
+
+@functools.cache
+def boot_id() -> str:
+    """This boot of the kernel: a pid and its start time mean nothing across a reboot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"

@@ -29,6 +29,7 @@ from runvisor.store.columns import (
     RUNS_SELECT,
     attach_attempts,
 )
+from runvisor.store.connection import CONNECTION_OPTIONS
 
 _ACTIVE = [str(s) for s in ACTIVE_STATUSES]
 OUTPUT_READ_BATCH = 8  # chunks (up to 256 KiB each) fetched per round trip of an output read
@@ -43,6 +44,7 @@ async def open_history(
         min_size=1,
         max_size=max_size,
         open=False,
+        kwargs=CONNECTION_OPTIONS,
         timeout=5.0,
         # A connection broken by an outage is found and replaced at checkout, not used.
         check=AsyncConnectionPool.check_connection,

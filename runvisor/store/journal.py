@@ -19,6 +19,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from runvisor.errors import StoreUnavailable
 from runvisor.models import Attempt, Run, RunStatus
 from runvisor.store.columns import ATTEMPTS_OF_RUNS, RUN_COLUMNS, RUNS_SELECT, attach_attempts
+from runvisor.store.connection import CONNECTION_OPTIONS
 
 
 def open_journal(conninfo: str, *, node_id: str, max_size: int = 8) -> RunJournal:
@@ -27,6 +28,7 @@ def open_journal(conninfo: str, *, node_id: str, max_size: int = 8) -> RunJourna
         min_size=1,
         max_size=max_size,
         open=False,
+        kwargs=CONNECTION_OPTIONS,
         # Short: a RunActor waits this long per write while PostgreSQL is down, and must keep
         # answering the Supervisor's ping meanwhile.
         timeout=2.0,
@@ -62,19 +64,27 @@ class RunJournal:
             runs = _fetch_runs(conn, sql.SQL("WHERE id = %s"), (run_id,))
         return runs[0] if runs else None
 
-    def claim_run(self, run_id: int) -> Run | None:
-        """Take a queued (or restarting) run for this node and open its next attempt number."""
-        return self._claim(sql.SQL("id = %s"), (run_id,))
+    def claim_run(self, run_id: int, *, marker: str, boot_id: str) -> Run | None:
+        """Take a queued (or restarting) run for this node and open its next attempt."""
+        return self._claim(sql.SQL("id = %s"), (run_id,), marker=marker, boot_id=boot_id)
 
-    def claim_next_queued(self) -> Run | None:
+    def claim_next_queued(self, *, marker: str, boot_id: str) -> Run | None:
         """Take the oldest queued run no other node is claiming right now."""
-        return self._claim(sql.SQL("status = 'queued'"), ())
+        return self._claim(sql.SQL("status = 'queued'"), (), marker=marker, boot_id=boot_id)
 
-    def _claim(self, condition: sql.Composable, params: tuple[Any, ...]) -> Run | None:
+    def _claim(
+        self, condition: sql.Composable, params: tuple[Any, ...], *, marker: str, boot_id: str
+    ) -> Run | None:
+        """One transaction: the run is ours, with a new attempt number, and the attempt's row
+        holds its process marker before any process exists, so a crash right after the spawn
+        still leaves a way to find (and kill) what was started. A run whose stop was requested
+        is never claimed."""
         query = sql.SQL(
             "UPDATE runs SET status = 'running', node = %s, attempt = attempt + 1, pid = NULL,"
-            " started_at = coalesce(started_at, now()), next_attempt_at = NULL"
+            " exit_code = NULL, signal = NULL, reason = NULL, next_attempt_at = NULL,"
+            " started_at = coalesce(started_at, now())"
             " WHERE id = (SELECT id FROM runs WHERE {} AND status IN ('queued', 'restarting')"
+            "             AND stop_requested_at IS NULL"
             "             ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
             " RETURNING {}"
         ).format(condition, RUN_COLUMNS)
@@ -84,19 +94,22 @@ class RunJournal:
             run = cur.fetchone()
             if run is None:
                 return None
+            conn.execute(
+                "INSERT INTO run_attempts (run_id, attempt, node, process_marker, boot_id,"
+                " output_offset) VALUES (%s, %s, %s, %s, %s, %s)",
+                (run.id, run.attempt, self.node_id, marker, boot_id, run.output_bytes),
+            )
             acur = conn.cursor(row_factory=class_row(Attempt))
             acur.execute(ATTEMPTS_OF_RUNS, ([run.id],))
             return attach_attempts([run], acur.fetchall())[0]
 
-    def start_attempt(
-        self, run: Run, *, pid: int, start_ticks: int, marker: str, output_offset: int
-    ) -> None:
+    def start_attempt(self, run: Run, *, pid: int, start_ticks: int) -> None:
+        """The attempt's process exists: record its identity (pid + start time)."""
         with self._conn() as conn, conn.transaction():
             conn.execute(
-                "INSERT INTO run_attempts (run_id, attempt, node, pid, pid_start_ticks,"
-                " process_marker, output_offset) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (run_id, attempt) DO NOTHING",
-                (run.id, run.attempt, self.node_id, pid, start_ticks, marker, output_offset),
+                "UPDATE run_attempts SET pid = %s, pid_start_ticks = %s"
+                " WHERE run_id = %s AND attempt = %s AND node = %s",
+                (pid, start_ticks, run.id, run.attempt, self.node_id),
             )
             conn.execute(
                 "UPDATE runs SET pid = %s WHERE id = %s AND attempt = %s AND node = %s",
@@ -140,34 +153,45 @@ class RunJournal:
         run_status: RunStatus,
         run_reason: str | None,
         restart_delay_s: float | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> bool:
-        """Close the attempt and set the run's status; False if this node lost the run."""
+    ) -> RunStatus | None:
+        """Close the attempt and set the run's status; None if this node lost the run.
+
+        PostgreSQL has the last word on a stop: if one was requested (whatever the RunActor
+        knew), the run ends `stopped` and is not restarted. Returns the status stored.
+        """
+        restarting = restart_delay_s is not None and not run_status.is_terminal
         with self._conn() as conn, conn.transaction():
-            restarting = restart_delay_s is not None and not run_status.is_terminal
-            cur = conn.execute(
-                "UPDATE runs SET status = %s, exit_code = %s, signal = %s, reason = %s,"
-                " finished_at = CASE WHEN %s THEN now() END,"
-                " next_attempt_at = CASE WHEN %s THEN now() + make_interval(secs => %s) END,"
-                " restart_count = restart_count + CASE WHEN %s THEN 1 ELSE 0 END"
-                " WHERE id = %s AND attempt = %s AND node = %s AND status = 'running'"
-                " RETURNING id",
-                (
-                    str(run_status),
-                    exit_code,
-                    signal,
-                    run_reason,
-                    run_status.is_terminal,
-                    restarting,
-                    restart_delay_s or 0.0,
-                    restarting,
-                    run.id,
-                    run.attempt,
-                    self.node_id,
-                ),
-            )
-            if cur.fetchone() is None:
-                return False
+            row = conn.execute(
+                "UPDATE runs SET"
+                " status = CASE WHEN stop_requested_at IS NULL THEN %(status)s ELSE 'stopped' END,"
+                " exit_code = %(exit_code)s, signal = %(signal)s,"
+                " reason = CASE WHEN stop_requested_at IS NULL OR %(status)s = 'stopped'"
+                "   THEN %(reason)s ELSE 'stopped by ' || stop_requested_by END,"
+                " finished_at = CASE WHEN stop_requested_at IS NOT NULL OR %(terminal)s"
+                "   THEN now() END,"
+                " next_attempt_at = CASE WHEN stop_requested_at IS NULL AND %(restarting)s"
+                "   THEN now() + make_interval(secs => %(delay)s) END,"
+                " restart_count = restart_count"
+                "   + CASE WHEN stop_requested_at IS NULL AND %(restarting)s THEN 1 ELSE 0 END"
+                " WHERE id = %(run_id)s AND attempt = %(attempt)s AND node = %(node)s"
+                "   AND status = 'running'"
+                " RETURNING status",
+                {
+                    "status": str(run_status),
+                    "exit_code": exit_code,
+                    "signal": signal,
+                    "reason": run_reason,
+                    "terminal": run_status.is_terminal,
+                    "restarting": restarting,
+                    "delay": restart_delay_s or 0.0,
+                    "run_id": run.id,
+                    "attempt": run.attempt,
+                    "node": self.node_id,
+                },
+            ).fetchone()
+            if row is None:
+                return None
+            stored = RunStatus(row[0])
             conn.execute(
                 "UPDATE run_attempts SET finished_at = coalesce(finished_at, now()),"
                 " exit_code = %s, signal = %s, reason = %s, leftovers_killed = %s"
@@ -177,7 +201,7 @@ class RunJournal:
             _audit(
                 conn,
                 self.actor,
-                f"run.{run_status}",
+                f"run.{stored}",
                 run_id=run.id,
                 detail={
                     "attempt": run.attempt,
@@ -185,23 +209,37 @@ class RunJournal:
                     "exit_code": exit_code,
                     "signal": signal,
                     "leftovers_killed": leftovers_killed,
-                    "restart_delay_s": restart_delay_s,
-                    **(detail or {}),
+                    "restart_delay_s": restart_delay_s if stored is RunStatus.RESTARTING else None,
                 },
             )
-        return True
+        return stored
 
-    def stop_restarting_run(self, run_id: int, *, reason: str) -> bool:
-        """End a run waiting for its next attempt (stopped by an operator)."""
+    def stop_requests(self) -> list[tuple[int, str, float | None, float]]:
+        """Active runs of this node whose stop was requested: (run id, by whom, grace_s,
+        seconds since the request). The Supervisor re-delivers them: a message can be lost."""
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT id, stop_requested_by, stop_grace_s,"
+                " extract(epoch FROM now() - stop_requested_at)::float8"
+                " FROM runs WHERE node = %s AND status IN ('running', 'restarting')"
+                " AND stop_requested_at IS NOT NULL",
+                (self.node_id,),
+            ).fetchall()
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def stop_restarting_run(self, run_id: int) -> bool:
+        """End a run waiting for its next attempt whose stop was requested."""
         with self._conn() as conn, conn.transaction():
-            cur = conn.execute(
+            row = conn.execute(
                 "UPDATE runs SET status = 'stopped', finished_at = now(), next_attempt_at = NULL,"
-                " reason = %s WHERE id = %s AND status = 'restarting' AND node = %s RETURNING id",
-                (reason, run_id, self.node_id),
-            )
-            if cur.fetchone() is None:
+                " reason = 'stopped by ' || stop_requested_by || ' while waiting to restart'"
+                " WHERE id = %s AND status = 'restarting' AND node = %s"
+                " AND stop_requested_at IS NOT NULL RETURNING reason",
+                (run_id, self.node_id),
+            ).fetchone()
+            if row is None:
                 return False
-            _audit(conn, self.actor, "run.stopped", run_id=run_id, detail={"reason": reason})
+            _audit(conn, self.actor, "run.stopped", run_id=run_id, detail={"reason": row[0]})
         return True
 
     def active_runs_of_node(self) -> list[Run]:

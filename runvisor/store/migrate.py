@@ -8,6 +8,7 @@ from importlib import resources
 import psycopg
 
 from runvisor.logs import get_logger
+from runvisor.store.connection import CONNECTION_OPTIONS
 
 log = get_logger(__name__)
 
@@ -29,7 +30,7 @@ def migration_files() -> list[tuple[int, str, str]]:
 def apply_migrations(conninfo: str) -> list[str]:
     """Apply every migration not applied yet; return the names applied now."""
     applied_now: list[str] = []
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with psycopg.connect(conninfo, autocommit=True, **CONNECTION_OPTIONS) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
         try:
             conn.execute(

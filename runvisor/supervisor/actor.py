@@ -2,8 +2,9 @@
 
 It owns the table of live RunActors of this node. Decisions about a finished attempt are made
 by the RunActor with the restart policy; the Supervisor schedules the restarts, fills free
-slots from the queue in PostgreSQL, pings RunActors to catch a wedged one, and at start-up
-adopts the runs this node owned before it stopped or crashed.
+slots from the queue in PostgreSQL, pings RunActors to catch a wedged one, re-delivers stop
+requests recorded in PostgreSQL, takes over the runs of nodes whose lease expired, and at
+start-up adopts the runs this node owned before it stopped or crashed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import pykka
@@ -18,17 +21,38 @@ import pykka
 from runvisor.actors import messages as m
 from runvisor.actors.proctree import kill_attempt_tree
 from runvisor.actors.run_actor import RunActor, RunDeps
-from runvisor.actors.spawn import ProcessIdentity
+from runvisor.actors.spawn import boot_id
 from runvisor.actors.timer import TimerHandle
 from runvisor.errors import StoreUnavailable
 from runvisor.logs import get_logger
-from runvisor.models import AttemptEndReason, Run, RunStatus
-from runvisor.supervisor.policy import attempt_history, decide
+from runvisor.models import Attempt, AttemptEndReason, Run, RunStatus
+from runvisor.supervisor.closer import AttemptCloser
 
 TICK_S = 1.0
-TAKEOVER_CHECK_S = 5.0  # how often to look for nodes whose lease expired
+SLOW_CHECK_S = 5.0  # how often to re-deliver stop requests and look for expired leases
 
 log = get_logger("runvisor.supervisor")
+
+
+@dataclass(slots=True)
+class LiveAttempt:
+    """A RunActor of this node and what the Supervisor knows of its attempt."""
+
+    ref: pykka.ActorRef[RunActor]
+    attempt: int
+    marker: str
+    ping: tuple[float, pykka.Future[Any]] | None = None
+    dead_since: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unended:
+    """An attempt the Supervisor must end itself, retried until PostgreSQL records it."""
+
+    attempt: int
+    reason: AttemptEndReason
+    marker: str | None
+    local: bool
 
 
 class Supervisor(pykka.ThreadingActor):
@@ -36,16 +60,14 @@ class Supervisor(pykka.ThreadingActor):
         super().__init__()
         self.deps = deps
         self.node_id = deps.journal.node_id
-        self.run_actors: dict[int, pykka.ActorRef[RunActor]] = {}
-        self.attempts: dict[int, int] = {}  # run id -> the attempt its RunActor runs
-        self.pings: dict[int, tuple[float, pykka.Future[Any]]] = {}
+        self.closer = AttemptCloser(deps)
+        self.live: dict[int, LiveAttempt] = {}  # run id -> its RunActor
         self.restarts: dict[int, TimerHandle] = {}
+        self.unended: dict[int, Unended] = {}
         self.recovered = False
+        self.stopping = False
         self.tick: TimerHandle | None = None
-        self.next_takeover_check = 0.0
-        # Attempts to end whose RunActor cannot (failed, wedged, lost) while PostgreSQL was
-        # down: run id -> (attempt, reason, local); retried every tick until recorded.
-        self.unended: dict[int, tuple[int, AttemptEndReason, bool]] = {}
+        self.next_slow_check = 0.0
         # Since when Redis has answered our lease renewals without a break (None: it failed).
         self.redis_ok_since: float | None = None
 
@@ -67,38 +89,32 @@ class Supervisor(pykka.ThreadingActor):
     # Called through the proxy (from HTTP and the control listener)
 
     def start_run(self, run_id: int) -> bool:
-        """Start a queued run now if a slot is free. False: it stays queued for its turn."""
-        if not self._has_free_slot():
-            return False
-        run = self.deps.journal.claim_run(run_id)
-        if run is None:
-            return False
-        self._spawn(run)
-        return True
+        """Start queued runs, oldest first, while slots are free. True if `run_id` runs now."""
+        self._fill_slots(raise_errors=True)
+        return run_id in self.live
 
     def stop_run(self, run_id: int, grace_s: float, requested_by: str) -> bool:
         """Stop a run this node owns. False if it is not (or no longer) here."""
-        ref = self.run_actors.get(run_id)
-        if ref is not None:
+        entry = self.live.get(run_id)
+        if entry is not None:
             with contextlib.suppress(pykka.ActorDeadError):
-                ref.tell(m.StopRun(grace_s=grace_s, requested_by=requested_by))
+                entry.ref.tell(m.StopRun(grace_s=grace_s, requested_by=requested_by))
                 return True
         handle = self.restarts.pop(run_id, None)
         if handle is not None:
             handle.cancel()
         try:
-            return self.deps.journal.stop_restarting_run(
-                run_id, reason=f"stopped by {requested_by} while waiting to restart"
-            )
+            return self.deps.journal.stop_restarting_run(run_id)
         except StoreUnavailable:
             return False
 
     def running_count(self) -> int:
-        return len(self.run_actors)
+        return len(self.live)
 
     def detach_all(self, timeout_s: float = 10.0) -> int:
         """Shutdown: every RunActor stores its output and stops; the processes go on."""
-        refs = list(self.run_actors.values())
+        self.stopping = True
+        refs = [entry.ref for entry in self.live.values()]
         for ref in refs:
             with contextlib.suppress(pykka.ActorDeadError):
                 ref.tell(m.Detach())
@@ -106,8 +122,7 @@ class Supervisor(pykka.ThreadingActor):
         for ref in refs:
             while ref.is_alive() and time.monotonic() < deadline:
                 time.sleep(0.02)
-        self.run_actors.clear()
-        self.attempts.clear()
+        self.live.clear()
         return len(refs)
 
     # Messages from RunActors and timers
@@ -122,17 +137,22 @@ class Supervisor(pykka.ThreadingActor):
         return None
 
     def _handle(self, message: Any) -> None:
+        if self.stopping:
+            return  # shutting down: start nothing more
         match message:
             case m.AttemptEnded(run_id=run_id, attempt=attempt, restart_at=delay):
-                if not self._forget(run_id, attempt):
+                if self._forget(run_id, attempt) is None:
                     return  # a RunActor that was given up on (wedged) ended late
                 if delay is not None:
                     self._schedule_restart(run_id, delay)
                 self._fill_slots()
             case m.RunActorFailed(run_id=run_id, attempt=attempt):
-                if not self._forget(run_id, attempt):
-                    return
-                self._end_failed_attempt(run_id, attempt, AttemptEndReason.ACTOR_FAILED)
+                entry = self._forget(run_id, attempt)
+                if entry is not None:
+                    self._close(
+                        run_id,
+                        Unended(attempt, AttemptEndReason.ACTOR_FAILED, entry.marker, local=True),
+                    )
                 self._fill_slots()
             case m.RestartDue(run_id=run_id):
                 self.restarts.pop(run_id, None)
@@ -145,43 +165,70 @@ class Supervisor(pykka.ThreadingActor):
             self._renew_lease()
             if not self.recovered:
                 self._recover()
-            for run_id, (attempt, reason, local) in list(self.unended.items()):
-                self._end_failed_attempt(run_id, attempt, reason, local=local)
+            for run_id, unended in list(self.unended.items()):
+                self._close(run_id, unended)
             self._ping_run_actors()
-            self._take_over_dead_nodes()
+            if time.monotonic() >= self.next_slow_check:
+                self.next_slow_check = time.monotonic() + SLOW_CHECK_S
+                self._redeliver_stops()
+                self._take_over_dead_nodes()
             self._fill_slots()
         finally:
             self.tick = self.deps.timers.schedule(TICK_S, self.actor_ref, m.SupervisorTick())
 
-    # Internals
+    # The table of RunActors
 
-    def _spawn(self, run: Run, adopt: Any = None) -> None:
+    def _spawn(self, run: Run, adopt: Attempt | None = None) -> None:
         ref = RunActor.start(run=run, deps=self.deps, supervisor=self.actor_ref, adopt=adopt)
-        self.run_actors[run.id] = ref
-        self.attempts[run.id] = run.attempt
+        marker = next(a.process_marker for a in run.attempts if a.attempt == run.attempt)
+        self.live[run.id] = LiveAttempt(ref=ref, attempt=run.attempt, marker=marker)
 
-    def _forget(self, run_id: int, attempt: int) -> bool:
-        """Drop the RunActor of `attempt`; False if the table holds another attempt (or none)."""
-        if self.attempts.get(run_id) != attempt:
+    def _forget(self, run_id: int, attempt: int) -> LiveAttempt | None:
+        """Drop the RunActor of `attempt`; None if the table holds another attempt (or none)."""
+        entry = self.live.get(run_id)
+        if entry is None or entry.attempt != attempt:
+            return None
+        del self.live[run_id]
+        return entry
+
+    def _close(self, run_id: int, unended: Unended, run: Run | None = None) -> bool:
+        """End an attempt without its RunActor; kept in `unended` until it is recorded."""
+        self.unended[run_id] = unended
+        closed = self.closer.close(
+            run_id,
+            unended.attempt,
+            unended.reason,
+            run=run,
+            marker=unended.marker,
+            local=unended.local,
+        )
+        if not closed.recorded:
             return False
-        del self.attempts[run_id]
-        self.run_actors.pop(run_id, None)
-        self.pings.pop(run_id, None)
+        del self.unended[run_id]
+        if closed.restart_delay_s is not None:
+            self._schedule_restart(run_id, closed.restart_delay_s)
         return True
+
+    # Slots, the queue and restarts
 
     def _has_free_slot(self) -> bool:
         limit = self.deps.settings.max_running
-        return limit <= 0 or len(self.run_actors) < limit
+        return limit <= 0 or len(self.live) < limit
 
-    def _fill_slots(self) -> None:
+    def _claim_args(self) -> dict[str, str]:
+        return {"marker": uuid.uuid4().hex, "boot_id": boot_id()}
+
+    def _fill_slots(self, *, raise_errors: bool = False) -> None:
         try:
             while self._has_free_slot():
-                run = self.deps.journal.claim_next_queued()
+                run = self.deps.journal.claim_next_queued(**self._claim_args())
                 if run is None:
                     return
                 self._spawn(run)
         except StoreUnavailable:
-            return  # the next tick tries again
+            if raise_errors:
+                raise
+            # the next tick tries again
 
     def _schedule_restart(self, run_id: int, delay_s: float) -> None:
         log.info("restart scheduled", run_id=run_id, delay_s=round(delay_s, 3))
@@ -190,40 +237,59 @@ class Supervisor(pykka.ThreadingActor):
         )
 
     def _restart(self, run_id: int) -> None:
+        if not self._has_free_slot():
+            self._schedule_restart(run_id, TICK_S)  # RUNVISOR_MAX_RUNNING counts restarts too
+            return
         try:
-            run = self.deps.journal.claim_run(run_id)
+            run = self.deps.journal.claim_run(run_id, **self._claim_args())
+            if run is None and not self.deps.journal.stop_restarting_run(run_id):
+                current = self.deps.journal.get_run(run_id)
+                if (
+                    current
+                    and current.status is RunStatus.RESTARTING
+                    and (current.node == self.node_id)
+                ):
+                    self._schedule_restart(run_id, TICK_S)  # locked a moment: try again
+                return
         except StoreUnavailable:
             self._schedule_restart(run_id, TICK_S)
             return
-        if run is None:
-            return  # stopped meanwhile
-        log.info("restarting", run_id=run_id, attempt=run.attempt)
-        self._spawn(run)
+        if run is not None:
+            log.info("restarting", run_id=run_id, attempt=run.attempt)
+            self._spawn(run)
+
+    # Recovery, stops, pings, leases
 
     def _recover(self) -> None:
         """Adopt the runs this node owned before; restart or end the ones that are gone."""
         try:
             runs = self.deps.journal.active_runs_of_node()
+            self._clear_leftover_spools(keep={run.id for run in runs})
+            for run in runs:
+                self._recover_run(run)
         except StoreUnavailable as exc:
             log.warning("recovery waits for PostgreSQL", error=exc.message)
             return
         self.recovered = True
-        self._clear_leftover_spools(keep={run.id for run in runs})
-        for run in runs:
-            if run.id in self.run_actors or run.id in self.restarts:
-                continue
-            if run.status is RunStatus.RESTARTING:
-                due = run.next_attempt_at.timestamp() - time.time() if run.next_attempt_at else 0
-                self._schedule_restart(run.id, max(due, 0.0))
-                continue
-            attempt = next((a for a in run.attempts if a.attempt == run.attempt), None)
-            if attempt is None or attempt.pid is None:
-                log.warning("run lost: its attempt was never recorded", run_id=run.id)
-                self._end_failed_attempt(run.id, run.attempt, AttemptEndReason.LOST, run=run)
-                continue
-            log.info("adopting run", run_id=run.id, pid=attempt.pid, attempt=attempt.attempt)
-            self.deps.journal.audit("run.adopt", run_id=run.id, detail={"pid": attempt.pid})
-            self._spawn(run, adopt=attempt)
+
+    def _recover_run(self, run: Run) -> None:
+        if run.id in self.live or run.id in self.restarts or run.id in self.unended:
+            return
+        if run.status is RunStatus.RESTARTING:
+            due = run.next_attempt_at.timestamp() - time.time() if run.next_attempt_at else 0
+            self._schedule_restart(run.id, max(due, 0.0))
+            return
+        attempt = next((a for a in run.attempts if a.attempt == run.attempt), None)
+        if attempt is None or attempt.pid is None:
+            # Claimed, but the node went down before the process was recorded: kill what
+            # carries the attempt's marker, then the policy decides.
+            log.warning("run lost: its process was never recorded", run_id=run.id)
+            marker = attempt.process_marker if attempt else None
+            self._close(run.id, Unended(run.attempt, AttemptEndReason.LOST, marker, True), run)
+            return
+        log.info("adopting run", run_id=run.id, pid=attempt.pid, attempt=attempt.attempt)
+        self.deps.journal.audit("run.adopt", run_id=run.id, detail={"pid": attempt.pid})
+        self._spawn(run, adopt=attempt)
 
     def _clear_leftover_spools(self, keep: set[int]) -> None:
         """Spool directories of runs this node no longer owns (they ended, or another node took
@@ -251,6 +317,71 @@ class Supervisor(pykka.ThreadingActor):
             shutil.rmtree(spool_dir / str(run_id), ignore_errors=True)
             shutil.rmtree(work_dir / str(run_id), ignore_errors=True)
 
+    def _redeliver_stops(self) -> None:
+        """Stops recorded in PostgreSQL reach their run even if the message did not (a lossy
+        Redis channel, a stop sent while this node was down or the run was between attempts)."""
+        try:
+            requests = self.deps.journal.stop_requests()
+        except StoreUnavailable:
+            return
+        for run_id, by, grace_s, age_s in requests:
+            grace = self.deps.settings.default_grace_s if grace_s is None else grace_s
+            self.stop_run(run_id, max(grace - age_s, 0.0), by)
+
+    def _ping_run_actors(self) -> None:
+        now = time.monotonic()
+        for run_id, entry in list(self.live.items()):
+            if entry.ping is not None:
+                sent_at, future = entry.ping
+                try:
+                    future.get(timeout=0)
+                except pykka.Timeout:
+                    if now - sent_at > self.deps.settings.ping_timeout_s:
+                        self._handle_wedged(run_id, entry)
+                    continue
+                except pykka.ActorDeadError:
+                    self._handle_dead(run_id, entry)
+                    continue
+            try:
+                entry.ping = (now, entry.ref.ask(m.Ping(), block=False))
+            except pykka.ActorDeadError:
+                self._handle_dead(run_id, entry)
+
+    def _handle_wedged(self, run_id: int, entry: LiveAttempt) -> None:
+        log.error(
+            "run actor does not answer; treating the attempt as stuck",
+            run_id=run_id,
+            attempt=entry.attempt,
+        )
+        # Forgotten only once its end is recorded: until then stops still go to it, and a
+        # PostgreSQL outage (which slows every RunActor) cannot orphan the run.
+        if self._close(run_id, Unended(entry.attempt, AttemptEndReason.STUCK, entry.marker, True)):
+            self._forget(run_id, entry.attempt)
+
+    def _handle_dead(self, run_id: int, entry: LiveAttempt) -> None:
+        """A RunActor gone without a word (its AttemptEnded or RunActorFailed may yet come)."""
+        try:
+            run = self.deps.journal.get_run(run_id)
+        except StoreUnavailable:
+            return
+        ours = run is not None and run.attempt == entry.attempt and run.node == self.node_id
+        if ours and run is not None and run.status is RunStatus.RUNNING:
+            # Died without ending its attempt (e.g. in on_start): end it as a failed actor.
+            self._forget(run_id, entry.attempt)
+            self._close(
+                run_id,
+                Unended(entry.attempt, AttemptEndReason.ACTOR_FAILED, entry.marker, True),
+                run,
+            )
+            return
+        # It ended its attempt (its AttemptEnded may still be on the way, so wait a little
+        # before dropping it), or it stood down because another node has the run now.
+        now = time.monotonic()
+        if entry.dead_since is None:
+            entry.dead_since = now
+        elif now - entry.dead_since > SLOW_CHECK_S:
+            self._forget(run_id, entry.attempt)
+
     def _renew_lease(self) -> None:
         if self.deps.live.renew_lease(self.node_id, self.deps.settings.lease_ttl_s):
             if self.redis_ok_since is None:
@@ -260,15 +391,11 @@ class Supervisor(pykka.ThreadingActor):
 
     def _take_over_dead_nodes(self) -> None:
         """Runs of a node whose lease expired are lost there: end their attempts, restart here."""
-        now = time.monotonic()
-        if now < self.next_takeover_check:
-            return
         # After a Redis outage every lease has lapsed: give the other nodes a whole lease time
         # (and a half) to renew theirs before reading a missing lease as a dead node.
         settled = 1.5 * self.deps.settings.lease_ttl_s
-        if self.redis_ok_since is None or now - self.redis_ok_since < settled:
+        if self.redis_ok_since is None or time.monotonic() - self.redis_ok_since < settled:
             return
-        self.next_takeover_check = now + TAKEOVER_CHECK_S
         try:
             nodes = self.deps.journal.nodes_with_active_runs()
         except StoreUnavailable:
@@ -289,100 +416,8 @@ class Supervisor(pykka.ThreadingActor):
                 if run.status is RunStatus.RESTARTING:
                     self._schedule_restart(run.id, 0.0)
                 else:
-                    self._end_failed_attempt(
-                        run.id, run.attempt, AttemptEndReason.LOST, run=run, local=False
+                    attempt = next((a for a in run.attempts if a.attempt == run.attempt), None)
+                    marker = attempt.process_marker if attempt else None
+                    self._close(
+                        run.id, Unended(run.attempt, AttemptEndReason.LOST, marker, False), run
                     )
-
-    def _ping_run_actors(self) -> None:
-        now = time.monotonic()
-        for run_id, ref in list(self.run_actors.items()):
-            sent = self.pings.get(run_id)
-            if sent is not None:
-                sent_at, future = sent
-                try:
-                    future.get(timeout=0)
-                except pykka.Timeout:
-                    if now - sent_at > self.deps.settings.ping_timeout_s:
-                        self._handle_wedged(run_id)
-                    continue
-                except Exception:
-                    pass  # a dead actor: its failure message is on the way
-            with contextlib.suppress(pykka.ActorDeadError):
-                self.pings[run_id] = (now, ref.ask(m.Ping(), block=False))
-
-    def _handle_wedged(self, run_id: int) -> None:
-        attempt = self.attempts[run_id]
-        log.error(
-            "run actor does not answer; treating the attempt as stuck",
-            run_id=run_id,
-            attempt=attempt,
-        )
-        # Forgotten only once its end is recorded: until then stops still go to it, and a
-        # PostgreSQL outage (which slows every RunActor) cannot orphan the run.
-        if self._end_failed_attempt(run_id, attempt, AttemptEndReason.STUCK):
-            self._forget(run_id, attempt)
-
-    def _end_failed_attempt(
-        self,
-        run_id: int,
-        attempt_no: int,
-        reason: AttemptEndReason,
-        run: Run | None = None,
-        *,
-        local: bool = True,
-    ) -> bool:
-        """End an attempt whose RunActor cannot (failed, wedged, lost): kill, record, decide.
-
-        True once recorded (or nothing is left to record); False while PostgreSQL is down,
-        and the next tick tries again.
-        """
-        self.unended[run_id] = (attempt_no, reason, local)
-        try:
-            run = run or self.deps.journal.get_run(run_id)
-        except StoreUnavailable:
-            return False
-        if run is None or run.attempt != attempt_no or run.status.is_terminal:
-            self.unended.pop(run_id, None)
-            return True
-        attempt = next((a for a in run.attempts if a.attempt == attempt_no), None)
-        killed = 0
-        if attempt is not None and local and attempt.pid is not None:
-            # Its RunActor is gone or wedged: let the reaper collect the wrapper's exit.
-            self.deps.watcher.unwatch(attempt.pid)
-            killed = kill_attempt_tree(
-                leader=ProcessIdentity(attempt.pid, attempt.pid_start_ticks or 0),
-                marker=attempt.process_marker,
-            )
-        elif attempt is not None:
-            # Another node's attempt: its pid means nothing here, its unique marker does (the
-            # nodes may share a machine).
-            killed = kill_attempt_tree(leader=None, marker=attempt.process_marker)
-        started = attempt.started_at.timestamp() if attempt else time.time()
-        history = attempt_history(run, started_at=started, ended_at=time.time(), succeeded=False)
-        decision = decide(
-            run.restart_policy, reason=reason, succeeded=False, attempts=history, now=time.time()
-        )
-        log.warning(
-            "attempt ended by the supervisor",
-            run_id=run_id,
-            reason=str(reason),
-            status=str(decision.status),
-            killed=killed,
-        )
-        try:
-            self.deps.journal.end_attempt(
-                run,
-                exit_code=None,
-                signal=None,
-                reason=str(reason),
-                leftovers_killed=killed,
-                run_status=decision.status,
-                run_reason=decision.reason,
-                restart_delay_s=decision.restart_delay_s,
-            )
-        except StoreUnavailable:
-            return False
-        self.unended.pop(run_id, None)
-        if decision.restart_delay_s is not None:
-            self._schedule_restart(run_id, decision.restart_delay_s)
-        return True

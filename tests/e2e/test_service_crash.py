@@ -88,3 +88,16 @@ def test_processes_of_a_run_that_ended_elsewhere_are_killed_at_the_next_start(
     wait_until(lambda: not second.run_processes(), 10, "the stale processes to be killed")
     assert not (second.data_dir / "spool" / str(run["id"])).exists()
     assert second.api.run(run["id"])["status"] == "lost"
+
+
+def test_a_stop_under_way_is_finished_after_a_restart_of_the_service(service_factory) -> None:
+    first: Service = service_factory("node-stopping")
+    run = first.api.run_code("trap '' TERM; echo up; sleep 1000")
+    wait_until(lambda: first.api.output(run["id"]) == b"up\n", 10, "the run to start")
+    assert first.api.post(f"/api/v1/runs/{run['id']}/stop", json={"grace_s": 3}).status_code == 202
+    assert first.stop() == 0  # inside the grace period: the run still runs
+    assert first.run_processes()
+    second: Service = service_factory("node-stopping")
+    final = second.api.wait_finished(run["id"], timeout_s=10)
+    assert final["status"] == "stopped" and len(final["attempts"]) == 1
+    wait_until(lambda: not second.run_processes(), 5, "no process of the run left")

@@ -167,3 +167,52 @@ def test_supervisor_decisions_are_audited(service_factory, database_url: str) ->
     restart = next(r for r in rows if r[1] == "run.restarting")
     assert restart[0] == f"node:{service.node_id}" and restart[2]["restart_delay_s"] > 0
     assert restart[2]["reason"] == "exited" and restart[2]["exit_code"] == 1
+
+
+def test_a_stop_outranks_a_stuck_verdict_under_way(service_factory) -> None:
+    service = service_factory(RUNVISOR_DEFAULT_GRACE_S="30")
+    api = service.api
+    run = api.run_code(
+        "trap '' TERM; echo started; sleep 1000",
+        stuck_after_s=1,
+        restart={"policy": "on-failure", "max_restarts": 1, "backoff_s": 0.1},
+    )
+    wait_until(lambda: "attempt stuck" in service.log_tail(100), 15, "the stuck verdict")
+    assert api.post(f"/api/v1/runs/{run['id']}/stop", json={"grace_s": 0}).status_code == 202
+    final = api.wait_finished(run["id"], timeout_s=10)
+    assert final["status"] == "stopped" and len(final["attempts"]) == 1, final
+    assert final["reason"].startswith("stopped by admin:")
+
+
+def test_restarts_count_against_max_running(service_factory) -> None:
+    service = service_factory(RUNVISOR_MAX_RUNNING="1")
+    api = service.api
+    flaky = api.run_code(
+        "sleep 0.3; exit 1", restart={"policy": "always", "max_restarts": 2, "backoff_s": 0.1}
+    )
+    other = api.run_code("sleep 0.3")
+    finals = [api.wait_finished(r["id"], timeout_s=30) for r in (flaky, other)]
+    spans = [(ts(a["started_at"]), ts(a["finished_at"])) for f in finals for a in f["attempts"]]
+    spans.sort()
+    for (_s1, e1), (s2, _e2) in itertools.pairwise(spans):
+        assert s2 >= e1 - 0.05, f"two attempts ran at once with MAX_RUNNING=1: {spans}"
+
+
+def test_a_run_actor_that_cannot_start_fails_the_run_and_frees_its_slot(service_factory) -> None:
+    service = service_factory(RUNVISOR_MAX_RUNNING="1")
+    api = service.api
+    # A file where the run's spool directory must go: its RunActor fails in on_start.
+    command = api.create_command("echo never")
+    (service.data_dir / "spool").mkdir(exist_ok=True)
+    next_id = api.get("/api/v1/runs").json()["total"] + 1
+    blocker = service.data_dir / "spool" / str(next_id)
+    blocker.write_text("in the way")
+    try:
+        broken = api.start_run(command["id"])
+        assert broken["id"] == next_id
+        final = api.wait_finished(broken["id"], timeout_s=20)
+        assert final["status"] == "failed" and final["attempts"][0]["reason"] == "actor_failed"
+    finally:
+        blocker.unlink()
+    fine = api.wait_finished(api.run_code("echo fine")["id"], timeout_s=20)
+    assert fine["status"] == "succeeded"

@@ -57,6 +57,7 @@ CREATE TABLE run_attempts (
     pid              integer,
     pid_start_ticks  bigint,                   -- /proc/PID/stat field 22: with pid, the process identity
     process_marker   text NOT NULL,            -- RUNVISOR_ATTEMPT_MARKER in every process of the attempt
+    boot_id          text,                     -- the kernel's boot id: a pid means nothing after a reboot
     started_at       timestamptz NOT NULL DEFAULT now(),
     finished_at      timestamptz,
     exit_code        integer,

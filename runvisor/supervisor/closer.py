@@ -1,0 +1,108 @@
+"""Ending an attempt whose RunActor cannot: it failed, it is wedged, its process was lost, or
+its node is gone. Kill what is left of it, decide by the restart policy, record the end."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+
+from runvisor.actors.proctree import kill_attempt_tree
+from runvisor.actors.run_actor import RunDeps
+from runvisor.actors.spawn import ProcessIdentity, is_alive
+from runvisor.errors import StoreUnavailable
+from runvisor.logs import get_logger
+from runvisor.models import AttemptEndReason, Run, RunStatus
+from runvisor.supervisor.policy import attempt_history, decide
+
+log = get_logger("runvisor.supervisor")
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """What became of the attempt: `recorded` False means PostgreSQL is down (try again)."""
+
+    recorded: bool
+    restart_delay_s: float | None = None
+
+
+class AttemptCloser:
+    def __init__(self, deps: RunDeps) -> None:
+        self.deps = deps
+
+    def close(
+        self,
+        run_id: int,
+        attempt_no: int,
+        reason: AttemptEndReason,
+        *,
+        run: Run | None = None,
+        marker: str | None = None,
+        local: bool = True,
+    ) -> Closed:
+        killed = 0
+        if marker is not None:
+            # First, before any store is asked: the marker alone finds the attempt's processes.
+            killed += kill_attempt_tree(leader=None, marker=marker)
+        try:
+            run = run or self.deps.journal.get_run(run_id)
+        except StoreUnavailable:
+            return Closed(recorded=False)
+        if run is None or run.attempt != attempt_no or run.status is not RunStatus.RUNNING:
+            return Closed(recorded=True)  # ended meanwhile, or another attempt runs now
+        attempt = next((a for a in run.attempts if a.attempt == attempt_no), None)
+        if attempt is not None:
+            killed += self._kill(
+                attempt.pid, attempt.pid_start_ticks, attempt.process_marker, local=local
+            )
+        started = attempt.started_at.timestamp() if attempt else time.time()
+        history = attempt_history(run, started_at=started, ended_at=time.time(), succeeded=False)
+        decision = decide(
+            run.restart_policy, reason=reason, succeeded=False, attempts=history, now=time.time()
+        )
+        try:
+            stored = self.deps.journal.end_attempt(
+                run,
+                exit_code=None,
+                signal=None,
+                reason=str(reason),
+                leftovers_killed=killed,
+                run_status=decision.status,
+                run_reason=decision.reason,
+                restart_delay_s=decision.restart_delay_s,
+            )
+        except StoreUnavailable:
+            return Closed(recorded=False)
+        if stored is None:
+            return Closed(recorded=True)  # another node has it now
+        log.warning(
+            "attempt ended by the supervisor",
+            run_id=run_id,
+            attempt=attempt_no,
+            reason=str(reason),
+            status=str(stored),
+            killed=killed,
+        )
+        self.deps.live.publish_state(
+            run_id,
+            {"status": str(stored), "node": self.deps.journal.node_id, "attempt": attempt_no},
+            terminal=stored.is_terminal,
+        )
+        if stored.is_terminal:
+            shutil.rmtree(self.deps.settings.spool_dir / str(run_id), ignore_errors=True)
+            shutil.rmtree(self.deps.settings.work_dir / str(run_id), ignore_errors=True)
+        restarting = stored is RunStatus.RESTARTING
+        return Closed(
+            recorded=True, restart_delay_s=decision.restart_delay_s if restarting else None
+        )
+
+    def _kill(self, pid: int | None, start_ticks: int | None, marker: str, *, local: bool) -> int:
+        if local and pid is not None:
+            # Its RunActor is gone or wedged: let the reaper collect the wrapper's exit.
+            identity = ProcessIdentity(pid, start_ticks or 0)
+            leader = identity if is_alive(identity) else None  # a dead pid's number may be reused
+            self.deps.watcher.unwatch(pid)
+            return kill_attempt_tree(leader=leader, marker=marker)
+        # Another node's attempt: its pid means nothing here, its unique marker does (the
+        # nodes may share a machine).
+        return kill_attempt_tree(leader=None, marker=marker)
