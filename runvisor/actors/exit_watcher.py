@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -62,7 +63,16 @@ class ExitWatcher:
         """Spawn and watch under one lock, so the reaper never takes this child's exit status."""
         with self._lock:
             identity = spawn()
-            if not self._watch_locked(identity.pid, on_exit):
+            try:
+                watching = self._watch_locked(identity.pid, on_exit)
+            except OSError:
+                # No pidfd (EMFILE, say): a process nobody watches must not run on.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(identity.pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(identity.pid, 0)
+                raise
+            if not watching:
                 on_exit()
         return identity
 
@@ -88,9 +98,6 @@ class ExitWatcher:
             for fd, (watched, _cb) in list(self._by_fd.items()):
                 if watched == pid:
                     self._close(fd)
-
-    def is_watched(self, pid: int) -> bool:
-        return pid in self._watched_pids
 
     def _close(self, fd: int) -> None:
         self._by_fd.pop(fd)

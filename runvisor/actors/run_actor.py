@@ -203,6 +203,7 @@ class RunActor(pykka.ThreadingActor):
             max_output_bytes=self.run.max_output_bytes,
             journal=self.deps.journal,
             live=self.deps.live,
+            keep_last_stored=self.deps.settings.test_hooks,
         )
 
     def on_stop(self) -> None:
