@@ -20,25 +20,11 @@ from typing import Any
 import pykka
 
 from runvisor.actors import messages as m
+from runvisor.actors.attempt_processes import AttemptProcesses
 from runvisor.actors.exit_watcher import ExitWatcher
 from runvisor.actors.output_pump import OutputPump
-from runvisor.actors.proctree import (
-    find_attempt_processes,
-    is_zombie,
-    kill_attempt_tree,
-    signal_all,
-    signal_group,
-)
 from runvisor.actors.run_env import run_environment
-from runvisor.actors.spawn import (
-    ExitStatus,
-    ProcessIdentity,
-    boot_id,
-    is_alive,
-    poll_exit,
-    read_status_file,
-    spawn_attempt,
-)
+from runvisor.actors.spawn import ExitStatus, spawn_attempt
 from runvisor.actors.timer import TimerHandle, TimerService
 from runvisor.config import Settings
 from runvisor.errors import Fenced, StoreUnavailable
@@ -88,8 +74,9 @@ class RunActor(pykka.ThreadingActor):
         # The attempt's row (and its marker) was written when the run was claimed.
         self.attempt_row = next(a for a in run.attempts if a.attempt == run.attempt)
         self.marker = self.attempt_row.process_marker
-        self.adopted = adopt is not None
-        self.identity: ProcessIdentity | None = None
+        self.procs = AttemptProcesses(
+            marker=self.marker, status_path=self.status_path, adopted=adopt is not None
+        )
         self.exit: ExitStatus | None = None
         self.end_reason: AttemptEndReason | None = None
         self.stop_by: str | None = None
@@ -98,7 +85,6 @@ class RunActor(pykka.ThreadingActor):
         self.pump: OutputPump | None = None
         self.timers: dict[str, TimerHandle] = {}
         self.finished = False
-        self.leftovers_killed = 0
         self.spawn_error: str | None = None
         self.log = get_logger("runvisor.run", run_id=run.id, attempt=run.attempt)
 
@@ -149,7 +135,7 @@ class RunActor(pykka.ThreadingActor):
         )
         ref = self.actor_ref
         try:
-            self.identity = self.deps.watcher.spawn_watched(
+            self.procs.identity = self.deps.watcher.spawn_watched(
                 lambda: spawn_attempt(
                     code=self.run.code,
                     env=env,
@@ -166,14 +152,14 @@ class RunActor(pykka.ThreadingActor):
             self.spawn_error = f"could not start: {exc}"
             self._end()
             return
-        self.log = self.log.bind(pid=self.identity.pid)
+        self.log = self.log.bind(pid=self.procs.pid)
         self.pump = self._make_pump(spool_path, base_offset=base_offset, stored_in_spool=0)
         self._record_attempt()
         self.log.info("run started", node=self.deps.journal.node_id)
 
     def _adopt(self, attempt: Attempt, spool_path: Path) -> None:
         assert attempt.pid is not None
-        self.identity = ProcessIdentity(attempt.pid, attempt.pid_start_ticks or 0)
+        alive = self.procs.adopt(attempt.pid, attempt.pid_start_ticks, attempt.boot_id)
         self.started_at = attempt.started_at.timestamp()
         self.log = self.log.bind(pid=attempt.pid)
         self.pump = self._make_pump(
@@ -182,13 +168,8 @@ class RunActor(pykka.ThreadingActor):
             stored_in_spool=max(self.run.output_bytes - attempt.output_offset, 0),
         )
         ref = self.actor_ref
-        same_boot = attempt.boot_id is None or attempt.boot_id == boot_id()
-        if (
-            not same_boot
-            or not is_alive(self.identity)
-            or not self.deps.watcher.watch(
-                attempt.pid, lambda: _tell_quietly(ref, m.ProcessExited())
-            )
+        if not alive or not self.deps.watcher.watch(
+            attempt.pid, lambda: _tell_quietly(ref, m.ProcessExited())
         ):
             self.actor_ref.tell(m.ProcessExited())
         self.log.info("run adopted", output_offset=self.pump.stored_bytes)
@@ -217,9 +198,9 @@ class RunActor(pykka.ThreadingActor):
     ) -> None:
         self.log.error("run actor failed", error=repr(exception_value))
         self._release()
-        if not self.finished and self.identity is not None:
+        if not self.finished and self.procs.identity is not None:
             with contextlib.suppress(Exception):
-                kill_attempt_tree(leader=self._leader(), marker=self.marker)
+                self.procs.kill()
         with contextlib.suppress(pykka.ActorDeadError):
             self.supervisor.tell(m.RunActorFailed(self.run.id, self.run.attempt))
 
@@ -227,8 +208,8 @@ class RunActor(pykka.ThreadingActor):
         for handle in self.timers.values():
             handle.cancel()
         self.timers.clear()
-        if self.identity is not None:
-            self.deps.watcher.unwatch(self.identity.pid)
+        if self.procs.pid is not None:
+            self.deps.watcher.unwatch(self.procs.pid)
         if self.pump is not None:
             self.pump.close()
 
@@ -275,8 +256,8 @@ class RunActor(pykka.ThreadingActor):
         """
         self.log.warning("attempt superseded; this actor stands down")
         self.finished = True
-        if self.identity is not None:
-            kill_attempt_tree(leader=self._leader(), marker=self.marker)
+        if self.procs.identity is not None:
+            self.procs.kill()
         self._remove_attempt_files()
         self.actor_ref.stop(block=False)
 
@@ -290,7 +271,7 @@ class RunActor(pykka.ThreadingActor):
         if self.finished:
             return
         self._test_hooks()
-        if self.exit is None and self.identity is not None and not is_alive(self.identity):
+        if self.exit is None and self.procs.identity and not self.procs.leader_alive():
             self._on_process_exited()  # a safety net: the exit watcher tells at once, normally
             return
         if self.exit is not None:
@@ -327,22 +308,20 @@ class RunActor(pykka.ThreadingActor):
             return None
 
     def _record_attempt(self) -> None:
-        assert self.identity is not None
+        identity = self.procs.identity
+        assert identity is not None
         try:
             self.deps.journal.start_attempt(
-                self.run, pid=self.identity.pid, start_ticks=self.identity.start_ticks
+                self.run, pid=identity.pid, start_ticks=identity.start_ticks
             )
             self.attempt_recorded = True
         except StoreUnavailable as exc:
             self.log.warning("attempt not recorded yet; will retry", error=exc.message)
 
     def _on_process_exited(self) -> None:
-        if self.exit is not None or self.identity is None:
+        if self.exit is not None or self.procs.identity is None:
             return
-        # An adopted process is not our child: waitpid on its number could reap a new child of
-        # ours that reuses it. Its status is in the file.
-        status = None if self.adopted else poll_exit(self.identity.pid)
-        status = status or read_status_file(self.status_path)
+        status = self.procs.exit_status()
         if status is None and self.end_reason is not None:
             status = ExitStatus(exit_code=None, signal=signal.SIGKILL)  # killed before recording
         self.exit = status or ExitStatus(exit_code=None, signal=None)
@@ -355,22 +334,14 @@ class RunActor(pykka.ThreadingActor):
             return
         self._try_end()
 
-    def _leader(self) -> ProcessIdentity | None:
-        """The attempt's leader, for finding its session and group; None when its number may
-        belong to someone else now (an adopted process that is gone): then the marker only."""
-        if self.identity is None or (self.adopted and not is_alive(self.identity)):
-            return None
-        return self.identity
-
     def _leftovers_may_finish(self) -> bool:
         """While stopping, processes left after the main one get the rest of the grace period."""
         if self.end_reason is AttemptEndReason.EXITED or "kill" not in self.timers:
             return False
-        members = find_attempt_processes(leader=self._leader(), marker=self.marker)
-        return any(not is_zombie(member) for member in members)
+        return self.procs.any_left()
 
     def _terminate(self, reason: AttemptEndReason, grace_s: float, by: str | None = None) -> None:
-        if self.finished or self.identity is None:
+        if self.finished or self.procs.identity is None:
             return
         if reason is AttemptEndReason.STOPPED and self.end_reason not in (None, reason):
             # An operator's stop outranks a timeout or a stuck verdict already under way: it
@@ -380,11 +351,7 @@ class RunActor(pykka.ThreadingActor):
             self.end_reason = reason
             self.stop_by = by
             self.timers.pop("timeout", _NO_TIMER).cancel()
-            leader = self._leader()
-            sent = leader is not None and signal_group(leader.pid, signal.SIGTERM)
-            sent_more = signal_all(
-                find_attempt_processes(leader=leader, marker=self.marker), signal.SIGTERM
-            )
+            sent, sent_more = self.procs.terminate()
             self.log.info(
                 "stopping",
                 reason=str(reason),
@@ -407,10 +374,9 @@ class RunActor(pykka.ThreadingActor):
 
     def _kill_now(self) -> None:
         self.timers.pop("kill", _NO_TIMER).cancel()
-        if self.identity is None or self.finished:
+        if self.procs.identity is None or self.finished:
             return
-        killed = kill_attempt_tree(leader=self._leader(), marker=self.marker)
-        self.leftovers_killed += killed
+        killed = self.procs.kill()
         self.log.info("killed after grace period", processes=killed)
         if self.exit is not None:
             self._try_end()
@@ -419,11 +385,10 @@ class RunActor(pykka.ThreadingActor):
         """End the attempt once its process tree is gone and all output is stored."""
         if self.finished:
             return
-        if self.identity is not None:
-            leftovers = kill_attempt_tree(leader=self._leader(), marker=self.marker)
+        if self.procs.identity is not None:
+            leftovers = self.procs.kill()
             if leftovers:
                 self.log.info("killed leftover processes", processes=leftovers)
-            self.leftovers_killed += leftovers
         if self._flush(to_eof=True) is None:
             if not self.finished:
                 self._schedule("flush", RETRY_S, m.FlushTick())
@@ -442,7 +407,7 @@ class RunActor(pykka.ThreadingActor):
                 exit_code=exit_status.exit_code,
                 signal=exit_status.signal,
                 reason=str(self.end_reason),
-                leftovers_killed=self.leftovers_killed,
+                leftovers_killed=self.procs.killed,
                 run_status=decision.status,
                 run_reason=run_reason,
                 restart_delay_s=decision.restart_delay_s,
@@ -523,7 +488,7 @@ class RunActor(pykka.ThreadingActor):
             {
                 "status": str(status),
                 "node": self.deps.journal.node_id,
-                "pid": self.identity.pid if self.identity else None,
+                "pid": self.procs.pid,
                 "attempt": self.run.attempt,
                 "exit_code": exit_status.exit_code if exit_status else None,
                 "signal": exit_status.signal if exit_status else None,

@@ -62,6 +62,7 @@ def make_attempt(n: int, **changes: Any) -> Attempt:
         pid=4000 + n,
         pid_start_ticks=123456,
         process_marker="marker-secret-ish",
+        boot_id="boot-1",
         started_at=T0 + timedelta(seconds=n),
         finished_at=None,
         exit_code=None,
@@ -157,7 +158,7 @@ def test_run_json_fields() -> None:
 def test_run_json_hides_env_values_and_process_identity() -> None:
     text = json.dumps(run_json(make_run()))
     assert "hunter2" not in text
-    assert "marker-secret-ish" not in text
+    assert "marker-secret-ish" not in text and "boot-1" not in text
     assert "123456" not in text
     assert run_json(make_run())["env_keys"] == ["API_KEY", "ZED"]
 

@@ -1,0 +1,84 @@
+"""The processes of one attempt, as its RunActor sees them: the leader (the wrapper, known by
+pid + start time) and every process carrying the attempt's marker. Signalling, killing and
+reading the exit status, with the care a pid number needs once its process may be gone."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from runvisor.actors.proctree import (
+    find_attempt_processes,
+    is_zombie,
+    kill_attempt_tree,
+    signal_all,
+    signal_group,
+)
+from runvisor.actors.spawn import (
+    ExitStatus,
+    ProcessIdentity,
+    boot_id,
+    is_alive,
+    poll_exit,
+    read_status_file,
+)
+
+
+class AttemptProcesses:
+    def __init__(self, *, marker: str, status_path: Path, adopted: bool) -> None:
+        self.marker = marker
+        self.status_path = status_path
+        # An adopted process is not our child (the service restarted since it was spawned).
+        self.adopted = adopted
+        self.identity: ProcessIdentity | None = None
+        self.killed = 0  # processes SIGKILLed, counted in the attempt's leftovers_killed
+
+    @property
+    def pid(self) -> int | None:
+        return self.identity.pid if self.identity else None
+
+    def adopt(self, pid: int, start_ticks: int | None, recorded_boot_id: str | None) -> bool:
+        """Take over a recorded process; True if it still runs (same boot, pid, start time)."""
+        self.identity = ProcessIdentity(pid, start_ticks or 0)
+        same_boot = recorded_boot_id is None or recorded_boot_id == boot_id()
+        return same_boot and is_alive(self.identity)
+
+    def leader_alive(self) -> bool:
+        return self.identity is not None and is_alive(self.identity)
+
+    def leader(self) -> ProcessIdentity | None:
+        """The leader, for finding its session and group; None when its number may belong to
+        someone else now (an adopted process that is gone): then the marker alone counts."""
+        if self.identity is None or (self.adopted and not is_alive(self.identity)):
+            return None
+        return self.identity
+
+    def exit_status(self) -> ExitStatus | None:
+        """How the leader ended: waitpid for our own child, else the wrapper's status file.
+
+        Never waitpid an adopted number: it could reap a new child of ours that reuses it.
+        """
+        if self.identity is None:
+            return None
+        status = None if self.adopted else poll_exit(self.identity.pid)
+        return status or read_status_file(self.status_path)
+
+    def terminate(self) -> tuple[bool, int]:
+        """SIGTERM to the leader's process group and to every process of the attempt."""
+        leader = self.leader()
+        group = leader is not None and signal_group(leader.pid, signal.SIGTERM)
+        others = signal_all(
+            find_attempt_processes(leader=leader, marker=self.marker), signal.SIGTERM
+        )
+        return group, others
+
+    def kill(self) -> int:
+        """SIGKILL whatever of the attempt is left; how many processes that was."""
+        killed = kill_attempt_tree(leader=self.leader(), marker=self.marker)
+        self.killed += killed
+        return killed
+
+    def any_left(self) -> bool:
+        """Whether a process of the attempt (not a zombie) still runs."""
+        members = find_attempt_processes(leader=self.leader(), marker=self.marker)
+        return any(not is_zombie(member) for member in members)
