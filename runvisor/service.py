@@ -18,6 +18,7 @@ import pykka
 from aiohttp import web
 
 from runvisor.actors.exit_watcher import ExitWatcher
+from runvisor.actors.flush_nudger import FlushNudger
 from runvisor.actors.proctree import enable_child_subreaper
 from runvisor.actors.run_actor import RunDeps
 from runvisor.actors.timer import TimerService
@@ -181,11 +182,21 @@ def start_run_services(
     watcher = ExitWatcher()
     watcher.start()
     stack.callback(watcher.stop)
+    nudger = FlushNudger()
+    nudger.start()
+    stack.callback(nudger.stop)
     journal = open_journal(database_url, node_id=settings.node_id)
     stack.callback(journal.close)
     live = LiveState(redis_client(redis_url), RedisKeys(settings.redis_prefix))
     stack.callback(live.close)
-    return RunDeps(settings=settings, journal=journal, live=live, timers=timers, watcher=watcher)
+    return RunDeps(
+        settings=settings,
+        journal=journal,
+        live=live,
+        timers=timers,
+        watcher=watcher,
+        nudger=nudger,
+    )
 
 
 def start_supervisor(deps: RunDeps, stack: contextlib.ExitStack) -> pykka.ActorProxy[Supervisor]:

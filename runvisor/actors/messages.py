@@ -12,6 +12,11 @@ class FlushTick:
 
 
 @dataclass(frozen=True, slots=True)
+class FlushSoon:
+    """256 KiB or more are waiting in the spool: flush now, not at the next tick."""
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessExited:
     """The attempt's main process has exited (told by the exit watcher)."""
 

@@ -22,6 +22,7 @@ import pykka
 from runvisor.actors import messages as m
 from runvisor.actors.attempt_processes import AttemptProcesses
 from runvisor.actors.exit_watcher import ExitWatcher
+from runvisor.actors.flush_nudger import FlushNudger
 from runvisor.actors.output_pump import OutputPump
 from runvisor.actors.run_env import run_environment
 from runvisor.actors.spawn import ExitStatus, spawn_attempt
@@ -48,6 +49,7 @@ class RunDeps:
     live: LiveState
     timers: TimerService
     watcher: ExitWatcher
+    nudger: FlushNudger
 
 
 class RunActor(pykka.ThreadingActor):
@@ -175,6 +177,7 @@ class RunActor(pykka.ThreadingActor):
         self.log.info("run adopted", output_offset=self.pump.stored_bytes)
 
     def _make_pump(self, spool_path: Path, *, base_offset: int, stored_in_spool: int) -> OutputPump:
+        self.deps.nudger.watch(self.actor_ref, spool_path, stored_in_spool)
         return OutputPump(
             run_id=self.run.id,
             attempt=self.run.attempt,
@@ -208,6 +211,7 @@ class RunActor(pykka.ThreadingActor):
         for handle in self.timers.values():
             handle.cancel()
         self.timers.clear()
+        self.deps.nudger.unwatch(self.actor_ref)
         if self.procs.pid is not None:
             self.deps.watcher.unwatch(self.procs.pid)
         if self.pump is not None:
@@ -223,6 +227,9 @@ class RunActor(pykka.ThreadingActor):
         match message:
             case m.FlushTick():
                 self._on_flush_tick()
+            case m.FlushSoon():
+                if not self.finished and self.exit is None:
+                    self._flush()
             case m.ProcessExited():
                 self._on_process_exited()
             case m.StopRun(grace_s=grace_s, requested_by=by):
@@ -299,13 +306,18 @@ class RunActor(pykka.ThreadingActor):
         if not self.attempt_recorded:
             self._record_attempt()
         try:
-            return self.pump.flush(to_eof=to_eof)
+            drained = self.pump.flush(to_eof=to_eof)
         except StoreUnavailable as exc:
             self.log.warning("output not stored yet; will retry", error=exc.message)
             return None
         except Fenced:
             self._stand_down()
             return None
+        if self.pump.truncated:
+            self.deps.nudger.unwatch(self.actor_ref)  # nothing more is stored: no hurry
+        else:
+            self.deps.nudger.stored(self.actor_ref, self.pump.position)
+        return drained
 
     def _record_attempt(self) -> None:
         identity = self.procs.identity

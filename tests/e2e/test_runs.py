@@ -148,3 +148,20 @@ def test_each_run_starts_in_its_own_working_directory_removed_at_the_end(service
         "the working directory to be removed",
     )
     assert not (service.data_dir / "spool" / str(run["id"])).exists()
+
+
+def test_output_is_flushed_sooner_once_256_kib_are_waiting(service_factory) -> None:
+    service = service_factory(RUNVISOR_FLUSH_INTERVAL_S="5")
+    api = service.api
+    small = api.run_code("printf small; sleep 30")
+    big = api.run_code("head -c 400000 /dev/zero | tr '\\0' a; sleep 30")
+    started = time.monotonic()
+    wait_until(
+        lambda: api.run(big["id"])["output_bytes"] >= 256 * 1024,
+        3,
+        "the big output to be stored before the 5 s flush tick",
+    )
+    assert time.monotonic() - started < 3
+    # Below the threshold, output waits for the tick.
+    assert api.run(small["id"])["output_bytes"] == 0
+    wait_until(lambda: api.run(big["id"])["output_bytes"] == 400000, 10, "all of it")
