@@ -12,6 +12,17 @@ from runvisor.config import Settings, load_settings
 from runvisor.errors import SettingsError
 
 
+def serve_once(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`runvisor serve` with exactly `env`, expected to refuse to start."""
+    return subprocess.run(
+        [sys.executable, "-m", "runvisor", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 def test_defaults() -> None:
     settings = load_settings({})
     assert settings.host == "127.0.0.1" and settings.port == 8080
@@ -74,13 +85,7 @@ def test_a_bad_setting_stops_serve_with_one_clear_line(tmp_path: Path) -> None:
         "RUNVISOR_PORT": "not-a-port",
         "RUNVISOR_DATA_DIR": str(tmp_path),
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "runvisor", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = serve_once(env)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "RUNVISOR_PORT" in lines[0] and "not an integer" in lines[0]
@@ -94,13 +99,7 @@ def test_bad_tokens_stop_serve_without_echoing_the_secret(tmp_path: Path) -> Non
         "RUNVISOR_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none",
         "RUNVISOR_REDIS_URL": "redis://127.0.0.1:1/0",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "runvisor", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = serve_once(env)
     assert result.returncode == 2
     assert "RUNVISOR_TOKENS" in result.stderr and "hunter2" not in result.stderr
 
@@ -117,13 +116,7 @@ def test_an_address_that_cannot_be_listened_on_is_one_line(tmp_path: Path) -> No
         "RUNVISOR_TOKENS": "admin:x",
         "RUNVISOR_DATA_DIR": str(tmp_path),
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "runvisor", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = serve_once(env)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "RUNVISOR_HOST=192.0.2.1" in lines[0], result.stderr
@@ -137,13 +130,7 @@ def test_an_unusable_data_dir_is_one_line(tmp_path: Path) -> None:
         "RUNVISOR_DATA_DIR": str(blocker / "sub"),
         "RUNVISOR_TOKENS": "admin:x",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "runvisor", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = serve_once(env)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("runvisor: bad setting: RUNVISOR_DATA_DIR")
