@@ -18,6 +18,9 @@ COMMAND_COLUMNS = _columns(Command)
 RUN_COLUMNS = _columns(Run, skip=("attempts",))
 ATTEMPT_COLUMNS = _columns(Attempt)
 
+AUDIT_INSERT = (
+    "INSERT INTO audit (actor, action, command_id, run_id, detail) VALUES (%s, %s, %s, %s, %s)"
+)
 RUNS_SELECT = sql.SQL("SELECT {} FROM runs ").format(RUN_COLUMNS)
 ATTEMPTS_OF_RUNS = sql.SQL(
     "SELECT {} FROM run_attempts WHERE run_id = ANY(%s) ORDER BY run_id, attempt"

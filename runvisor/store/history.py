@@ -24,6 +24,7 @@ from runvisor.models import (
 )
 from runvisor.store.columns import (
     ATTEMPTS_OF_RUNS,
+    AUDIT_INSERT,
     COMMAND_COLUMNS,
     RUN_COLUMNS,
     RUNS_SELECT,
@@ -338,10 +339,7 @@ async def _audit(
     run_id: int | None = None,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    await conn.execute(
-        "INSERT INTO audit (actor, action, command_id, run_id, detail) VALUES (%s, %s, %s, %s, %s)",
-        (actor, action, command_id, run_id, Jsonb(detail or {})),
-    )
+    await conn.execute(AUDIT_INSERT, (actor, action, command_id, run_id, Jsonb(detail or {})))
 
 
 def _first_line(exc: BaseException) -> str:

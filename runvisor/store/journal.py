@@ -18,7 +18,13 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from runvisor.errors import StoreUnavailable
 from runvisor.models import Attempt, Run, RunStatus
-from runvisor.store.columns import ATTEMPTS_OF_RUNS, RUN_COLUMNS, RUNS_SELECT, attach_attempts
+from runvisor.store.columns import (
+    ATTEMPTS_OF_RUNS,
+    AUDIT_INSERT,
+    RUN_COLUMNS,
+    RUNS_SELECT,
+    attach_attempts,
+)
 from runvisor.store.connection import CONNECTION_OPTIONS
 
 
@@ -324,7 +330,4 @@ def _audit(
     run_id: int | None = None,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    conn.execute(
-        "INSERT INTO audit (actor, action, run_id, detail) VALUES (%s, %s, %s, %s)",
-        (actor, action, run_id, Jsonb(detail or {})),
-    )
+    conn.execute(AUDIT_INSERT, (actor, action, None, run_id, Jsonb(detail or {})))

@@ -49,6 +49,7 @@ from runvisor.http.app import create_app
 from runvisor.http.auth import parse_tokens
 from runvisor.http.openapi import ROUTES, build_openapi
 from tests.fix_service import ADMIN, TOKENS, VIEWER, Service
+from tests.schema_tools import closed
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
@@ -279,19 +280,7 @@ def _also_unauthorized(case: Any) -> bool:
     return zlib.crc32(key) % 4 == 0
 
 
-def _closed(schema: Any) -> Any:
-    """A copy in which every object schema that lists its properties allows no others."""
-    if isinstance(schema, dict):
-        out = {key: _closed(value) for key, value in schema.items()}
-        if out.get("type") == "object" and "properties" in out:
-            out.setdefault("additionalProperties", False)
-        return out
-    if isinstance(schema, list):
-        return [_closed(value) for value in schema]
-    return schema
-
-
-_CLOSED_COMPONENTS = _closed(DOCUMENT["components"])
+_CLOSED_COMPONENTS = closed(DOCUMENT["components"])
 
 
 def check_documented_fields(case: Any, response: Any) -> None:
@@ -311,7 +300,7 @@ def check_documented_fields(case: Any, response: Any) -> None:
     content = documented.get("content", {})
     if "application/json" not in content:
         return
-    root = {"components": _CLOSED_COMPONENTS, **_closed(content["application/json"]["schema"])}
+    root = {"components": _CLOSED_COMPONENTS, **closed(content["application/json"]["schema"])}
     errors = sorted(
         Draft202012Validator(root, format_checker=FormatChecker()).iter_errors(response.json()),
         key=str,

@@ -15,6 +15,7 @@ from openapi_spec_validator import validate as validate_spec
 from runvisor.http import serialize
 from runvisor.http.auth import Role
 from runvisor.http.openapi import REQUIRED_ROLES, ROUTES, build_openapi
+from tests.schema_tools import closed
 
 # The routes of the brief, each with the role it needs (DESIGN.md §6 also has .../events and
 # /metrics: not served yet).
@@ -172,18 +173,6 @@ def test_query_parameters(doc: dict[str, Any]) -> None:
 # ---- the response schemas describe exactly what serialize.py builds -----------------------
 
 
-def _closed(schema: Any) -> Any:
-    """A copy in which every object schema with properties forbids other properties."""
-    if isinstance(schema, dict):
-        out = {k: _closed(v) for k, v in schema.items()}
-        if out.get("type") == "object" and "properties" in out:
-            out.setdefault("additionalProperties", False)
-        return out
-    if isinstance(schema, list):
-        return [_closed(v) for v in schema]
-    return schema
-
-
 def _records() -> Any:
     """make_command and make_run of the sibling test_serialize.py, whatever pytest's import mode."""
     path = Path(__file__).with_name("test_serialize.py")
@@ -195,8 +184,8 @@ def _records() -> Any:
 
 
 def check_shape(doc: dict[str, Any], name: str, instance: Any) -> None:
-    closed = _closed(copy.deepcopy(doc))
-    root = {"components": closed["components"], "$ref": f"#/components/schemas/{name}"}
+    strict = closed(copy.deepcopy(doc))
+    root = {"components": strict["components"], "$ref": f"#/components/schemas/{name}"}
     jsonschema.Draft202012Validator(root, format_checker=jsonschema.FormatChecker()).validate(
         instance
     )
