@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from runvisor.actors.limits import parse_run_limits
 from runvisor.errors import SettingsError
 
 T = TypeVar("T")
 
 LOG_FORMATS = ("auto", "console", "json")
+PROCESS_TRACKING = ("auto", "cgroup", "scan")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -49,6 +51,10 @@ class Settings:
     ping_timeout_s: float = 10.0
     lease_ttl_s: float = 15.0
     test_hooks: bool = False
+    tokens_file: Path | None = None
+    run_as: str | None = None  # resolved at start-up (runvisor.actors.run_user)
+    run_limits: dict[str, int | str] = dataclasses.field(default_factory=dict)
+    process_tracking: str = "auto"
 
     @property
     def spool_dir(self) -> Path:
@@ -169,6 +175,10 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "ping_timeout_s": lambda name, raw: _parse_float(name, raw, minimum=0.1, exclusive=False),
     "lease_ttl_s": lambda name, raw: _parse_float(name, raw, minimum=2.0, exclusive=False),
     "test_hooks": _parse_bool,
+    "tokens_file": lambda _name, raw: Path(raw.strip()).expanduser(),
+    "run_as": lambda _name, raw: raw.strip(),
+    "run_limits": lambda _name, raw: parse_run_limits(raw),
+    "process_tracking": _parse_choice(PROCESS_TRACKING),
 }
 
 

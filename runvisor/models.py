@@ -28,6 +28,7 @@ TERMINAL_STATUSES = frozenset(
     {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.STOPPED, RunStatus.TIMED_OUT, RunStatus.LOST}
 )
 ACTIVE_STATUSES = frozenset(set(RunStatus) - TERMINAL_STATUSES)
+LIMIT_NAMES = ("cpu", "as", "fsize", "nofile", "nproc")
 
 
 class AttemptEndReason(StrEnum):
@@ -133,6 +134,7 @@ class Run:
     stuck_after_s: float | None
     restart: dict[str, Any]
     max_output_bytes: int
+    limits: dict[str, int | str] = field(default_factory=dict)
     attempts: list[Attempt] = field(default_factory=list)
 
     def __post_init__(self) -> None:

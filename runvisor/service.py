@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import socket
+import stat
 import time
 from pathlib import Path
 
@@ -19,8 +20,10 @@ from aiohttp import web
 
 from runvisor.actors.exit_watcher import ExitWatcher
 from runvisor.actors.flush_nudger import FlushNudger
+from runvisor.actors.isolation import RunIsolation, choose_process_tracking
 from runvisor.actors.proctree import enable_child_subreaper
 from runvisor.actors.run_actor import RunDeps
+from runvisor.actors.run_user import RunUser, resolve_run_user
 from runvisor.actors.timer import TimerService
 from runvisor.config import Settings
 from runvisor.errors import SettingsError
@@ -49,13 +52,14 @@ def serve(settings: Settings) -> None:
         check_data_dir(settings)  # first: bad settings are reported before anything starts
         check_listen_address(settings)
         tokens = load_tokens(settings)
+        isolation = isolate_runs(settings)
         database_url, redis_url = start_stores(settings, stack)
         assert redis_url is not None
         migrate(database_url)
-        settings.spool_dir.mkdir(parents=True, exist_ok=True)
+        secure_data_dir(settings, isolation.run_user)
         if not enable_child_subreaper():
             log.warning("not a child subreaper: orphaned grandchildren may escape a stop")
-        deps = start_run_services(settings, database_url, redis_url, stack)
+        deps = start_run_services(settings, database_url, redis_url, isolation, stack)
         supervisor = start_supervisor(deps, stack)
         start_control_listener(settings, redis_url, supervisor, stack)
         app = create_app(
@@ -64,6 +68,7 @@ def serve(settings: Settings) -> None:
             tokens=tokens,
             database_url=database_url,
             redis_url=redis_url,
+            isolation=isolation,
         )
         log.info("serving", host=settings.host, port=settings.port, node=settings.node_id)
         web.run_app(
@@ -111,6 +116,61 @@ def check_listen_address(settings: Settings) -> None:
         raise SettingsError(f"{where}: cannot listen: {reason}") from None
 
 
+def isolate_runs(settings: Settings) -> RunIsolation:
+    """Who runs execute as (RUNVISOR_RUN_AS) and whether each attempt gets a cgroup."""
+    run_user = resolve_run_user(settings.run_as)
+    if run_user.uid == 0:
+        level = log.warning if settings.run_as else log.info
+        level(
+            "runs execute as root: a run can read the service's tokens and data and stop it",
+            run_as=settings.run_as,
+        )
+    elif not run_user.switches:
+        log.info(
+            "runs execute as the service's own user: no isolation between runs and the service",
+            user=run_user.describe(),
+        )
+    cgroups, reason = choose_process_tracking(settings.process_tracking, settings.node_id)
+    isolation = RunIsolation(run_user=run_user, cgroups=cgroups, no_cgroup_reason=reason)
+    log.info("run isolation", **isolation.describe())
+    return isolation
+
+
+def secure_data_dir(settings: Settings, run_user: RunUser) -> None:
+    """The data dir and spool only for the service; work/ only traversable, so that a run user
+    reaches its own working directory (0700, its own) and can list nothing else there."""
+    traversable = 0o711 if run_user.switches else 0o700
+    # 0711 even without a run user: the embedded PostgreSQL runs as its own user under it.
+    settings.data_dir.chmod(0o711)
+    settings.spool_dir.mkdir(mode=0o700, exist_ok=True)
+    settings.spool_dir.chmod(0o700)
+    settings.work_dir.mkdir(mode=traversable, exist_ok=True)
+    settings.work_dir.chmod(traversable)
+    if run_user.switches:
+        blocked = _untraversable_ancestor(settings.data_dir, run_user)
+        if blocked is not None:
+            log.warning(
+                "the run user cannot reach the runs' working directories by their absolute "
+                "path; runs start in them, but tools that re-open $PWD fail",
+                blocked_at=str(blocked),
+                user=run_user.describe(),
+            )
+
+
+def _untraversable_ancestor(path: Path, user: RunUser) -> Path | None:
+    for ancestor in reversed(path.resolve().parents):
+        st = ancestor.stat()
+        if st.st_uid == user.uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid == user.gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return ancestor
+    return None
+
+
 def _exit_on_sigterm(_signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
@@ -155,7 +215,12 @@ def migrate(database_url: str, wait_s: float = MIGRATE_WAIT_S) -> list[str]:
 
 
 def load_tokens(settings: Settings) -> TokenTable:
-    """RUNVISOR_TOKENS, or a generated admin token kept in DATA_DIR/admin.token (mode 0600)."""
+    """RUNVISOR_TOKENS, RUNVISOR_TOKENS_FILE, or a generated admin token kept in
+    DATA_DIR/admin.token (mode 0600)."""
+    if settings.tokens_file is not None:
+        if settings.tokens is not None:
+            raise SettingsError("RUNVISOR_TOKENS and RUNVISOR_TOKENS_FILE: set one, not both")
+        return load_tokens_file(settings.tokens_file)
     if settings.tokens is not None:
         table = parse_tokens(settings.tokens)
         if len(table) == 0:
@@ -173,8 +238,33 @@ def load_tokens(settings: Settings) -> TokenTable:
     return parse_tokens(f"admin:{token}")
 
 
+def load_tokens_file(path: Path) -> TokenTable:
+    """`role:token` entries, one per line or comma-separated; `#` starts a comment line."""
+    try:
+        st = path.stat()
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise SettingsError(f"RUNVISOR_TOKENS_FILE={path}: cannot read: {reason}") from None
+    if st.st_mode & 0o077:
+        log.warning(
+            "RUNVISOR_TOKENS_FILE can be read by other users; make it 0600 (or 0400)",
+            file=str(path),
+            mode=oct(stat.S_IMODE(st.st_mode)),
+        )
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    table = parse_tokens(",".join(lines), setting="RUNVISOR_TOKENS_FILE")
+    if len(table) == 0:
+        log.warning("RUNVISOR_TOKENS_FILE holds no token: every request needing one is denied")
+    return table
+
+
 def start_run_services(
-    settings: Settings, database_url: str, redis_url: str, stack: contextlib.ExitStack
+    settings: Settings,
+    database_url: str,
+    redis_url: str,
+    isolation: RunIsolation,
+    stack: contextlib.ExitStack,
 ) -> RunDeps:
     timers = TimerService()
     timers.start()
@@ -196,6 +286,8 @@ def start_run_services(
         timers=timers,
         watcher=watcher,
         nudger=nudger,
+        run_user=isolation.run_user,
+        cgroups=isolation.cgroups,
     )
 
 

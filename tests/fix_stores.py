@@ -109,7 +109,19 @@ def redis_prefix(redis_server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "data"
-    path.mkdir()
-    return path
+def data_dir() -> Iterator[Path]:
+    """A node's data dir, where a production one would be: reachable by the run user (the
+    service makes it 0711), not under pytest's 0700 tree."""
+    path = Path(tempfile.mkdtemp(prefix="runvisor-test-data-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory the runs may write to (they run as an unprivileged user when the tests run
+    as root), for files a test compares with what the service stored."""
+    path = Path(tempfile.mkdtemp(prefix="runvisor-test-shared-"))
+    path.chmod(0o1777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

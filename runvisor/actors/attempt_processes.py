@@ -1,12 +1,17 @@
 """The processes of one attempt, as its RunActor sees them: the leader (the wrapper, known by
-pid + start time) and every process carrying the attempt's marker. Signalling, killing and
-reading the exit status, with the care a pid number needs once its process may be gone."""
+pid + start time) and either the attempt's cgroup (every process of the attempt, whatever it
+does) or, where the node has no cgroups, every process carrying the attempt's marker found in
+/proc. Signalling, killing and reading the exit status, with the care a pid number needs once
+its process may be gone."""
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 
+from runvisor.actors.cgroups import AttemptCgroup
+from runvisor.actors.limits import apply_rlimits
 from runvisor.actors.proctree import (
     find_attempt_processes,
     is_zombie,
@@ -25,13 +30,39 @@ from runvisor.actors.spawn import (
 
 
 class AttemptProcesses:
-    def __init__(self, *, marker: str, status_path: Path, adopted: bool) -> None:
+    def __init__(
+        self,
+        *,
+        marker: str,
+        status_path: Path,
+        adopted: bool,
+        cgroup: AttemptCgroup | None = None,
+        limits: Mapping[str, int | None] | None = None,
+    ) -> None:
         self.marker = marker
         self.status_path = status_path
+        self.cgroup = cgroup
+        self.limits = dict(limits or {})
         # An adopted process is not our child (the service restarted since it was spawned).
         self.adopted = adopted
         self.identity: ProcessIdentity | None = None
         self.killed = 0  # processes SIGKILLed, counted in the attempt's leftovers_killed
+
+    def create_cgroup(self) -> None:
+        """Before the spawn: the attempt's cgroup, with the limits its controllers take."""
+        if self.cgroup is not None:
+            self.cgroup.create(self.limits)
+
+    def prepare(self, pid: int) -> None:
+        """The wrapper is spawned and waits: put it in the cgroup, set its limits."""
+        if self.cgroup is not None:
+            self.cgroup.add(pid)
+        apply_rlimits(pid, self.limits)
+
+    def release(self) -> None:
+        """The attempt is over: remove its cgroup (killing anything still in it)."""
+        if self.cgroup is not None:
+            self.cgroup.remove()
 
     @property
     def pid(self) -> int | None:
@@ -67,6 +98,8 @@ class AttemptProcesses:
         """SIGTERM to the leader's process group and to every process of the attempt."""
         leader = self.leader()
         group = leader is not None and signal_group(leader.pid, signal.SIGTERM)
+        if self.cgroup is not None:
+            return group, self.cgroup.signal(signal.SIGTERM)
         others = signal_all(
             find_attempt_processes(leader=leader, marker=self.marker), signal.SIGTERM
         )
@@ -74,11 +107,16 @@ class AttemptProcesses:
 
     def kill(self) -> int:
         """SIGKILL whatever of the attempt is left; how many processes that was."""
-        killed = kill_attempt_tree(leader=self.leader(), marker=self.marker)
+        if self.cgroup is not None:
+            killed = self.cgroup.kill()
+        else:
+            killed = kill_attempt_tree(leader=self.leader(), marker=self.marker)
         self.killed += killed
         return killed
 
     def any_left(self) -> bool:
         """Whether a process of the attempt (not a zombie) still runs."""
+        if self.cgroup is not None:
+            return self.cgroup.populated()
         members = find_attempt_processes(leader=self.leader(), marker=self.marker)
         return any(not is_zombie(member) for member in members)

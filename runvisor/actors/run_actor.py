@@ -21,10 +21,13 @@ import pykka
 
 from runvisor.actors import messages as m
 from runvisor.actors.attempt_processes import AttemptProcesses
+from runvisor.actors.cgroups import CgroupTree
 from runvisor.actors.exit_watcher import ExitWatcher
 from runvisor.actors.flush_nudger import FlushNudger
+from runvisor.actors.limits import effective_limits
 from runvisor.actors.output_pump import OutputPump
 from runvisor.actors.run_env import run_environment
+from runvisor.actors.run_user import RunUser
 from runvisor.actors.spawn import ExitStatus, spawn_attempt
 from runvisor.actors.timer import TimerHandle, TimerService
 from runvisor.config import Settings
@@ -50,6 +53,10 @@ class RunDeps:
     timers: TimerService
     watcher: ExitWatcher
     nudger: FlushNudger
+    # Who runs execute as; None: the service's own user (tests of the actors alone).
+    run_user: RunUser | None = None
+    # One cgroup per attempt under this tree; None: processes are found by /proc scans.
+    cgroups: CgroupTree | None = None
 
 
 class RunActor(pykka.ThreadingActor):
@@ -76,8 +83,15 @@ class RunActor(pykka.ThreadingActor):
         # The attempt's row (and its marker) was written when the run was claimed.
         self.attempt_row = next(a for a in run.attempts if a.attempt == run.attempt)
         self.marker = self.attempt_row.process_marker
+        cgroup = deps.cgroups.attempt(run.id, run.attempt) if deps.cgroups else None
+        if adopt is not None and cgroup is not None and not cgroup.exists():
+            cgroup = None  # started before this node had cgroups: found by /proc scans
         self.procs = AttemptProcesses(
-            marker=self.marker, status_path=self.status_path, adopted=adopt is not None
+            marker=self.marker,
+            status_path=self.status_path,
+            adopted=adopt is not None,
+            cgroup=cgroup,
+            limits=effective_limits(deps.settings.run_limits, run.limits),
         )
         self.exit: ExitStatus | None = None
         self.end_reason: AttemptEndReason | None = None
@@ -103,8 +117,8 @@ class RunActor(pykka.ThreadingActor):
             self.actor_ref.stop(block=False)
 
     def _start(self) -> None:
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._make_work_dir()
         spool_path = self.spool_dir / f"{self.run.attempt}.out"
         if self.adopt is not None:
             self._adopt(self.adopt, spool_path)
@@ -126,6 +140,13 @@ class RunActor(pykka.ThreadingActor):
                 AttemptEndReason.STOPPED, max(grace - elapsed, 0.0), self.run.stop_requested_by
             )
 
+    def _make_work_dir(self) -> None:
+        """The run's working directory: the run user's own (0700), in the service's work dir."""
+        self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        user = self.deps.run_user
+        if user is not None and user.switches:
+            os.chown(self.work_dir, user.uid, user.gid)
+
     def _spawn(self, spool_path: Path) -> None:
         base_offset = self.run.output_bytes
         env = run_environment(
@@ -134,9 +155,12 @@ class RunActor(pykka.ThreadingActor):
             node_id=self.deps.journal.node_id,
             marker=self.marker,
             requested=self.run.env,
+            run_user=self.deps.run_user,
+            work_dir=self.work_dir,
         )
         ref = self.actor_ref
         try:
+            self.procs.create_cgroup()
             self.procs.identity = self.deps.watcher.spawn_watched(
                 lambda: spawn_attempt(
                     code=self.run.code,
@@ -144,6 +168,8 @@ class RunActor(pykka.ThreadingActor):
                     spool_path=spool_path,
                     status_path=self.status_path,
                     cwd=self.work_dir,
+                    run_user=self.deps.run_user,
+                    prepare=self.procs.prepare,
                 ),
                 lambda: _tell_quietly(ref, m.ProcessExited()),
             )
@@ -265,6 +291,7 @@ class RunActor(pykka.ThreadingActor):
         self.finished = True
         if self.procs.identity is not None:
             self.procs.kill()
+        self._release_cgroup()
         self._remove_attempt_files()
         self.actor_ref.stop(block=False)
 
@@ -443,6 +470,7 @@ class RunActor(pykka.ThreadingActor):
         )
         # The Supervisor first: a stop arriving now must find the run no longer here.
         self.supervisor.tell(m.AttemptEnded(self.run.id, self.run.attempt, restart_delay))
+        self._release_cgroup()
         self._publish_state(stored, exit_status)
         if stored.is_terminal:
             shutil.rmtree(self.spool_dir, ignore_errors=True)
@@ -469,6 +497,12 @@ class RunActor(pykka.ThreadingActor):
         if self.end_reason is AttemptEndReason.STOPPED:
             return f"stopped by {self.stop_by}" if self.stop_by else "stopped"
         return decision.reason
+
+    def _release_cgroup(self) -> None:
+        try:
+            self.procs.release()
+        except OSError as exc:  # a leftover empty directory is harmless; cleaned at next start
+            self.log.warning("attempt cgroup not removed", error=str(exc))
 
     def _remove_attempt_files(self) -> None:
         for suffix in (".out", ".status"):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
+
+from runvisor.actors.run_user import RunUser
 
 # Taken from the service's environment: harmless, and needed for bash to behave normally.
 PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME", "SHELL", "TMPDIR")
@@ -18,10 +21,17 @@ def run_environment(
     marker: str,
     requested: Mapping[str, str],
     service_env: Mapping[str, str] | None = None,
+    run_user: RunUser | None = None,
+    work_dir: Path | None = None,
 ) -> dict[str, str]:
     source = os.environ if service_env is None else service_env
     env = {name: source[name] for name in PASSED_THROUGH if name in source}
     env.setdefault("PATH", DEFAULT_PATH)
+    if run_user is not None and run_user.switches:
+        # Not the service's HOME (root's, say): the run user could not write there anyway.
+        # Its own working directory is the one place it may write for sure.
+        env["USER"] = env["LOGNAME"] = run_user.name
+        env["HOME"] = str(work_dir) if work_dir is not None else (run_user.home or "/")
     env.update(requested)
     # Set last, so a request cannot forge them (the HTTP layer also rejects RUNVISOR_* names).
     env["PYTHONUNBUFFERED"] = "1"

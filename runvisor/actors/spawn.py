@@ -13,12 +13,15 @@ import os
 import signal
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runvisor.actors.run_user import RunUser
+
 WRAPPER_PATH = Path(__file__).with_name("attempt_wrapper.sh")
 SHELL = "/bin/sh"
+GATE_FD = 4  # the wrapper reads the service's go-ahead here (see attempt_wrapper.sh)
 DEAD_STATES = frozenset("ZXx")  # zombie / dead: the pid exists but nothing runs any more
 
 # Every catchable signal back to SIG_DFL in the child: Python itself ignores SIGPIPE and SIGXFSZ,
@@ -131,15 +134,25 @@ class ExitStatus:
 
 
 def spawn_attempt(
-    *, code: str, env: Mapping[str, str], spool_path: Path, status_path: Path, cwd: Path
+    *,
+    code: str,
+    env: Mapping[str, str],
+    spool_path: Path,
+    status_path: Path,
+    cwd: Path,
+    run_user: RunUser | None = None,
+    prepare: Callable[[int], None] | None = None,
 ) -> ProcessIdentity:
     """Start `bash -c code` under the wrapper, in a new session, and return its identity.
 
     stdout and stderr both go to spool_path (appended, one byte stream, order preserved); stdin
     is /dev/null; the environment is exactly `env`; no other descriptor is inherited. The pid is
-    the wrapper's, which is also the session and process-group id. A stale status_path is
-    removed first. Raises OSError on failure (E2BIG if code exceeds the kernel's 128 KiB limit
-    for one argument), ValueError for a NUL in code or env, or '=' in a variable name.
+    the wrapper's, which is also the session and process-group id. The wrapper waits on a pipe
+    until `prepare(pid)` (cgroup, resource limits) has run, so no code of the run executes
+    before that; if `prepare` raises, the wrapper exits at once without running anything and
+    the exception propagates. bash runs as `run_user` when that switches users. A stale
+    status_path is removed first. Raises OSError on failure (E2BIG if code exceeds the kernel's
+    128 KiB limit for one argument), ValueError for a NUL in code or env, or '=' in a name.
     """
     if not stat.S_ISDIR(os.stat(cwd).st_mode):  # fail here, cleanly, rather than in the wrapper
         raise NotADirectoryError(errno.ENOTDIR, "attempt cwd is not a directory", str(cwd))
@@ -147,19 +160,28 @@ def spawn_attempt(
         stale.unlink(missing_ok=True)  # a previous attempt's status must not pass for this one's
     # O_CLOEXEC: other threads spawning at the same moment must not inherit our spool fd.
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-    fd = os.open(spool_path, flags, 0o600)
+    fd = _high_fd(os.open(spool_path, flags, 0o600))
+    gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
     try:
-        if fd < 3:  # our own 0-2 were closed; keep the spool fd clear of the dup2 targets
-            moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
-            os.close(fd)
-            fd = moved
+        gate_r = _high_fd(gate_r)
         actions: list[tuple[object, ...]] = [
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_DUP2, fd, 1),
             (os.POSIX_SPAWN_DUP2, fd, 2),
-            *_close_other_fds(fd),
+            (os.POSIX_SPAWN_DUP2, gate_r, GATE_FD),
+            *_close_other_fds(keep=(fd, gate_r, GATE_FD)),
         ]
-        argv = [SHELL, str(WRAPPER_PATH), str(status_path), code, str(cwd)]
+        switch = run_user if run_user is not None and run_user.switches else None
+        argv = [
+            SHELL,
+            str(WRAPPER_PATH),
+            str(status_path),
+            code,
+            str(cwd),
+            switch.setpriv or "" if switch else "",
+            str(switch.uid) if switch else "",
+            str(switch.gid) if switch else "",
+        ]
         # posix_spawn, not subprocess.Popen: no Popen object that could reap the pid behind the
         # RunActor's back (Popen.__del__ / _cleanup), and vfork-speed spawning.
         pid = os.posix_spawn(
@@ -171,21 +193,40 @@ def spawn_attempt(
             setsigmask=(),  # nothing blocked, whatever the calling thread blocks
             setsigdef=_DEFAULT_SIGNALS,
         )
+        os.close(gate_r)
+        gate_r = -1
+        identity = _identity_after_spawn(pid)
+        if prepare is not None:
+            prepare(pid)  # on an exception the gate closes unopened: the wrapper runs nothing
+        os.write(gate_w, b"go\n")
     finally:
         os.close(fd)
-    return _identity_after_spawn(pid)
+        os.close(gate_w)
+        if gate_r >= 0:
+            os.close(gate_r)
+    return identity
 
 
-def _close_other_fds(keep: int) -> list[tuple[int, ...]]:
+def _high_fd(fd: int) -> int:
+    """Move `fd` above the descriptors the child's file actions write (0-2, GATE_FD)."""
+    if fd > GATE_FD:
+        return fd
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, GATE_FD + 1)
+    os.close(fd)
+    return moved
+
+
+def _close_other_fds(keep: tuple[int, ...]) -> list[tuple[int, ...]]:
     closefrom = getattr(os, "POSIX_SPAWN_CLOSEFROM", None)  # Python 3.13+
     if closefrom is not None:
-        return [(closefrom, 3)]
+        # After the dup2s: fd 3 is made valid, then closed; everything above GATE_FD at once.
+        return [(os.POSIX_SPAWN_DUP2, 0, 3), (os.POSIX_SPAWN_CLOSE, 3), (closefrom, GATE_FD + 1)]
     # Python opens everything O_CLOEXEC (PEP 446), so only descriptors someone explicitly made
     # inheritable can leak; close those. (One racing thread could still add one; closefrom won't.)
     actions: list[tuple[int, ...]] = []
     for name in os.listdir("/proc/self/fd"):
         n = int(name)
-        if n < 3 or n == keep:
+        if n < 3 or n in keep:
             continue
         try:
             if os.get_inheritable(n):

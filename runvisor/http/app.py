@@ -9,10 +9,19 @@ import pykka
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from runvisor.actors.isolation import RunIsolation
 from runvisor.config import Settings
 from runvisor.http import health, legacy, v1
 from runvisor.http.auth import TokenTable
-from runvisor.http.keys import CONTROL, HISTORY, REDIS, SETTINGS, SUPERVISOR, TOKENS
+from runvisor.http.keys import (
+    CONTROL,
+    HISTORY,
+    ISOLATION,
+    REDIS,
+    SETTINGS,
+    SUPERVISOR,
+    TOKENS,
+)
 from runvisor.http.middleware import OPERATION_ID, authenticate, errors, request_log
 from runvisor.http.openapi import ROUTES
 from runvisor.store.history import open_history
@@ -29,6 +38,7 @@ def create_app(
     tokens: TokenTable,
     database_url: str,
     redis_url: str,
+    isolation: RunIsolation,
 ) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -37,6 +47,7 @@ def create_app(
     app[SETTINGS] = settings
     app[TOKENS] = tokens
     app[SUPERVISOR] = supervisor
+    app[ISOLATION] = isolation
     app.cleanup_ctx.append(_stores(database_url, redis_url))
     add_routes(app)
     return app

@@ -118,8 +118,9 @@ def require(principal: Principal, role: Role) -> None:
         )
 
 
-def parse_tokens(spec: str) -> TokenTable:
-    """Parse RUNVISOR_TOKENS. Raises SettingsError naming the entry's position, never its secret."""
+def parse_tokens(spec: str, *, setting: str = SETTING) -> TokenTable:
+    """Parse RUNVISOR_TOKENS (or the tokens file's entries). Raises SettingsError naming the
+    entry's position, never its secret."""
     roles = {r.label: r for r in Role}
     table: dict[bytes, Role] = {}
     position = 0
@@ -128,7 +129,7 @@ def parse_tokens(spec: str) -> TokenTable:
         if not entry:
             continue
         position += 1
-        where = f"{SETTING}: entry {position}"
+        where = f"{setting}: entry {position}"
         role_name, sep, token = entry.partition(":")
         if not sep:
             raise SettingsError(f"{where}: expected role:token")

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from runvisor import __version__
 from runvisor.errors import StoreUnavailable
-from runvisor.http.keys import HISTORY, REDIS, SETTINGS
+from runvisor.http.keys import HISTORY, ISOLATION, REDIS, SETTINGS
 from runvisor.http.openapi import build_openapi
 
 READY_TIMEOUT_S = 2.0
@@ -34,7 +34,11 @@ async def readyz(request: web.Request) -> web.Response:
         stores["redis"] = f"down: {exc or 'timed out'}"
     ready = all(v == "ok" for v in stores.values())
     return web.json_response(
-        {"status": "ready" if ready else "unavailable", "stores": stores},
+        {
+            "status": "ready" if ready else "unavailable",
+            "stores": stores,
+            "runs": request.app[ISOLATION].describe(),
+        },
         status=200 if ready else 503,
     )
 

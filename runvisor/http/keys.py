@@ -8,6 +8,7 @@ import pykka
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from runvisor.actors.isolation import RunIsolation
 from runvisor.config import Settings
 from runvisor.http.auth import Principal, TokenTable
 from runvisor.store.history import History
@@ -19,6 +20,7 @@ SUPERVISOR = web.AppKey("supervisor", pykka.ActorProxy[Any])
 HISTORY = web.AppKey("history", History)
 REDIS = web.AppKey("redis", aioredis.Redis)
 CONTROL = web.AppKey("control", RunControl)
+ISOLATION = web.AppKey("isolation", RunIsolation)
 
 # Per request (request[...]): who is asking.
 PRINCIPAL = "runvisor.principal"

@@ -92,6 +92,18 @@ _RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
             "type": "object", "additionalProperties": _STR,
             "description": 'each store (postgres, redis): "ok", or "down: why"',
         },
+        "runs": _obj({
+            "user": {**_STR, "description": "the user runs execute as (RUNVISOR_RUN_AS)"},
+            "uid": _INT,
+            "gid": _INT,
+            "process_tracking": {
+                "type": "string", "enum": ["cgroup", "scan"],
+                "description": "cgroup: one cgroup v2 per attempt; scan: /proc scans",
+            },
+            "cgroup": {"type": ["string", "null"], "description": "this node's cgroup dir"},
+            "cgroup_controllers": {"type": "array", "items": _STR},
+            "no_cgroup_reason": {"type": ["string", "null"]},
+        }),
     }),
     "LegacyCommand": _obj({
         "id": _INT, "code": _STR, "description": _STR, "created_at": _TIME,

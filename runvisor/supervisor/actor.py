@@ -19,6 +19,7 @@ from typing import Any
 import pykka
 
 from runvisor.actors import messages as m
+from runvisor.actors.cgroups import AttemptCgroup
 from runvisor.actors.proctree import kill_attempt_tree
 from runvisor.actors.run_actor import RunActor, RunDeps
 from runvisor.actors.spawn import boot_id
@@ -265,6 +266,7 @@ class Supervisor(pykka.ThreadingActor):
         try:
             runs = self.deps.journal.active_runs_of_node()
             self._clear_leftover_spools(keep={run.id for run in runs})
+            self._clear_leftover_cgroups(runs)
             for run in runs:
                 self._recover_run(run)
         except StoreUnavailable as exc:
@@ -316,6 +318,26 @@ class Supervisor(pykka.ThreadingActor):
                 )
             shutil.rmtree(spool_dir / str(run_id), ignore_errors=True)
             shutil.rmtree(work_dir / str(run_id), ignore_errors=True)
+
+    def _attempt_cgroups(self) -> list[tuple[int, int, AttemptCgroup]]:
+        return list(self.deps.cgroups.existing()) if self.deps.cgroups else []
+
+    def _clear_leftover_cgroups(self, runs: list[Run]) -> None:
+        """Cgroups of attempts this node no longer runs (ended while it was away, or an older
+        attempt of a run): kill what is in them and remove them."""
+        current = {(run.id, run.attempt) for run in runs if run.status is RunStatus.RUNNING}
+        for run_id, attempt_no, cgroup in self._attempt_cgroups():
+            if (run_id, attempt_no) in current:
+                continue
+            killed = self.closer.kill_cgroup(run_id, attempt_no, self.node_id)
+            if killed:
+                log.warning(
+                    "killed processes of an attempt this node no longer runs",
+                    run_id=run_id,
+                    attempt=attempt_no,
+                    processes=killed,
+                    cgroup=str(cgroup.path),
+                )
 
     def _redeliver_stops(self) -> None:
         """Stops recorded in PostgreSQL reach their run even if the message did not (a lossy
@@ -416,6 +438,9 @@ class Supervisor(pykka.ThreadingActor):
                 if run.status is RunStatus.RESTARTING:
                     self._schedule_restart(run.id, 0.0)
                 else:
+                    # When the dead node ran on this machine too, its cgroup of the attempt
+                    # holds every process, even those the marker no longer finds.
+                    self.closer.kill_cgroup(run.id, run.attempt, node)
                     attempt = next((a for a in run.attempts if a.attempt == run.attempt), None)
                     marker = attempt.process_marker if attempt else None
                     self._close(

@@ -7,6 +7,7 @@ import shutil
 import time
 from dataclasses import dataclass
 
+from runvisor.actors.cgroups import AttemptCgroup
 from runvisor.actors.proctree import kill_attempt_tree
 from runvisor.actors.run_actor import RunDeps
 from runvisor.actors.spawn import ProcessIdentity, is_alive
@@ -40,7 +41,7 @@ class AttemptCloser:
         marker: str | None = None,
         local: bool = True,
     ) -> Closed:
-        killed = 0
+        killed = self.kill_cgroup(run_id, attempt_no, self.deps.journal.node_id)
         if marker is not None:
             # First, before any store is asked: the marker alone finds the attempt's processes.
             killed += kill_attempt_tree(leader=None, marker=marker)
@@ -95,6 +96,26 @@ class AttemptCloser:
         return Closed(
             recorded=True, restart_delay_s=decision.restart_delay_s if restarting else None
         )
+
+    def kill_cgroup(self, run_id: int, attempt_no: int, node: str | None) -> int:
+        """Kill and remove the attempt's cgroup, if `node` made one on this machine (the other
+        node's, after a takeover, when both run here)."""
+        tree = self.deps.cgroups
+        if tree is None or node is None:
+            return 0
+        name = tree.attempt(run_id, attempt_no).path.name
+        cgroup = AttemptCgroup(
+            tree.root.parent / f"runvisor-{node}" / name, tree.mount, tree.controllers
+        )
+        if not cgroup.exists():
+            return 0
+        try:
+            killed = cgroup.kill()
+            cgroup.remove()
+        except OSError as exc:
+            log.warning("attempt cgroup not removed", cgroup=str(cgroup.path), error=str(exc))
+            return 0
+        return killed
 
     def _kill(self, pid: int | None, start_ticks: int | None, marker: str, *, local: bool) -> int:
         if local and pid is not None:

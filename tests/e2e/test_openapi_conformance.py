@@ -64,6 +64,7 @@ def router_routes() -> set[tuple[str, str, str]]:
         tokens=parse_tokens(TOKENS),
         database_url="postgresql://unused",
         redis_url="redis://unused",
+        isolation=cast(Any, None),
     )
     return {
         (route.method, cast(str, route.resource.canonical), cast(str, route.name))

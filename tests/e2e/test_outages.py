@@ -7,6 +7,7 @@ The outage is a real one: the node reaches the store through a TCP proxy that th
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from tests.fix_proxy import TcpProxy, proxied_database_url, proxied_redis_url
 from tests.fix_service import Service, wait_until
@@ -19,14 +20,14 @@ PRINTER = (
 
 
 def test_postgres_outage_runs_go_on_and_output_is_complete_after(
-    service_factory, database_url: str, pg_proxy: TcpProxy
+    service_factory, database_url: str, pg_proxy: TcpProxy, shared_dir: Path
 ) -> None:
     service: Service = service_factory(db_url=proxied_database_url(database_url, pg_proxy))
     api = service.api
     side_files = []
     runs = []
     for k in range(3):
-        side = service.data_dir / f"side-{k}.txt"
+        side = shared_dir / f"side-{k}.txt"
         side_files.append(side)
         runs.append(api.run_code(f"({PRINTER.format(n=120)}) | tee {side}"))
     wait_until(lambda: all(api.output(r["id"]) for r in runs), 10, "output from every run")
@@ -53,11 +54,11 @@ def test_postgres_outage_runs_go_on_and_output_is_complete_after(
 
 
 def test_redis_outage_runs_go_on_and_history_is_complete(
-    service_factory, redis_server_url: str, redis_proxy: TcpProxy
+    service_factory, redis_server_url: str, redis_proxy: TcpProxy, shared_dir: Path
 ) -> None:
     service: Service = service_factory(redis_url=proxied_redis_url(redis_server_url, redis_proxy))
     api = service.api
-    side = service.data_dir / "side.txt"
+    side = shared_dir / "side.txt"
     run = api.run_code(f"({PRINTER.format(n=100)}) | tee {side}")
     wait_until(lambda: api.output(run["id"]), 10, "first output")
     redis_proxy.cut()

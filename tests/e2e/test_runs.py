@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from pathlib import Path
 
 from tests.fix_service import Api, wait_until
 
@@ -57,8 +58,8 @@ def test_a_run_killed_by_a_signal_records_the_signal(api: Api) -> None:
     assert api.output(run["id"]) == b"before\n"
 
 
-def test_ten_mebibytes_of_random_bytes_come_back_byte_exact(api: Api, tmp_path) -> None:
-    side = tmp_path / "random.bin"
+def test_ten_mebibytes_of_random_bytes_come_back_byte_exact(api: Api, shared_dir: Path) -> None:
+    side = shared_dir / "random.bin"
     run = api.run_code(f"head -c 10485760 /dev/urandom | tee {side}")
     final = api.wait_finished(run["id"], timeout_s=60)
     assert final["status"] == "succeeded", final

@@ -51,10 +51,11 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_stop_leaves_zero_survivors(service: Service, tmp_path: Path, case: str) -> None:
+def test_stop_leaves_zero_survivors(service: Service, shared_dir: Path, case: str) -> None:
     api = service.api
-    pid_dir = tmp_path / "pids"
-    pid_dir.mkdir()
+    pid_dir = shared_dir / "pids"
+    pid_dir.mkdir(mode=0o777)
+    pid_dir.chmod(0o777)
     run = api.run_code(CASES[case].format(d=pid_dir))
     wait_until(lambda: b"ready" in api.output(run["id"]), 10, "the run to be ready")
     wait_until(lambda: read_pids(pid_dir), 5, "the run to write its pids")
@@ -123,12 +124,12 @@ def test_stopping_a_queued_run_ends_it_without_starting_it(service_factory) -> N
 
 def test_a_leftover_background_job_is_killed_and_counted_when_the_main_process_exits(
     service: Service,
-    tmp_path: Path,
+    shared_dir: Path,
 ) -> None:
     api = service.api
-    run = api.run_code(f"sleep 1000 & echo $! > {tmp_path}/bg.pid; echo main done")
+    run = api.run_code(f"sleep 1000 & echo $! > {shared_dir}/bg.pid; echo main done")
     final = api.wait_finished(run["id"])
     assert final["status"] == "succeeded"
-    bg = int((tmp_path / "bg.pid").read_text())
+    bg = int((shared_dir / "bg.pid").read_text())
     wait_until(lambda: not alive(bg), 5, "the background job to be killed")
     assert final["attempts"][0]["leftovers_killed"] >= 1

@@ -1,0 +1,57 @@
+"""How this node keeps runs apart from the service and from each other: the run user and the
+process-tracking mechanism, decided once at start-up and shown by /readyz."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from runvisor.actors.cgroups import CgroupTree, CgroupUnavailable, open_cgroup_tree
+from runvisor.actors.run_user import RunUser
+from runvisor.errors import SettingsError
+from runvisor.logs import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RunIsolation:
+    run_user: RunUser
+    cgroups: CgroupTree | None
+    # Why there are no cgroups (None when there are).
+    no_cgroup_reason: str | None = None
+
+    @property
+    def process_tracking(self) -> str:
+        """`cgroup` (one cgroup v2 per attempt) or `scan` (/proc scans by marker and session)."""
+        return "cgroup" if self.cgroups is not None else "scan"
+
+    def describe(self) -> dict[str, Any]:
+        """For /readyz: who runs execute as and how their processes are tracked."""
+        return {
+            "user": self.run_user.name,
+            "uid": self.run_user.uid,
+            "gid": self.run_user.gid,
+            "process_tracking": self.process_tracking,
+            "cgroup": str(self.cgroups.root) if self.cgroups else None,
+            "cgroup_controllers": sorted(self.cgroups.controllers) if self.cgroups else [],
+            "no_cgroup_reason": self.no_cgroup_reason,
+        }
+
+
+def choose_process_tracking(mode: str, node_id: str) -> tuple[CgroupTree | None, str | None]:
+    """RUNVISOR_PROCESS_TRACKING: `auto` takes cgroups where they work, `cgroup` insists on
+    them (start-up fails with the reason), `scan` never uses them."""
+    if mode == "scan":
+        return None, "RUNVISOR_PROCESS_TRACKING=scan"
+    try:
+        return open_cgroup_tree(node_id), None
+    except CgroupUnavailable as exc:
+        if mode == "cgroup":
+            raise SettingsError(f"RUNVISOR_PROCESS_TRACKING=cgroup: {exc}") from None
+        log.warning(
+            "no cgroup per attempt; processes are tracked by /proc scans, and a process that "
+            "leaves its session and clears its environment can outlive its run",
+            reason=str(exc),
+        )
+        return None, str(exc)
