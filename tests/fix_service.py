@@ -121,13 +121,13 @@ class Service:
         redis_prefix: str,
         data_dir: Path,
         node_id: str,
-        extra_env: dict[str, str] | None = None,
+        extra_env: dict[str, str | None] | None = None,
     ) -> None:
         self.port = free_port()
         self.node_id = node_id
         self.data_dir = data_dir
         self.log_path = data_dir / f"service-{node_id}.log"
-        self.env = {
+        self.env: dict[str, str] = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/root"),
             "RUNVISOR_DATABASE_URL": database_url,
@@ -139,8 +139,13 @@ class Service:
             "RUNVISOR_TOKENS": TOKENS,
             "RUNVISOR_LOG_FORMAT": "json",
             "RUNVISOR_FLUSH_INTERVAL_S": "0.2",
-            **(extra_env or {}),
         }
+        # A value of None in extra_env unsets that variable.
+        for name, value in (extra_env or {}).items():
+            if value is None:
+                self.env.pop(name, None)
+            else:
+                self.env[name] = value
         self.proc: subprocess.Popen[bytes] | None = None
         self.api = Api(f"http://127.0.0.1:{self.port}")
 
@@ -215,7 +220,7 @@ def service_factory(
         *,
         db_url: str | None = None,
         redis_url: str | None = None,
-        **extra_env: str,
+        **extra_env: str | None,
     ) -> Service:
         node = node_id or f"node-{len(started) + 1}-{os.getpid()}-{id(request) % 10000}"
         service = Service(

@@ -26,7 +26,7 @@ from runvisor.actors.spawn import (
     spawn_attempt,
 )
 
-from .fix_processes import Procs, leak_guard, marker, procs  # noqa: F401
+from .fix_processes import Attempt, Procs, leak_guard, marker, procs  # noqa: F401
 
 MIB = 1024 * 1024
 # Bits of the signals 1-31 in a /proc/PID/status signal mask. glibc's posix_spawn leaves its two
@@ -365,3 +365,47 @@ def test_spawn_failures_raise_and_leak_no_descriptor(procs: Procs, tmp_path: Pat
         spawn_attempt(**{**good, "spool_path": tmp_path / "o", "code": "#" * 200_000})  # type: ignore[arg-type]
     assert too_long.value.errno == errno.E2BIG
     assert _open_fds() == before
+
+
+# --- the go-ahead gate: nothing of the run executes before the service has prepared it --------
+
+
+def test_the_wrapper_runs_nothing_when_prepare_fails(procs: Procs, tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    def refuse(pid: int) -> None:
+        seen.append(pid)
+        raise OSError(errno.EPERM, "prepare failed")
+
+    with pytest.raises(OSError, match="prepare failed"):
+        spawn_attempt(
+            code=f"touch {tmp_path}/ran",
+            env=procs.env,
+            spool_path=tmp_path / "out",
+            status_path=tmp_path / "status",
+            cwd=tmp_path,
+            prepare=refuse,
+        )
+    [pid] = seen
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 125
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "status").exists()
+
+
+def test_prepare_runs_before_any_code_of_the_run(procs: Procs, tmp_path: Path) -> None:
+    """prepare() sees the wrapper still waiting: the run's first command has not run yet."""
+    states: list[bool] = []
+
+    def check(pid: int) -> None:
+        states.append((tmp_path / "ran").exists())
+
+    identity = spawn_attempt(
+        code=f"touch {tmp_path}/ran",
+        env=procs.env,
+        spool_path=tmp_path / "out",
+        status_path=tmp_path / "status",
+        cwd=tmp_path,
+        prepare=check,
+    )
+    assert procs.wait_exit(Attempt(identity, tmp_path / "out", tmp_path / "status")).succeeded
+    assert states == [False] and (tmp_path / "ran").exists()
