@@ -140,12 +140,23 @@ def secure_data_dir(settings: Settings, run_user: RunUser) -> None:
     """The data dir and spool only for the service; work/ only traversable, so that a run user
     reaches its own working directory (0700, its own) and can list nothing else there."""
     traversable = 0o711 if run_user.switches else 0o700
-    # 0711 even without a run user: the embedded PostgreSQL runs as its own user under it.
-    settings.data_dir.chmod(0o711)
     settings.spool_dir.mkdir(mode=0o700, exist_ok=True)
-    settings.spool_dir.chmod(0o700)
     settings.work_dir.mkdir(mode=traversable, exist_ok=True)
-    settings.work_dir.chmod(traversable)
+    # 0711 even without a run user: the embedded PostgreSQL runs as its own user under it.
+    for path, mode in (
+        (settings.data_dir, 0o711),
+        (settings.spool_dir, 0o700),
+        (settings.work_dir, traversable),
+    ):
+        try:
+            path.chmod(mode)
+        except OSError as exc:  # not ours (a shared mount, say): say so, do not refuse to start
+            log.warning(
+                "cannot set the mode of a data directory",
+                path=str(path),
+                mode=oct(mode),
+                error=exc.strerror,
+            )
     if run_user.switches:
         blocked = _untraversable_ancestor(settings.data_dir, run_user)
         if blocked is not None:
