@@ -12,6 +12,8 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate as validate_spec
 
+from runvisor.actors.isolation import RunIsolation
+from runvisor.actors.run_user import RunUser
 from runvisor.http import serialize
 from runvisor.http.auth import Role
 from runvisor.http.openapi import REQUIRED_ROLES, ROUTES, build_openapi
@@ -224,7 +226,16 @@ def test_response_shapes_match_serialize(doc: dict[str, Any]) -> None:
     check_shape(doc, "LegacyRun", serialize.legacy_run_json(run, command, None))
     check_shape(doc, "LegacyError", serialize.legacy_error_json(NotFound("nope")))
     check_shape(doc, "Health", {"status": "ok"})
-    down = {"status": "unavailable", "stores": {"postgres": "ok", "redis": "down: refused"}}
+    isolation = RunIsolation(
+        run_user=RunUser(65534, 65534, "nobody", "/nonexistent", "/usr/bin/setpriv"),
+        cgroups=None,
+        no_cgroup_reason="no cgroup v2 hierarchy is mounted",
+    )
+    down = {
+        "status": "unavailable",
+        "stores": {"postgres": "ok", "redis": "down: refused"},
+        "runs": isolation.describe(),
+    }
     check_shape(doc, "Readiness", down)
     with pytest.raises(jsonschema.ValidationError):
         check_shape(doc, "Command", {**serialize.command_json(command), "surprise": 1})
