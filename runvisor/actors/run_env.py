@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from runvisor.env_names import forbidden_reason
+from runvisor.logs import get_logger
+
+log = get_logger(__name__)
+
 # Taken from the service's environment: harmless, and needed for bash to behave normally.
 PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME", "SHELL", "TMPDIR")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -22,7 +27,13 @@ def run_environment(
     source = os.environ if service_env is None else service_env
     env = {name: source[name] for name in PASSED_THROUGH if name in source}
     env.setdefault("PATH", DEFAULT_PATH)
-    env.update(requested)
+    for name, value in requested.items():
+        # The HTTP layer refuses these names; a run stored before that rule may still hold one.
+        reason = forbidden_reason(name)
+        if reason is not None:
+            log.warning("run variable dropped", run_id=run_id, variable=name, reason=reason)
+            continue
+        env[name] = value
     # Set last, so a request cannot forge them (the HTTP layer also rejects RUNVISOR_* names).
     env["PYTHONUNBUFFERED"] = "1"
     env["RUNVISOR_RUN_ID"] = str(run_id)
