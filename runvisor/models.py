@@ -42,6 +42,12 @@ class AttemptEndReason(StrEnum):
     ACTOR_FAILED = "actor_failed"
 
 
+# Per-command resource limits (setrlimit(2)): CPU seconds, address space, largest file written,
+# open files, processes. Each value is a positive int or "unlimited"; a missing name takes the
+# node's default.
+LIMIT_NAMES = ("cpu", "as", "fsize", "nofile", "nproc")
+
+
 class RestartPolicyKind(StrEnum):
     NEVER = "never"
     ON_FAILURE = "on-failure"
@@ -87,6 +93,8 @@ class Command:
     stuck_after_s: float | None
     restart: dict[str, Any]
     max_output_bytes: int
+    env: dict[str, str | None]  # the variables a run may set -> default value (None: none)
+    limits: dict[str, int | str]  # LIMIT_NAMES -> positive int or "unlimited"
 
 
 @dataclass(slots=True)
@@ -134,7 +142,7 @@ class Run:
     stuck_after_s: float | None
     restart: dict[str, Any]
     max_output_bytes: int
-    limits: dict[str, int | str] = field(default_factory=dict)
+    limits: dict[str, int | str]  # copied from the command when the run was created
     attempts: list[Attempt] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -156,6 +164,8 @@ class CommandSpec:
     stuck_after_s: float | None = None
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     max_output_bytes: int | None = None  # None: the RUNVISOR_MAX_OUTPUT_BYTES default
+    env: dict[str, str | None] = field(default_factory=dict)  # declared variables -> default
+    limits: dict[str, int | str] = field(default_factory=dict)  # absent name: node default
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from runvisor.actors.run_user import RunUser
+from runvisor.env_names import forbidden_reason
+from runvisor.logs import get_logger
+
+log = get_logger(__name__)
 
 # Taken from the service's environment: harmless, and needed for bash to behave normally.
 PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME", "SHELL", "TMPDIR")
@@ -32,7 +36,13 @@ def run_environment(
         # Its own working directory is the one place it may write for sure.
         env["USER"] = env["LOGNAME"] = run_user.name
         env["HOME"] = str(work_dir) if work_dir is not None else (run_user.home or "/")
-    env.update(requested)
+    for name, value in requested.items():
+        # The HTTP layer refuses these names; a run stored before that rule may still hold one.
+        reason = forbidden_reason(name)
+        if reason is not None:
+            log.warning("run variable dropped", run_id=run_id, variable=name, reason=reason)
+            continue
+        env[name] = value
     # Set last, so a request cannot forge them (the HTTP layer also rejects RUNVISOR_* names).
     env["PYTHONUNBUFFERED"] = "1"
     env["RUNVISOR_RUN_ID"] = str(run_id)

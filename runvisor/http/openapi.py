@@ -15,13 +15,14 @@ from runvisor.http.auth import Role
 from runvisor.http.schemas import (
     DEFAULT_PAGE_LIMIT,
     LEGACY_PAGE_LIMIT,
+    LIMIT_SCHEMA,
     MAX_ID,
     CommandIn,
     LegacyCommandIn,
     RunIn,
     StopIn,
 )
-from runvisor.models import RunStatus
+from runvisor.models import LIMIT_NAMES, RunStatus
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -48,6 +49,10 @@ _STATUS_FILTER = {"type": "string", "enum": [*(str(s) for s in RunStatus), "acti
 _LEGACY_STATUS = {"type": "string", "enum": ["RUNNING", "COMPLETED", "STOPPED"]}
 _ENV_KEYS_TEXT = "names only: values stay secret"
 _ERROR_ITEM = _obj({"field": _STR, "message": _STR, "type": _STR})
+_ENV_DECLARED = {
+    "type": "object", "additionalProperties": _NSTR,
+    "description": "the variables a run may set, each with its default value or null (none)",
+}
 
 # Response shapes; serialize.py builds exactly these (tests/http/test_openapi.py checks it).
 _RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -58,8 +63,12 @@ _RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
     "Command": _obj({
         "id": _INT, "name": _NSTR, "code": _STR, "description": _STR, "created_at": _TIME,
         "timeout_s": _NNUM, "stuck_after_s": _NNUM, "restart": _ref("RestartPolicy"),
-        "max_output_bytes": _INT,
+        "max_output_bytes": _INT, "env": _ENV_DECLARED, "limits": _ref("Limits"),
     }),
+    "Limits": {
+        **_obj({name: LIMIT_SCHEMA for name in LIMIT_NAMES}, optional=LIMIT_NAMES),
+        "description": "resource limits of the runs; a name left out takes the node's default",
+    },
     "Attempt": _obj({
         "attempt": _INT, "node": _STR, "pid": _NINT, "started_at": _TIME, "finished_at": _NTIME,
         "exit_code": _NINT, "signal": _SIGNAL, "reason": _NSTR,
@@ -78,7 +87,7 @@ _RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
         "output_bytes": _INT, "output_truncated": _BOOL,
         "stop_requested_by": _n("string", description="a principal, e.g. operator:1a2b3c4d"),
         "stop_requested_at": _NTIME, "code": _STR, "timeout_s": _NNUM, "stuck_after_s": _NNUM,
-        "restart": _ref("RestartPolicy"), "max_output_bytes": _INT,
+        "restart": _ref("RestartPolicy"), "max_output_bytes": _INT, "limits": _ref("Limits"),
         "env_keys": {"type": "array", "items": _STR, "description": _ENV_KEYS_TEXT},
     }),
     "Error": _obj({"error": _obj(

@@ -17,16 +17,20 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from runvisor.config import Settings
+from runvisor.env_names import forbidden_pattern, forbidden_reason
 from runvisor.errors import BadRequest, NotFound, Unprocessable, UnsupportedMediaType
 from runvisor.models import (
     ACTIVE_STATUSES,
+    LIMIT_NAMES,
     TERMINAL_STATUSES,
     CommandSpec,
     RestartPolicy,
@@ -42,6 +46,8 @@ MAX_SECONDS = 31_536_000  # one year
 DEFAULT_PAGE_LIMIT = 50  # v1 lists without ?limit=
 LEGACY_PAGE_LIMIT = 10  # the original's default for GET /commands
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+MAX_ENV_VARIABLES = 100
+MAX_LIMIT = 2**62  # a resource limit's largest number (RLIM_INFINITY is 2^64 - 1)
 _DEFAULT_MAX_CODE_BYTES: int = Settings.__dataclass_fields__["max_code_bytes"].default
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() would accept "²" and "٣"
@@ -71,10 +77,17 @@ def _no_control(value: str) -> str:
     return value
 
 
+class _NameRefused(ValueError):
+    """A variable name that matches the pattern but may never be set: reported as is."""
+
+
 def _env_name(name: str) -> str:
     # RUNVISOR_* is ours (RUNVISOR_RUN_ID, the attempt marker): a run must not forge them.
     if name.startswith("RUNVISOR_"):
         raise ValueError("the RUNVISOR_ prefix is reserved")
+    reason = forbidden_reason(name)
+    if reason is not None:
+        raise _NameRefused(f"{reason}; not allowed")
     return name
 
 
@@ -100,9 +113,44 @@ EnvName = Annotated[str, Field(pattern=ENV_NAME_PATTERN), AfterValidator(_env_na
 EnvValue = Annotated[str, AfterValidator(_env_value)]
 # patternProperties alone would let other names through; propertyNames documents the rule.
 _ENV_SCHEMA: dict[str, Any] = {
-    "propertyNames": {"pattern": ENV_NAME_PATTERN, "not": {"pattern": "^RUNVISOR_"}}
+    "propertyNames": {
+        "pattern": ENV_NAME_PATTERN,
+        "not": {"pattern": "^RUNVISOR_|" + forbidden_pattern()},
+    }
 }
-Env = Annotated[dict[EnvName, EnvValue], Field(max_length=100, json_schema_extra=_ENV_SCHEMA)]
+Env = Annotated[
+    dict[EnvName, EnvValue],
+    Field(
+        max_length=MAX_ENV_VARIABLES,
+        json_schema_extra=_ENV_SCHEMA,
+        description="variables to set; each must be declared by the command",
+    ),
+]
+EnvDeclaration = Annotated[
+    dict[EnvName, EnvValue | None],
+    Field(
+        max_length=MAX_ENV_VARIABLES,
+        json_schema_extra=_ENV_SCHEMA,
+        description="the variables a run may set, each with its default value or null (none)",
+    ),
+]
+
+
+def _limit_value(value: Any) -> int | str:
+    # One plain check instead of a union: a union would report one error per member.
+    if value == "unlimited":
+        return "unlimited"
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError('must be a positive integer or "unlimited"')
+    if not 1 <= value <= MAX_LIMIT:
+        raise ValueError(f'must be from 1 to 2^62 ({MAX_LIMIT}), or "unlimited"')
+    return value
+
+
+LIMIT_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, {"const": "unlimited"}]
+}
+LimitValue = Annotated[int | str, PlainValidator(_limit_value), WithJsonSchema(LIMIT_SCHEMA)]
 
 
 class RestartIn(BaseModel):
@@ -135,6 +183,22 @@ class RestartIn(BaseModel):
         )
 
 
+class LimitsIn(BaseModel):
+    """Resource limits of the command's runs; a key left out (or null) takes the node's default."""
+
+    model_config = _STRICT
+
+    cpu: LimitValue | None = Field(None, description="CPU time, seconds")
+    as_: LimitValue | None = Field(None, alias="as", description="address space, bytes")
+    fsize: LimitValue | None = Field(None, description="largest file a run may write, bytes")
+    nofile: LimitValue | None = Field(None, description="open files")
+    nproc: LimitValue | None = Field(None, description="processes")
+
+    def to_limits(self) -> dict[str, int | str]:
+        values = self.model_dump(by_alias=True)
+        return {name: values[name] for name in LIMIT_NAMES if values[name] is not None}
+
+
 class CommandIn(BaseModel):
     model_config = _STRICT
 
@@ -145,6 +209,8 @@ class CommandIn(BaseModel):
     stuck_after_s: Seconds | None = None
     restart: RestartIn | None = None
     max_output_bytes: Annotated[int, Field(ge=1, le=2**40)] | None = None
+    env: EnvDeclaration | None = None
+    limits: LimitsIn | None = None
 
     _code = field_validator("code")(_check_code)
 
@@ -157,6 +223,8 @@ class CommandIn(BaseModel):
             stuck_after_s=self.stuck_after_s,
             restart=self.restart.to_policy() if self.restart else RestartPolicy(),
             max_output_bytes=self.max_output_bytes,
+            env=dict(self.env or {}),
+            limits=self.limits.to_limits() if self.limits else {},
         )
 
 
@@ -371,7 +439,11 @@ def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
         message = _MESSAGES[kind].format(**ctx)
     else:
         message = error["msg"]
-    if is_key and kind != "string_pattern_mismatch":
+    if (
+        is_key
+        and kind != "string_pattern_mismatch"
+        and not isinstance(ctx.get("error"), _NameRefused)
+    ):
         message = f"invalid variable name: {message}"
     return path, message
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from runvisor.errors import RunvisorError
-from runvisor.models import Attempt, Command, RestartPolicy, Run, RunStatus
+from runvisor.models import LIMIT_NAMES, Attempt, Command, RestartPolicy, Run, RunStatus
 
 
 def timestamp(value: datetime | None) -> str | None:
@@ -28,6 +28,11 @@ def _restart(data: dict[str, Any]) -> dict[str, Any]:
     return RestartPolicy.from_json(data).to_json()
 
 
+def _limits(data: dict[str, int | str]) -> dict[str, int | str]:
+    # jsonb keeps keys in its own order: show them in LIMIT_NAMES order.
+    return {name: data[name] for name in LIMIT_NAMES if name in data}
+
+
 def command_json(c: Command) -> dict[str, Any]:
     return {
         "id": c.id,
@@ -39,6 +44,9 @@ def command_json(c: Command) -> dict[str, Any]:
         "stuck_after_s": c.stuck_after_s,
         "restart": _restart(c.restart),
         "max_output_bytes": c.max_output_bytes,
+        # Defaults are set by an admin and are not secrets (unlike a run's values).
+        "env": dict(sorted(c.env.items())),
+        "limits": _limits(c.limits),
     }
 
 
@@ -84,6 +92,7 @@ def run_json(r: Run) -> dict[str, Any]:
         "stuck_after_s": r.stuck_after_s,
         "restart": _restart(r.restart),
         "max_output_bytes": r.max_output_bytes,
+        "limits": _limits(r.limits),
         # Values may be secrets (API keys handed to a script): only the names are shown.
         "env_keys": sorted(r.env),
     }

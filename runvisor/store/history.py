@@ -12,7 +12,7 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from runvisor.errors import Conflict, NotFound, StoreUnavailable
+from runvisor.errors import Conflict, NotFound, StoreUnavailable, Unprocessable
 from runvisor.models import (
     ACTIVE_STATUSES,
     Attempt,
@@ -81,8 +81,8 @@ class History:
     async def create_command(self, spec: CommandSpec, *, actor: str) -> Command:
         query = sql.SQL(
             "INSERT INTO commands (name, code, description, timeout_s, stuck_after_s, restart,"
-            " max_output_bytes, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-            " RETURNING {}"
+            " max_output_bytes, env, limits, created_by)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {}"
         ).format(COMMAND_COLUMNS)
         max_output = spec.max_output_bytes or self._default_max_output_bytes
         async with self._conn() as conn, conn.transaction():
@@ -97,6 +97,8 @@ class History:
                     spec.stuck_after_s,
                     Jsonb(spec.restart.to_json()),
                     max_output,
+                    Jsonb(spec.env),
+                    Jsonb(spec.limits),
                     actor,
                 ),
             )
@@ -152,16 +154,25 @@ class History:
     # Runs
 
     async def create_run(self, command_id: int, spec: RunSpec, *, actor: str) -> Run:
-        """Insert a queued run with the command's settings, overridden by `spec`."""
+        """Insert a queued run with the command's settings, overridden by `spec`.
+
+        The run may set only the variables its command declares (Unprocessable otherwise); its
+        env is the command's defaults overridden by `spec.env`.
+        """
         async with self._conn() as conn, conn.transaction():
             command = await _fetch_command(conn, command_id, lock=True)
             if command is None:
                 raise NotFound(f"command {command_id} not found")
+            undeclared = sorted(name for name in spec.env if name not in command.env)
+            if undeclared:
+                raise _undeclared_env(command.id, undeclared)
+            env = {name: value for name, value in command.env.items() if value is not None}
+            env.update(spec.env)
             restart = spec.restart.to_json() if spec.restart is not None else command.restart
             query = sql.SQL(
                 "INSERT INTO runs (command_id, code, env, timeout_s, stuck_after_s, restart,"
-                " max_output_bytes, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                " RETURNING {}"
+                " max_output_bytes, limits, created_by)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {}"
             ).format(RUN_COLUMNS)
             cur = conn.cursor(row_factory=class_row(Run))
             await cur.execute(
@@ -169,11 +180,12 @@ class History:
                 (
                     command.id,
                     command.code,
-                    Jsonb(spec.env),
+                    Jsonb(env),
                     spec.timeout_s if spec.timeout_s is not None else command.timeout_s,
                     spec.stuck_after_s if spec.stuck_after_s is not None else command.stuck_after_s,
                     Jsonb(restart),
                     command.max_output_bytes,
+                    Jsonb(command.limits),
                     actor,
                 ),
             )
@@ -340,6 +352,21 @@ async def _audit(
     detail: dict[str, Any] | None = None,
 ) -> None:
     await conn.execute(AUDIT_INSERT, (actor, action, command_id, run_id, Jsonb(detail or {})))
+
+
+def _undeclared_env(command_id: int, names: list[str]) -> Unprocessable:
+    """The 422 for variables the command does not declare, shaped as schemas.validate's."""
+    message = f"not declared by command {command_id}; a run may set only the variables its"
+    message += " command declares"
+    details = [
+        {"field": f"env.{name}", "message": message, "type": "not_declared"} for name in names
+    ]
+    shown = "; ".join(f"{d['field']}: {d['message']}" for d in details[:20])
+    if len(details) > 20:
+        shown += f"; and {len(details) - 20} more"
+    problem = Unprocessable(shown)
+    problem.details = details  # type: ignore[attr-defined]  # read by the error middleware
+    return problem
 
 
 def _first_line(exc: BaseException) -> str:

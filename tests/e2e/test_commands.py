@@ -73,7 +73,7 @@ def test_output_over_the_cap_is_truncated_and_the_run_goes_on(api: Api) -> None:
 
 
 def test_run_overrides_take_precedence_over_the_command(api: Api) -> None:
-    command = api.create_command("sleep 30", timeout_s=100)
+    command = api.create_command("sleep 30", timeout_s=100, env={"X": None})
     run = api.start_run(command["id"], timeout_s=0.5, env={"X": "1"})
     assert run["timeout_s"] == 0.5
     assert api.wait_finished(run["id"], timeout_s=15)["status"] == "timed_out"

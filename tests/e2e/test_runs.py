@@ -92,7 +92,8 @@ def test_a_run_that_writes_then_exits_at_once_loses_nothing(api: Api) -> None:
 
 
 def test_the_run_environment_holds_none_of_the_service_settings(api: Api) -> None:
-    run = api.run_code("env", env={"GREETING": "hello"})
+    command = api.create_command("env", env={"GREETING": None})
+    run = api.start_run(command["id"], env={"GREETING": "hello"})
     api.wait_finished(run["id"])
     names = {line.split("=", 1)[0] for line in api.output(run["id"]).decode().splitlines()}
     values = api.output(run["id"]).decode()

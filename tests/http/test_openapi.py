@@ -243,6 +243,14 @@ def test_response_shapes_match_serialize(doc: dict[str, Any]) -> None:
         check_shape(
             doc, "Run", {k: v for k, v in serialize.run_json(run).items() if k != "env_keys"}
         )
+    # env and limits: declared names with a default or null; limits by name, none required.
+    check_shape(doc, "Command", serialize.command_json(make_command(env={}, limits={})))
+    check_shape(doc, "Run", serialize.run_json(make_run(limits={})))
+    for bad in ({"limits": {"cpu": 0}}, {"limits": {"rss": 1}}, {"env": {"A": 1}}):
+        with pytest.raises(jsonschema.ValidationError):
+            check_shape(doc, "Command", {**serialize.command_json(command), **bad})
+    with pytest.raises(jsonschema.ValidationError):
+        check_shape(doc, "Run", {**serialize.run_json(run), "limits": {"nproc": "lots"}})
 
 
 def test_request_schemas_accept_what_the_models_accept(doc: dict[str, Any]) -> None:
@@ -259,3 +267,15 @@ def test_request_schemas_accept_what_the_models_accept(doc: dict[str, Any]) -> N
         check_shape(doc, "RunIn", {"env": {"RUNVISOR_X": "1"}})
     with pytest.raises(jsonschema.ValidationError):
         check_shape(doc, "RunIn", {"env": {"1A": "1"}})
+    declared = {"GREETING": "hello", "TARGET": None}
+    limits = {"cpu": 10, "as": "unlimited", "fsize": 2**62, "nofile": None}
+    check_shape(doc, "CommandIn", {"code": "echo", "env": declared, "limits": limits})
+    # Names that change what runs are refused by the document too, in both places.
+    for name in ("BASH_ENV", "LD_PRELOAD", "PATH", "LC_ALL", "GIT_PAGER", "Http_Proxy"):
+        with pytest.raises(jsonschema.ValidationError):
+            check_shape(doc, "RunIn", {"env": {name: "x"}})
+        with pytest.raises(jsonschema.ValidationError):
+            check_shape(doc, "CommandIn", {"code": "echo", "env": {name: None}})
+    for bad_limits in ({"cpu": 0}, {"as": 2**62 + 1}, {"nproc": "5"}, {"rss": 1}):
+        with pytest.raises(jsonschema.ValidationError):
+            check_shape(doc, "CommandIn", {"code": "echo", "limits": bad_limits})

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from runvisor.errors import BadRequest, NotFound, Unprocessable, UnsupportedMediaType
 from runvisor.http.schemas import (
     MAX_ID,
+    MAX_LIMIT,
     CommandIn,
     LegacyCommandIn,
     RestartIn,
@@ -342,6 +343,80 @@ def test_env_names_are_case_sensitive_about_the_reserved_prefix() -> None:
     assert check(RunIn, {"env": {"runvisor_x": "1"}}).env == {"runvisor_x": "1"}
 
 
+@pytest.mark.parametrize(
+    "name", ["BASH_ENV", "LD_PRELOAD", "PATH", "PS4", "SHELLOPTS", "LC_ALL", "PYTHONPATH",
+             "GIT_SSH_COMMAND", "http_proxy", "BASH_FUNC_x"]
+)  # fmt: skip
+def test_names_that_change_what_runs_are_refused_in_a_run_and_a_declaration(name: str) -> None:
+    for model, body in (
+        (RunIn, {"env": {name: "$(id >&2)", "OK": "1"}}),
+        (CommandIn, {"code": "echo benign", "env": {name: None, "OK": None}}),
+        (CommandIn, {"code": "echo benign", "env": {name: "x"}}),
+    ):
+        found = problems(model, body)
+        assert list(found) == [f"env.{name}"], found
+        # Said as the reason, not as a malformed name.
+        assert found[f"env.{name}"].endswith("; not allowed"), found
+        assert "invalid variable name" not in found[f"env.{name}"]
+    assert "shell executes" in problems(RunIn, {"env": {"BASH_ENV": "x"}})["env.BASH_ENV"]
+
+
+def test_a_command_declares_variables_with_defaults_or_null() -> None:
+    body = {"code": "echo", "env": {"GREETING": "hello", "TARGET": None, "EMPTY": ""}}
+    spec = check(CommandIn, body).to_spec()
+    assert spec.env == {"GREETING": "hello", "TARGET": None, "EMPTY": ""}
+    assert check(CommandIn, {"code": "echo", "env": None}).to_spec().env == {}
+    many = {f"V{i}": None for i in range(100)}
+    assert len(check(CommandIn, {"code": "x", "env": many}).to_spec().env) == 100
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "phrase"),
+    [
+        ({f"V{i}": None for i in range(101)}, "env", "at most 100 entries"),
+        ({"1A": None}, "env.1A", "invalid variable name"),
+        ({"RUNVISOR_X": None}, "env.RUNVISOR_X", "RUNVISOR_ prefix is reserved"),
+        ({"A": "a\x00b"}, "env.A", "NUL"),
+        ({"A": "é" * 16385}, "env.A", "32768 bytes"),
+        ({"A": 1}, "env.A", "must be a string"),
+        ({"A": True}, "env.A", "must be a string"),
+    ],
+)
+def test_declaration_problems(env: dict[str, Any], field: str, phrase: str) -> None:
+    found = problems(CommandIn, {"code": "x", "env": env})
+    assert phrase in found[field], found
+
+
+def test_command_limits() -> None:
+    body = {"code": "x", "limits": {"cpu": 10, "as": MAX_LIMIT, "fsize": "unlimited",
+                                    "nofile": 1, "nproc": None}}  # fmt: skip
+    assert check(CommandIn, body).to_spec().limits == {
+        "cpu": 10, "as": MAX_LIMIT, "fsize": "unlimited", "nofile": 1
+    }  # fmt: skip
+    assert check(CommandIn, {"code": "x", "limits": {}}).to_spec().limits == {}
+    assert check(CommandIn, {"code": "x"}).to_spec() == CommandSpec(code="x")
+
+
+@pytest.mark.parametrize(
+    ("limits", "field", "phrase"),
+    [
+        ({"cpu": 0}, "limits.cpu", "from 1 to"),
+        ({"as": -1}, "limits.as", "from 1 to"),
+        ({"fsize": MAX_LIMIT + 1}, "limits.fsize", "from 1 to"),
+        ({"nofile": 1.5}, "limits.nofile", "positive integer"),
+        ({"nproc": "5"}, "limits.nproc", "positive integer"),
+        ({"cpu": "Unlimited"}, "limits.cpu", "positive integer"),
+        ({"cpu": True}, "limits.cpu", "positive integer"),
+        ({"as_": 1}, "limits.as_", "unknown field"),
+        ({"rss": 1}, "limits.rss", "unknown field"),
+        ("unlimited", "limits", "must be an object"),
+    ],
+)
+def test_limit_problems(limits: Any, field: str, phrase: str) -> None:
+    found = problems(CommandIn, {"code": "x", "limits": limits})
+    assert phrase in found[field], found
+
+
 def test_stop() -> None:
     assert check(StopIn, {}).grace_s is None
     assert check(StopIn, {"grace_s": 0}).grace_s == 0
@@ -391,7 +466,7 @@ _json_values = st.recursive(
 _field_names = st.sampled_from(
     ["code", "Code", "name", "description", "timeout_s", "stuck_after_s", "restart", "policy",
      "max_restarts", "window_s", "backoff_s", "backoff_max_s", "max_output_bytes", "env",
-     "grace_s", "A", "_x"]
+     "grace_s", "A", "_x", "limits", "cpu", "as", "PATH"]
 ) | st.text(max_size=10)  # fmt: skip
 _objects = st.dictionaries(
     _field_names, _json_values | st.dictionaries(_field_names, _json_values), max_size=6

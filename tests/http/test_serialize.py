@@ -27,13 +27,13 @@ T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 T0_JSON = "2024-05-01T12:00:00.000000Z"
 
 COMMAND_FIELDS = {"id", "name", "code", "description", "created_at", "timeout_s", "stuck_after_s",
-                  "restart", "max_output_bytes"}  # fmt: skip
+                  "restart", "max_output_bytes", "env", "limits"}  # fmt: skip
 RUN_FIELDS = {  # DESIGN.md §6, then the additions of the brief
     "id", "command_id", "status", "exit_code", "signal", "reason", "node", "pid", "attempt",
     "restart_count", "next_attempt_at", "attempts", "created_at", "started_at", "finished_at",
     "output_bytes", "output_truncated", "stop_requested_by",
     "code", "timeout_s", "stuck_after_s", "restart", "max_output_bytes", "stop_requested_at",
-    "env_keys",
+    "env_keys", "limits",
 }  # fmt: skip
 ATTEMPT_FIELDS = {"attempt", "node", "pid", "started_at", "finished_at", "exit_code", "signal",
                   "reason", "output_offset", "leftovers_killed"}  # fmt: skip
@@ -50,6 +50,8 @@ def make_command(**changes: Any) -> Command:
         stuck_after_s=30.0,
         restart={"policy": "never"},
         max_output_bytes=1024,
+        env={"GREETING": "hello", "TARGET": None},
+        limits={"cpu": 10, "as": "unlimited"},
     )
     return dataclasses.replace(base, **changes)
 
@@ -101,6 +103,7 @@ def make_run(**changes: Any) -> Run:
         stuck_after_s=None,
         restart={"policy": "on-failure", "max_restarts": 2},
         max_output_bytes=1024,
+        limits={"nofile": 256, "fsize": "unlimited"},
         attempts=[
             make_attempt(2),
             make_attempt(1, finished_at=T0 + timedelta(seconds=1.5), exit_code=1, reason="exited"),
@@ -137,6 +140,14 @@ def test_command_json() -> None:
         "backoff_s": 1.0,
         "backoff_max_s": 60.0,
     }
+    # The declared variables with their defaults (admin-set, not secret), and the limits.
+    assert out["env"] == {"GREETING": "hello", "TARGET": None}
+    assert out["limits"] == {"cpu": 10, "as": "unlimited"}
+    # Shown in a fixed order, whatever order the store gives them.
+    reordered = make_command(env={"B": None, "A": "1"}, limits={"nproc": 5, "as": 1, "cpu": 2})
+    assert list(command_json(reordered)["env"]) == ["A", "B"]
+    assert list(command_json(reordered)["limits"]) == ["cpu", "as", "nproc"]
+    assert command_json(make_command(env={}, limits={}))["limits"] == {}
     json.dumps(out)
 
 
@@ -152,6 +163,8 @@ def test_run_json_fields() -> None:
         assert set(attempt) == ATTEMPT_FIELDS
     assert out["attempts"][0]["finished_at"] == "2024-05-01T12:00:01.500000Z"
     assert out["attempts"][1]["output_offset"] == 10
+    assert out["limits"] == {"nofile": 256, "fsize": "unlimited"}
+    assert run_json(make_run(limits={}))["limits"] == {}
     json.dumps(out)
 
 
