@@ -297,3 +297,16 @@ def test_a_run_cannot_reach_the_embedded_servers_files_or_sockets(service_factor
     final, out = finished_output(api, code)
     assert final["status"] == "succeeded", out
     assert out.count(": refused") == len(probes), out
+
+
+def test_a_commands_limits_override_the_nodes_defaults(service_factory) -> None:
+    service: Service = service_factory(RUNVISOR_RUN_LIMITS="nofile=256,cpu=30")
+    api = service.api
+    command = api.create_command(
+        "echo $(ulimit -n) $(ulimit -t) $(ulimit -u)",
+        limits={"nofile": 100, "cpu": "unlimited", "nproc": 77},
+    )
+    run = api.start_run(command["id"])
+    final = api.wait_finished(run["id"])
+    assert final["status"] == "succeeded" and final["limits"] == command["limits"]
+    assert api.output(run["id"]) == b"100 unlimited 77\n"
