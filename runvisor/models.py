@@ -176,3 +176,17 @@ class RunSpec:
     stuck_after_s: float | None = None
     restart: RestartPolicy | None = None
     env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One row of the audit table: who (a principal or node:NAME) did what, to which command
+    or run."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    command_id: int | None
+    run_id: int | None
+    detail: dict[str, Any]

@@ -29,6 +29,7 @@ def test_defaults() -> None:
     assert settings.flush_interval_s == 0.5 and settings.default_grace_s == 10.0
     assert settings.database_url is None and settings.redis_url is None
     assert settings.tokens is None and settings.max_running == 0
+    assert settings.legacy_result_bytes == 1048576
 
 
 def test_environment_and_flags() -> None:
@@ -41,6 +42,7 @@ def test_environment_and_flags() -> None:
         "RUNVISOR_LOG_FORMAT": "JSON",
         "RUNVISOR_DATA_DIR": "/tmp/rv",
         "RUNVISOR_MAX_RUNNING": "4",
+        "RUNVISOR_LEGACY_RESULT_BYTES": "4096",
         "RUNVISOR_TEST_HOOKS": "yes",
     }
     settings = load_settings(env, port=9100, node_id=None)
@@ -48,6 +50,7 @@ def test_environment_and_flags() -> None:
     assert settings.host == "0.0.0.0" and settings.flush_interval_s == 0.25
     assert settings.log_format == "json" and settings.data_dir == Path("/tmp/rv")
     assert settings.max_running == 4 and settings.test_hooks is True
+    assert settings.legacy_result_bytes == 4096
     assert settings.spool_dir == Path("/tmp/rv/spool")
 
 
@@ -71,6 +74,8 @@ def test_libpq_connection_strings_are_accepted() -> None:
         ("RUNVISOR_TEST_HOOKS", "perhaps"),
         ("RUNVISOR_REDIS_PREFIX", "a b"),
         ("RUNVISOR_MAX_CODE_BYTES", "200000"),
+        ("RUNVISOR_LEGACY_RESULT_BYTES", "1023"),
+        ("RUNVISOR_LEGACY_RESULT_BYTES", "1MiB"),
     ],
 )
 def test_a_bad_setting_is_named(name: str, value: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import psycopg
 import redis.asyncio as aioredis
 from aiohttp import web
 
@@ -25,13 +26,13 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await asyncio.wait_for(request.app[HISTORY].ping(), READY_TIMEOUT_S)
         stores["postgres"] = "ok"
-    except (StoreUnavailable, TimeoutError) as exc:
-        stores["postgres"] = f"down: {getattr(exc, 'message', None) or 'timed out'}"
+    except (StoreUnavailable, psycopg.Error, OSError, TimeoutError) as exc:
+        stores["postgres"] = f"down: {down_reason(exc)}"
     try:
         await asyncio.wait_for(request.app[REDIS].ping(), READY_TIMEOUT_S)
         stores["redis"] = "ok"
     except (aioredis.RedisError, OSError, TimeoutError) as exc:
-        stores["redis"] = f"down: {exc or 'timed out'}"
+        stores["redis"] = f"down: {down_reason(exc)}"
     ready = all(v == "ok" for v in stores.values())
     return web.json_response(
         {
@@ -41,6 +42,16 @@ async def readyz(request: web.Request) -> web.Response:
         },
         status=200 if ready else 503,
     )
+
+
+def down_reason(exc: BaseException) -> str:
+    """Why a store is down, never empty: a timeout or a bare ConnectionError has no text."""
+    text = str(getattr(exc, "message", None) or exc).strip()
+    if text:
+        return text.splitlines()[0]
+    if isinstance(exc, TimeoutError):  # asyncio.wait_for's own
+        return f"TimeoutError: no answer within {READY_TIMEOUT_S:g} s"
+    return type(exc).__name__
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -1,23 +1,33 @@
 """The original assignment's routes: same paths and JSON shapes (see LEGACY_API.md).
 
 The original sends a JSON body even with GET; these handlers ignore it, as it did.
+
+`result` holds at most RUNVISOR_LEGACY_RESULT_BYTES of a run's output, its tail, read as a byte
+range: a run may have stored gigabytes. A large result is decoded and JSON-encoded in a worker
+thread, a slice at a time, and written as it is encoded, so the event loop keeps answering.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import time
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
 from runvisor.http.bodies import read_model
 from runvisor.http.keys import CONTROL, HISTORY, SETTINGS, principal_of
 from runvisor.http.schemas import LEGACY_PAGE_LIMIT, LegacyCommandIn, parse_id, parse_pagination
-from runvisor.http.serialize import legacy_command_json, legacy_run_json
+from runvisor.http.serialize import character_start, legacy_command_json, legacy_run_json
 from runvisor.models import Run, RunSpec
 
 STOP_WAIT_MAX_S = 15.0  # the original answered STOPPED: wait a while for the run to end
 POLL_S = 0.05
+INLINE_RESULT_BYTES = 64 * 1024  # a result up to this size is encoded on the event loop
+ENCODE_SLICE_CHARS = 32 * 1024  # characters of a large result JSON-encoded per step (<= 384 KiB)
 
 
 async def ping(_request: web.Request) -> web.Response:
@@ -38,8 +48,15 @@ async def get_command(request: web.Request) -> web.Response:
     history = request.app[HISTORY]
     command = await history.get_command(command_id)
     latest = await history.latest_run(command_id)
-    output = await history.read_output(latest.id) if latest is not None else None
-    return web.json_response(legacy_command_json(command, latest_run=latest, latest_output=output))
+    output, skipped = await _result_output(request, latest) if latest is not None else (b"", 0)
+    build = functools.partial(
+        legacy_command_json,
+        command,
+        latest_run=latest,
+        latest_output=output,
+        latest_skipped=skipped,
+    )
+    return await _json_with_result(request, build, len(output))
 
 
 async def list_commands(request: web.Request) -> web.Response:
@@ -76,11 +93,68 @@ async def stop_run(request: web.Request) -> web.Response:
     return await _run_response(request, run)
 
 
-async def _run_response(request: web.Request, run: Run) -> web.Response:
+async def _run_response(request: web.Request, run: Run) -> web.StreamResponse:
     history = request.app[HISTORY]
     command = await history.get_command(run.command_id, include_deleted=True)
-    output = await history.read_output(run.id)
-    return web.json_response(legacy_run_json(run, command, output))
+    output, skipped = await _result_output(request, run)
+    build = functools.partial(legacy_run_json, run, command, output, skipped=skipped)
+    return await _json_with_result(request, build, len(output))
+
+
+async def _result_output(request: web.Request, run: Run) -> tuple[bytes, int]:
+    """The tail of the run's output for `result`, at most RUNVISOR_LEGACY_RESULT_BYTES, and how
+    many bytes before it are left out (the tail starts at a UTF-8 character)."""
+    end = run.output_bytes
+    start = max(end - request.app[SETTINGS].legacy_result_bytes, 0)
+    if end <= start:
+        return b"", 0
+    output = await request.app[HISTORY].read_output(run.id, offset=start, limit=end - start)
+    if not start:
+        return output, 0
+    cut = character_start(output)
+    return output[cut:], start + cut
+
+
+async def _json_with_result(
+    request: web.Request, build: Callable[[], dict[str, Any]], output_bytes: int
+) -> web.StreamResponse:
+    """The JSON of `build()`, whose "result" holds `output_bytes` bytes of output."""
+    if output_bytes <= INLINE_RESULT_BYTES:
+        return web.json_response(build())
+    data = await asyncio.to_thread(build)  # decodes the output
+    before, after = _json_around(data, "result")
+    text: str = data.pop("result")
+    response = web.StreamResponse()
+    response.content_type = "application/json"
+    response.charset = "utf-8"
+    await response.prepare(request)
+    try:
+        await response.write(before)
+        for start in range(0, len(text), ENCODE_SLICE_CHARS):
+            await response.write(await asyncio.to_thread(_encode_slice, text, start))
+        await response.write(after)
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client went away mid-answer: there is no one left to tell
+    return response
+
+
+def _json_around(data: dict[str, Any], key: str) -> tuple[bytes, bytes]:
+    """The JSON of `data` (as json.dumps writes it) before and after the string value of `key`,
+    quotes excluded; the value itself is encoded apart."""
+    keys = list(data)
+    at = keys.index(key)
+    head = json.dumps({k: data[k] for k in keys[:at]})
+    tail = json.dumps({k: data[k] for k in keys[at + 1 :]})
+    before = (head[:-1] + ", " if len(head) > 2 else "{") + json.dumps(key) + ': "'
+    after = '"' + (", " + tail[1:] if len(tail) > 2 else "}")
+    return before.encode(), after.encode()
+
+
+def _encode_slice(text: str, start: int) -> memoryview:
+    """Characters [start, start + ENCODE_SLICE_CHARS) of `text` as JSON string content."""
+    quoted = json.dumps(text[start : start + ENCODE_SLICE_CHARS]).encode("ascii")
+    return memoryview(quoted)[1:-1]  # without the quotes, and without copying
 
 
 HANDLERS = {

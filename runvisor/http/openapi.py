@@ -13,15 +13,18 @@ from pydantic import BaseModel
 
 from runvisor.http.auth import Role
 from runvisor.http.schemas import (
+    AUDIT_ROLES,
     DEFAULT_PAGE_LIMIT,
     LEGACY_PAGE_LIMIT,
     LIMIT_SCHEMA,
+    MAX_FILTER_CHARS,
     MAX_ID,
     CommandIn,
     LegacyCommandIn,
     RunIn,
     StopIn,
 )
+from runvisor.http.serialize import LEGACY_RESULT_MARKER
 from runvisor.models import LIMIT_NAMES, RunStatus
 
 
@@ -53,6 +56,11 @@ _ENV_DECLARED = {
     "type": "object", "additionalProperties": _NSTR,
     "description": "the variables a run may set, each with its default value or null (none)",
 }
+_TAIL_TEXT = (
+    "at most RUNVISOR_LEGACY_RESULT_BYTES of it, its end; when bytes before that are left out,"
+    " the first line says how many: "
+    + repr(LEGACY_RESULT_MARKER.format(skipped="N", run_id="ID"))
+)
 
 # Response shapes; serialize.py builds exactly these (tests/http/test_openapi.py checks it).
 _RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -117,17 +125,27 @@ _RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
     "LegacyCommand": _obj({
         "id": _INT, "code": _STR, "description": _STR, "created_at": _TIME,
         "last_run_id": _INT, "last_run_status": _LEGACY_STATUS,
-        "result": {**_STR, "description": "the latest run's output"},
+        "result": {**_STR, "description": f"the latest run's output; {_TAIL_TEXT}"},
     }, optional=("last_run_id", "last_run_status", "result")),
     "LegacyRun": _obj({
         "id": _INT, "command": _ref("LegacyCommand"),
         "completed_at": {**_TIME, "description": "the start time until the run ends"},
-        "result": {**_STR, "description": "the output so far; left out when empty"},
+        "result": {**_STR, "description": f"the output so far; left out when empty; {_TAIL_TEXT}"},
         "status": _LEGACY_STATUS, "exit_code": _NINT,
     }, optional=("result",)),
+    "AuditEntry": _obj({
+        "id": _INT, "at": _TIME,
+        "actor": {**_STR, "description": "a principal (role:fingerprint) or node:NAME"},
+        "role": _n("string", enum=[*(r.label for r in Role), None],
+                   description="the token's role; null for a node"),
+        "token_fingerprint": _n("string", description="first 8 hex digits of the token's SHA-256"),
+        "node": _n("string", description="the node that acted (actor node:NAME), else null"),
+        "action": {**_STR, "description": "e.g. command.create, run.create, run.stop, run.failed"},
+        "command_id": _NINT, "run_id": _NINT, "detail": {"type": "object"},
+    }),
     "LegacyError": _obj({"error": _STR}),
 }
-for _kind in ("Command", "Run"):
+for _kind in ("Command", "Run", "AuditEntry"):
     _RESPONSE_SCHEMAS[f"{_kind}Page"] = _obj({
         "items": {"type": "array", "items": _ref(_kind)},
         "limit": _INT, "offset": _INT, "total": _INT,
@@ -211,6 +229,10 @@ _TABLE: tuple[_Route, ...] = (
            "Stop a run: SIGTERM to all its processes, SIGKILL after grace_s; 409 if finished",
            {202: _json(_ref("Run"), "Accepted: the run is stopping")}, body=StopIn,
            extra_errors=(409,)),
+    _Route("GET", "/api/v1/audit", "listAudit", _A, "List the audit log, newest first",
+           {200: _json(_ref("AuditEntryPage"), "A page of audit entries")},
+           query=("audit_action", "audit_actor", "audit_role", "audit_command_id", "audit_run_id",
+                  "limit", "offset")),
     _Route("GET", "/healthz", "healthz", None, "Liveness", {200: _json(_ref("Health"), "Alive")}),
     _Route("GET", "/readyz", "readyz", None, "Readiness: can PostgreSQL and Redis be reached",
            {200: _json(_ref("Readiness"), "Ready"),
@@ -247,6 +269,8 @@ REQUIRED_ROLES: dict[str, Role | None] = {r.op: r.role for r in _TABLE}
 def _query(name: str, max_page_limit: int) -> dict[str, Any]:
     big = {"type": "integer", "minimum": 0, "maximum": MAX_ID}
     # fmt: off
+    text = {"type": "string", "minLength": 1, "maxLength": MAX_FILTER_CHARS,
+            "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"}  # no control characters
     params: dict[str, tuple[str, dict[str, Any], str]] = {
         "limit": ("limit", {"type": "integer", "minimum": 1, "maximum": max_page_limit,
                             "default": min(DEFAULT_PAGE_LIMIT, max_page_limit)}, "page size"),
@@ -258,6 +282,12 @@ def _query(name: str, max_page_limit: int) -> dict[str, Any]:
                    "comma-separated statuses, or `active` / `terminal`"),
         "output_offset": ("offset", {**big, "default": 0}, "first byte to return"),
         "output_limit": ("limit", {**big, "minimum": 1}, "at most this many bytes"),
+        "audit_action": ("action", text, "only this action (exact), e.g. run.stop"),
+        "audit_actor": ("actor", text, "only this actor (exact), e.g. admin:ed626e10"),
+        "audit_role": ("role", {"type": "string", "enum": list(AUDIT_ROLES)},
+                       "only actors of this role; `node`: the service itself"),
+        "audit_command_id": ("command_id", {**big, "minimum": 1}, "only entries of this command"),
+        "audit_run_id": ("run_id", {**big, "minimum": 1}, "only entries of this run"),
     }
     # fmt: on
     real, schema, text = params[name]

@@ -28,6 +28,7 @@ from pydantic import (
 from runvisor.config import Settings
 from runvisor.env_names import forbidden_pattern, forbidden_reason
 from runvisor.errors import BadRequest, NotFound, Unprocessable, UnsupportedMediaType
+from runvisor.http.auth import Role
 from runvisor.models import (
     ACTIVE_STATUSES,
     LIMIT_NAMES,
@@ -471,11 +472,15 @@ def validate(model_cls: type[M], data: Mapping[str, Any], *, context: Mapping[st
 # ---- query and path parameters ------------------------------------------------------------
 
 
-def _is_int_within(raw: str, minimum: int, maximum: int) -> bool:
-    # The length check comes first: int() of a huge digit string is slow, then refused.
-    if not _DIGITS.fullmatch(raw) or len(raw.lstrip("0")) > 19:
-        return False
-    return minimum <= int(raw) <= maximum
+def _int_within(raw: str, minimum: int, maximum: int) -> int | None:
+    """`raw` as an int if it is ASCII digits within bounds, else None."""
+    # Leading zeros go first, then the length check: int() refuses over 4300 digits (and is
+    # slow on a long string before it does), so "000…01" must reach it as "1".
+    digits = raw.lstrip("0") or "0"
+    if not _DIGITS.fullmatch(raw) or len(digits) > 19:
+        return None
+    value = int(digits)
+    return value if minimum <= value <= maximum else None
 
 
 def parse_int_param(
@@ -485,11 +490,12 @@ def parse_int_param(
     raw = query.get(name)
     if raw is None or raw == "":
         return default
-    if not _is_int_within(raw, minimum, maximum):
+    value = _int_within(raw, minimum, maximum)
+    if value is None:
         raise BadRequest(
             f"{name}: must be an integer from {minimum} to {maximum}", code="invalid_parameter"
         )
-    return int(raw)
+    return value
 
 
 def parse_pagination(
@@ -510,9 +516,10 @@ def parse_id(raw: str, what: str) -> int:
         raise BadRequest(
             f"{what} id must be a positive integer, not {_short(raw)!r}", code="invalid_id"
         )
-    if not _is_int_within(raw, 1, MAX_ID):
+    value = _int_within(raw, 1, MAX_ID)
+    if value is None:
         raise NotFound(f"{what} {_short(raw)} not found")
-    return int(raw)
+    return value
 
 
 _STATUS_ALIASES = {"active": ACTIVE_STATUSES, "terminal": TERMINAL_STATUSES}
@@ -537,6 +544,47 @@ def parse_status_filter(query: Mapping[str, str]) -> tuple[RunStatus, ...] | Non
                 code="invalid_parameter",
             )
     return tuple(s for s in RunStatus if s in chosen)
+
+
+MAX_FILTER_CHARS = 200  # the longest text filter (?action=, ?actor=)
+AUDIT_ROLES = (*(r.label for r in Role), "node")  # ?role= of GET /api/v1/audit
+
+
+def parse_text_param(query: Mapping[str, str], name: str) -> str | None:
+    """A text filter, matched exactly: at most MAX_FILTER_CHARS, no control characters (a NUL
+    cannot even reach PostgreSQL), valid Unicode; absent or empty -> None."""
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    if len(raw) > MAX_FILTER_CHARS or _CONTROL.search(raw) or not _encodable(raw):
+        raise BadRequest(
+            f"{name}: must be at most {MAX_FILTER_CHARS} characters, none of them a control"
+            " character",
+            code="invalid_parameter",
+        )
+    return raw
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def parse_choice_param(query: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    """One of `choices` (letter case ignored); absent or empty -> None."""
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    value = raw.strip().lower()
+    if value not in choices:
+        raise BadRequest(
+            f"{name}: {_short(raw)!r} is not one of {', '.join(choices)}",
+            code="invalid_parameter",
+        )
+    return value
 
 
 def parse_output_range(query: Mapping[str, str]) -> tuple[int, int | None]:

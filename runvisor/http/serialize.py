@@ -6,12 +6,22 @@ OpenAPI document describes the same shapes, and a test keeps the two in step.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from runvisor.errors import RunvisorError
-from runvisor.models import LIMIT_NAMES, Attempt, Command, RestartPolicy, Run, RunStatus
+from runvisor.http.auth import Role
+from runvisor.models import (
+    LIMIT_NAMES,
+    Attempt,
+    AuditEntry,
+    Command,
+    RestartPolicy,
+    Run,
+    RunStatus,
+)
 
 
 def timestamp(value: datetime | None) -> str | None:
@@ -98,6 +108,28 @@ def run_json(r: Run) -> dict[str, Any]:
     }
 
 
+_TOKEN_ROLES = frozenset(r.label for r in Role)
+_FINGERPRINT = re.compile(r"[0-9a-f]{8}")
+
+
+def audit_json(e: AuditEntry) -> dict[str, Any]:
+    """An audit row; its actor ("admin:ed626e10" or "node:NAME") is also shown in parts."""
+    prefix, _, rest = e.actor.partition(":")
+    token = prefix in _TOKEN_ROLES and _FINGERPRINT.fullmatch(rest) is not None
+    return {
+        "id": e.id,
+        "at": timestamp(e.at),
+        "actor": e.actor,
+        "role": prefix if token else None,
+        "token_fingerprint": rest if token else None,
+        "node": rest if prefix == "node" and rest else None,
+        "action": e.action,
+        "command_id": e.command_id,
+        "run_id": e.run_id,
+        "detail": e.detail,
+    }
+
+
 def page_json(
     items: Iterable[dict[str, Any]], *, limit: int, offset: int, total: int
 ) -> dict[str, Any]:
@@ -117,15 +149,40 @@ def legacy_status(status: RunStatus | str) -> str:
     return LEGACY_COMPLETED if status.is_terminal else LEGACY_RUNNING
 
 
-def _text(output: bytes | None) -> str:
+# The first line of a legacy `result` that holds only the tail of a run's output.
+LEGACY_RESULT_MARKER = (
+    "[runvisor: first {skipped} bytes not shown; GET /api/v1/runs/{run_id}/output has the whole"
+    " output]\n"
+)
+
+
+def character_start(data: bytes) -> int:
+    """How many bytes to drop from the front of a cut so that UTF-8 text starts at a character:
+    the continuation bytes (0b10xxxxxx) of a character cut in two, at most 3."""
+    n = 0
+    while n < min(len(data), 3) and data[n] & 0xC0 == 0x80:
+        n += 1
+    return n
+
+
+def legacy_result(output: bytes | None, *, skipped: int, run_id: int) -> str:
+    """`result`: the output as text; when it is a tail, `skipped` bytes before it are named."""
     # Output is arbitrary bytes; the legacy shape has only a string for it.
-    return (output or b"").decode("utf-8", errors="replace")
+    text = (output or b"").decode("utf-8", errors="replace")
+    if skipped:
+        return LEGACY_RESULT_MARKER.format(skipped=skipped, run_id=run_id) + text
+    return text
 
 
 def legacy_command_json(
-    c: Command, *, latest_run: Run | None = None, latest_output: bytes | None = None
+    c: Command,
+    *,
+    latest_run: Run | None = None,
+    latest_output: bytes | None = None,
+    latest_skipped: int = 0,
 ) -> dict[str, Any]:
-    """The original's Command; with `latest_run`, also that run's id, status and output."""
+    """The original's Command; with `latest_run`, also that run's id, status and output
+    (`latest_output`, the tail after `latest_skipped` bytes)."""
     out: dict[str, Any] = {
         "id": c.id,
         "code": c.code,
@@ -135,19 +192,22 @@ def legacy_command_json(
     if latest_run is not None:
         out["last_run_id"] = latest_run.id
         out["last_run_status"] = legacy_status(latest_run.status)
-        out["result"] = _text(latest_output)
+        out["result"] = legacy_result(latest_output, skipped=latest_skipped, run_id=latest_run.id)
     return out
 
 
-def legacy_run_json(r: Run, c: Command, output: bytes | None) -> dict[str, Any]:
-    """The original's Run; `completed_at` holds the start time until the run ends, as there."""
+def legacy_run_json(
+    r: Run, c: Command, output: bytes | None, *, skipped: int = 0
+) -> dict[str, Any]:
+    """The original's Run; `completed_at` holds the start time until the run ends, as there.
+    `output` is the run's output after its first `skipped` bytes."""
     completed = r.finished_at or r.started_at or r.created_at
     out: dict[str, Any] = {
         "id": r.id,
         "command": legacy_command_json(c),
         "completed_at": timestamp(completed),
     }
-    text = _text(output)
+    text = legacy_result(output, skipped=skipped, run_id=r.id)
     if text:  # the original leaves `result` out when empty (omitempty)
         out["result"] = text
     out["status"] = legacy_status(r.status)

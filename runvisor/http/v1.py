@@ -7,17 +7,20 @@ from aiohttp import web
 from runvisor.http.bodies import read_model
 from runvisor.http.keys import CONTROL, HISTORY, SETTINGS, principal_of
 from runvisor.http.schemas import (
+    AUDIT_ROLES,
     DEFAULT_PAGE_LIMIT,
     CommandIn,
     RunIn,
     StopIn,
+    parse_choice_param,
     parse_id,
     parse_int_param,
     parse_output_range,
     parse_pagination,
     parse_status_filter,
+    parse_text_param,
 )
-from runvisor.http.serialize import command_json, page_json, run_json
+from runvisor.http.serialize import audit_json, command_json, page_json, run_json
 from runvisor.models import RunSpec
 
 
@@ -111,6 +114,23 @@ async def stop_run(request: web.Request) -> web.Response:
     return web.json_response(run_json(run), status=202)
 
 
+async def list_audit(request: web.Request) -> web.Response:
+    limit, offset = _page(request)
+    query = request.query
+    items, total = await request.app[HISTORY].list_audit(
+        action=parse_text_param(query, "action"),
+        actor=parse_text_param(query, "actor"),
+        role=parse_choice_param(query, "role", AUDIT_ROLES),
+        command_id=parse_int_param(query, "command_id", default=None, minimum=1),
+        run_id=parse_int_param(query, "run_id", default=None, minimum=1),
+        limit=limit,
+        offset=offset,
+    )
+    return web.json_response(
+        page_json([audit_json(e) for e in items], limit=limit, offset=offset, total=total)
+    )
+
+
 def _page(request: web.Request) -> tuple[int, int]:
     return parse_pagination(
         request.query,
@@ -129,4 +149,5 @@ HANDLERS = {
     "getRun": get_run,
     "getRunOutput": get_run_output,
     "stopRun": stop_run,
+    "listAudit": list_audit,
 }

@@ -6,7 +6,7 @@ import dataclasses
 
 from psycopg import sql
 
-from runvisor.models import Attempt, Command, Run
+from runvisor.models import Attempt, AuditEntry, Command, Run
 
 
 def _columns(record: type, *, skip: tuple[str, ...] = ()) -> sql.Composed:
@@ -17,6 +17,7 @@ def _columns(record: type, *, skip: tuple[str, ...] = ()) -> sql.Composed:
 COMMAND_COLUMNS = _columns(Command)
 RUN_COLUMNS = _columns(Run, skip=("attempts",))
 ATTEMPT_COLUMNS = _columns(Attempt)
+AUDIT_COLUMNS = _columns(AuditEntry)
 
 AUDIT_INSERT = (
     "INSERT INTO audit (actor, action, command_id, run_id, detail) VALUES (%s, %s, %s, %s, %s)"

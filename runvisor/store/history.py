@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,6 +17,7 @@ from runvisor.errors import Conflict, NotFound, StoreUnavailable, Unprocessable
 from runvisor.models import (
     ACTIVE_STATUSES,
     Attempt,
+    AuditEntry,
     Command,
     CommandSpec,
     Run,
@@ -24,6 +26,7 @@ from runvisor.models import (
 )
 from runvisor.store.columns import (
     ATTEMPTS_OF_RUNS,
+    AUDIT_COLUMNS,
     AUDIT_INSERT,
     COMMAND_COLUMNS,
     RUN_COLUMNS,
@@ -34,6 +37,10 @@ from runvisor.store.connection import CONNECTION_OPTIONS
 
 _ACTIVE = [str(s) for s in ACTIVE_STATUSES]
 OUTPUT_READ_BATCH = 8  # chunks (up to 256 KiB each) fetched per round trip of an output read
+# Output batches fetched at once per node, by all readers together: however many viewers read
+# output, at most this many batches (OUTPUT_READ_BATCH chunks each) are in memory being fetched.
+OUTPUT_READS_AT_ONCE = 4
+MAX_BYTE_OFFSET = 2**63 - 1  # PostgreSQL bigint
 
 
 @asynccontextmanager
@@ -63,6 +70,7 @@ class History:
     def __init__(self, pool: AsyncConnectionPool, *, default_max_output_bytes: int) -> None:
         self._pool = pool
         self._default_max_output_bytes = default_max_output_bytes
+        self._output_reads = asyncio.Semaphore(OUTPUT_READS_AT_ONCE)
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -234,13 +242,16 @@ class History:
             total = await _scalar(conn, sql.SQL("SELECT count(*) FROM runs ") + where, params)
         return items, total
 
-    async def read_output(self, run_id: int, *, offset: int = 0, limit: int | None = None) -> bytes:
-        """The run's output bytes from `offset`, at most `limit` of them, in memory."""
+    async def read_output(self, run_id: int, *, offset: int, limit: int) -> bytes:
+        """The run's output bytes from `offset`, at most `limit` of them, in memory.
+
+        `limit` is required: a run may have stored gigabytes (iter_output streams them).
+        """
         async with self._conn() as conn:
             exists = await _scalar(conn, "SELECT count(*) FROM runs WHERE id = %s", (run_id,))
         if not exists:
             raise NotFound(f"run {run_id} not found")
-        end = None if limit is None else offset + limit
+        end = offset + limit
         return b"".join([piece async for piece in self.iter_output(run_id, offset=offset, end=end)])
 
     async def iter_output(
@@ -248,7 +259,9 @@ class History:
     ) -> AsyncIterator[bytes]:
         """The run's output in [offset, end), a batch of chunks at a time.
 
-        Each batch takes a connection of its own, so a slow reader holds none while it writes.
+        Each batch takes a connection of its own, so a slow reader holds none while it writes;
+        batches are fetched OUTPUT_READS_AT_ONCE at a time per node, so readers cannot
+        multiply the memory they take.
         """
         async with self._conn() as conn:
             # Start at the chunk holding `offset`: an index scan on (run_id, byte_offset).
@@ -258,25 +271,70 @@ class History:
                 " WHERE run_id = %s AND byte_offset <= %s",
                 (run_id, offset),
             )
+        # Chunks that begin at or past `end` are not fetched at all.
+        below = MAX_BYTE_OFFSET if end is None else min(end, MAX_BYTE_OFFSET)
         while end is None or cursor_at < end:
-            async with self._conn() as conn:
+            async with self._output_reads, self._conn() as conn:
+                # Binary: bytea comes as its bytes, not as hex text twice their size.
                 cur = await conn.execute(
                     "SELECT byte_offset, data FROM run_output"
-                    " WHERE run_id = %s AND byte_offset >= %s ORDER BY byte_offset LIMIT %s",
-                    (run_id, cursor_at, OUTPUT_READ_BATCH),
+                    " WHERE run_id = %s AND byte_offset >= %s AND byte_offset < %s"
+                    " ORDER BY byte_offset LIMIT %s",
+                    (run_id, cursor_at, below, OUTPUT_READ_BATCH),
+                    binary=True,
                 )
                 rows = await cur.fetchall()
-            piece = bytearray()
+            more = len(rows) == OUTPUT_READ_BATCH
+            parts: list[memoryview] = []
             for chunk_offset, data in rows:
                 lo = max(offset - chunk_offset, 0)
                 hi = len(data) if end is None else min(len(data), end - chunk_offset)
                 if hi > lo:
-                    piece += data[lo:hi]
+                    parts.append(memoryview(data)[lo:hi])
                 cursor_at = chunk_offset + len(data)
+            piece = b"".join(parts)  # one copy of the batch; the rows are not kept while it is read
+            del rows, parts
             if piece:
-                yield bytes(piece)
-            if len(rows) < OUTPUT_READ_BATCH:
+                yield piece
+            if not more:
                 return
+
+    # Audit
+
+    async def list_audit(
+        self,
+        *,
+        action: str | None,
+        actor: str | None,
+        role: str | None,
+        command_id: int | None,
+        run_id: int | None,
+        limit: int,
+        offset: int,
+    ) -> tuple[list[AuditEntry], int]:
+        """Audit rows, newest first; `role` is the part of the actor before ':' (admin, node)."""
+        conditions: list[sql.Composable] = []
+        params: list[Any] = []
+        for condition, value in (
+            (sql.SQL("action = %s"), action),
+            (sql.SQL("actor = %s"), actor),
+            (sql.SQL("split_part(actor, ':', 1) = %s"), role),  # audit_role_idx
+            (sql.SQL("command_id = %s"), command_id),
+            (sql.SQL("run_id = %s"), run_id),
+        ):
+            if value is not None:
+                conditions.append(condition)
+                params.append(value)
+        where = sql.SQL("WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
+        query = sql.SQL("SELECT {} FROM audit {} ORDER BY id DESC LIMIT %s OFFSET %s").format(
+            AUDIT_COLUMNS, where
+        )
+        async with self._conn() as conn:
+            cur = conn.cursor(row_factory=class_row(AuditEntry))
+            await cur.execute(query, (*params, limit, offset))
+            items = await cur.fetchall()
+            total = await _scalar(conn, sql.SQL("SELECT count(*) FROM audit ") + where, params)
+        return items, total
 
     async def stop_queued_run(self, run_id: int, *, actor: str) -> Run | None:
         """End a run that has not started yet; None when it is no longer queued."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from runvisor.actors.run_user import RunUser
 from runvisor.http import serialize
 from runvisor.http.auth import Role
 from runvisor.http.openapi import REQUIRED_ROLES, ROUTES, build_openapi
+from runvisor.models import AuditEntry
 from tests.schema_tools import closed
 
 # The routes of the brief, each with the role it needs (DESIGN.md §6 also has .../events and
@@ -31,6 +33,7 @@ EXPECTED = {
     ("GET", "/api/v1/runs/{id}"): Role.VIEWER,
     ("GET", "/api/v1/runs/{id}/output"): Role.VIEWER,
     ("POST", "/api/v1/runs/{id}/stop"): Role.OPERATOR,
+    ("GET", "/api/v1/audit"): Role.ADMIN,
     ("GET", "/healthz"): None,
     ("GET", "/readyz"): None,
     ("GET", "/api/v1/openapi.json"): None,
@@ -167,6 +170,10 @@ def test_query_parameters(doc: dict[str, Any]) -> None:
     assert set(params("listRuns")) == {"command_id", "status", "limit", "offset"}
     assert set(params("getRunOutput")) == {"offset", "limit"}
     assert params("legacyListCommands")["limit"]["schema"]["default"] == 10
+    audit = params("listAudit")
+    assert set(audit) == {"action", "actor", "role", "command_id", "run_id", "limit", "offset"}
+    assert audit["role"]["schema"]["enum"] == ["viewer", "operator", "admin", "node"]
+    assert audit["action"]["schema"]["maxLength"] == 200
     small = operations(build_openapi(version="x", max_page_limit=20))
     limit = next(p for p in small["listRuns"][2]["parameters"] if p["name"] == "limit")
     assert limit["schema"]["maximum"] == 20 and limit["schema"]["default"] <= 20
@@ -183,6 +190,18 @@ def _records() -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.make_command, module.make_run
+
+
+def make_audit(actor: str) -> AuditEntry:
+    return AuditEntry(
+        id=1,
+        at=datetime(2024, 5, 1, tzinfo=UTC),
+        actor=actor,
+        action="run.stop",
+        command_id=None,
+        run_id=2,
+        detail={"grace_s": 1.0},
+    )
 
 
 def check_shape(doc: dict[str, Any], name: str, instance: Any) -> None:
@@ -225,6 +244,20 @@ def test_response_shapes_match_serialize(doc: dict[str, Any]) -> None:
     check_shape(doc, "LegacyRun", serialize.legacy_run_json(run, command, b"out"))
     check_shape(doc, "LegacyRun", serialize.legacy_run_json(run, command, None))
     check_shape(doc, "LegacyError", serialize.legacy_error_json(NotFound("nope")))
+    tail = serialize.legacy_run_json(run, command, b"end", skipped=10)
+    check_shape(doc, "LegacyRun", tail)
+    marker = serialize.LEGACY_RESULT_MARKER.format(skipped="N", run_id="ID")
+    assert (
+        marker.strip()
+        in doc["components"]["schemas"]["LegacyRun"]["properties"]["result"]["description"]
+    )
+    entries = [
+        serialize.audit_json(make_audit(actor))
+        for actor in ("admin:ed626e10", "node:vm", "someone")
+    ]
+    check_shape(doc, "AuditEntryPage", serialize.page_json(entries, limit=50, offset=0, total=3))
+    with pytest.raises(jsonschema.ValidationError):
+        check_shape(doc, "AuditEntry", {**entries[0], "role": "root"})
     check_shape(doc, "Health", {"status": "ok"})
     isolation = RunIsolation(
         run_user=RunUser(65534, 65534, "nobody", "/nonexistent", "/usr/bin/setpriv"),

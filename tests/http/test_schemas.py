@@ -20,10 +20,12 @@ from runvisor.http.schemas import (
     RunIn,
     StopIn,
     decode_json_body,
+    parse_choice_param,
     parse_id,
     parse_output_range,
     parse_pagination,
     parse_status_filter,
+    parse_text_param,
     validate,
 )
 from runvisor.models import CommandSpec, RestartPolicy, RestartPolicyKind, RunSpec, RunStatus
@@ -559,6 +561,47 @@ def test_parse_id() -> None:
             parse_id(raw, "command")
         assert "command" in nf.value.message
         assert len(nf.value.message) < 120
+
+
+def test_leading_zeros_of_any_length_are_the_number() -> None:
+    # int() refuses strings over 4300 digits: "0" * 5000 + "7" once reached it and raised.
+    zeros = "0" * 5000
+    assert parse_id(zeros + "7", "run") == 7
+    assert parse_pagination(
+        {"limit": zeros + "5", "offset": zeros}, default_limit=10, max_limit=100
+    ) == (5, 0)
+    assert parse_output_range({"offset": zeros + "3", "limit": zeros + "1"}) == (3, 1)
+    with pytest.raises(NotFound):
+        parse_id(zeros, "run")  # 0
+    with pytest.raises(NotFound):
+        parse_id(zeros + str(MAX_ID + 1), "run")
+    with pytest.raises(BadRequest):
+        parse_pagination({"offset": zeros + "9" * 20}, default_limit=10, max_limit=100)
+
+
+def test_text_filters() -> None:
+    assert parse_text_param({}, "action") is None
+    assert parse_text_param({"action": ""}, "action") is None
+    assert parse_text_param({"action": "run.stop"}, "action") == "run.stop"
+    assert parse_text_param({"actor": "ünïcode ok"}, "actor") == "ünïcode ok"
+    assert parse_text_param({"actor": "x" * 200}, "actor") == "x" * 200
+    for raw in ("a\x00b", "\n", "tab\there", "\x85", "x" * 201, "\ud800"):
+        with pytest.raises(BadRequest) as info:
+            parse_text_param({"actor": raw}, "actor")
+        assert info.value.code == "invalid_parameter" and info.value.message.startswith("actor: ")
+
+
+def test_choice_filters() -> None:
+    roles = ("viewer", "admin", "node")
+    assert parse_choice_param({}, "role", roles) is None
+    assert parse_choice_param({"role": ""}, "role", roles) is None
+    assert parse_choice_param({"role": "Admin"}, "role", roles) == "admin"
+    for raw in ("root", "admin,viewer", "\x00", "1"):
+        with pytest.raises(BadRequest) as info:
+            parse_choice_param({"role": raw}, "role", roles)
+        assert (
+            info.value.code == "invalid_parameter" and "viewer, admin, node" in info.value.message
+        )
 
 
 def test_status_filter() -> None:

@@ -11,17 +11,21 @@ import pytest
 
 from runvisor.errors import Conflict, NotFound, Unprocessable
 from runvisor.http.serialize import (
+    LEGACY_RESULT_MARKER,
+    audit_json,
+    character_start,
     command_json,
     error_json,
     legacy_command_json,
     legacy_error_json,
+    legacy_result,
     legacy_run_json,
     legacy_status,
     page_json,
     run_json,
     timestamp,
 )
-from runvisor.models import Attempt, Command, Run, RunStatus
+from runvisor.models import Attempt, AuditEntry, Command, Run, RunStatus
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 T0_JSON = "2024-05-01T12:00:00.000000Z"
@@ -276,6 +280,86 @@ def test_legacy_output_with_binary_data_becomes_text() -> None:
     out = legacy_run_json(make_run(), make_command(), b"\x00\x80ok")
     assert out["result"] == "\x00\ufffdok"
     json.dumps(out)
+
+
+def test_a_result_that_is_a_tail_starts_with_the_marker() -> None:
+    out = legacy_run_json(make_run(), make_command(), b"the end\n", skipped=5000)
+    marker = (
+        "[runvisor: first 5000 bytes not shown; GET /api/v1/runs/3/output has the whole output]\n"
+    )
+    assert LEGACY_RESULT_MARKER.format(skipped=5000, run_id=3) == marker
+    assert out["result"] == marker + "the end\n"
+    assert list(out) == ["id", "command", "completed_at", "result", "status", "exit_code"]
+    shown = legacy_command_json(
+        make_command(), latest_run=make_run(id=9), latest_output=b"x", latest_skipped=1
+    )
+    assert shown["result"].startswith("[runvisor: first 1 bytes not shown; GET /api/v1/runs/9/")
+    assert shown["result"].endswith("output]\nx")
+    assert legacy_result(b"whole", skipped=0, run_id=3) == "whole"  # no marker when all is shown
+
+
+@pytest.mark.parametrize(
+    ("text", "cut_at", "drop"),
+    [
+        ("héllo", 2, 1),  # inside é (2 bytes): its second byte goes
+        ("a€b", 2, 2),  # inside € (3 bytes) after its first byte
+        ("a€b", 3, 1),  # ... after its second
+        ("a😀b", 2, 3),  # inside an emoji (4 bytes) after its first byte
+        ("a😀b", 1, 0),  # at the start of a character: nothing goes
+        ("plain", 2, 0),
+    ],
+)
+def test_a_cut_tail_starts_at_a_character(text: str, cut_at: int, drop: int) -> None:
+    tail = text.encode()[cut_at:]
+    assert character_start(tail) == drop
+    decoded = tail[drop:].decode("utf-8", errors="replace")
+    assert "\ufffd" not in decoded and text.endswith(decoded)
+
+
+def test_character_start_drops_at_most_three_bytes() -> None:
+    assert character_start(b"\x80" * 10) == 3  # binary output: no more is lost
+    assert character_start(b"") == 0 and character_start(b"\x80") == 1
+
+
+# ---- audit --------------------------------------------------------------------------------
+
+
+def make_audit(actor: str, **changes: Any) -> AuditEntry:
+    base = AuditEntry(
+        id=12,
+        at=T0,
+        actor=actor,
+        action="run.stop",
+        command_id=None,
+        run_id=3,
+        detail={"grace_s": 5.0},
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_audit_json_splits_a_principal() -> None:
+    assert audit_json(make_audit("operator:ad32160a")) == {
+        "id": 12,
+        "at": T0_JSON,
+        "actor": "operator:ad32160a",
+        "role": "operator",
+        "token_fingerprint": "ad32160a",
+        "node": None,
+        "action": "run.stop",
+        "command_id": None,
+        "run_id": 3,
+        "detail": {"grace_s": 5.0},
+    }
+
+
+def test_audit_json_of_a_node_and_of_an_actor_of_no_known_form() -> None:
+    node = audit_json(make_audit("node:vm-1", action="run.succeeded", command_id=4))
+    assert (node["role"], node["token_fingerprint"], node["node"]) == (None, None, "vm-1")
+    assert node["command_id"] == 4 and node["actor"] == "node:vm-1"
+    for odd in ("admin:XYZ", "root:ed626e10", "admin", "node:", ""):
+        out = audit_json(make_audit(odd))
+        assert out["actor"] == odd
+        assert (out["role"], out["token_fingerprint"], out["node"]) == (None, None, None), odd
 
 
 # ---- errors -------------------------------------------------------------------------------
