@@ -34,6 +34,7 @@ from runvisor.store.journal import open_journal
 from runvisor.store.keys import RedisKeys
 from runvisor.store.live import LiveState, redis_client
 from runvisor.store.migrate import apply_migrations
+from runvisor.store.waits import StoreWaits
 from runvisor.supervisor.actor import Supervisor
 from runvisor.supervisor.control_listener import ControlListener
 
@@ -286,9 +287,12 @@ def start_run_services(
     nudger = FlushNudger()
     nudger.start()
     stack.callback(nudger.stop)
-    journal = open_journal(database_url, node_id=settings.node_id)
+    store_waits = StoreWaits()
+    journal = open_journal(database_url, node_id=settings.node_id, store_waits=store_waits)
     stack.callback(journal.close)
-    live = LiveState(redis_client(redis_url), RedisKeys(settings.redis_prefix))
+    live = LiveState(
+        redis_client(redis_url), RedisKeys(settings.redis_prefix), store_waits=store_waits
+    )
     stack.callback(live.close)
     return RunDeps(
         settings=settings,
@@ -297,6 +301,7 @@ def start_run_services(
         timers=timers,
         watcher=watcher,
         nudger=nudger,
+        store_waits=store_waits,
         run_user=isolation.run_user,
         cgroups=isolation.cgroups,
     )

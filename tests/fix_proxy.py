@@ -1,5 +1,5 @@
-"""A TCP proxy in front of PostgreSQL or Redis that a test can cut and restore: a real outage
-of the network path, with the real server behind it (no fakes)."""
+"""A TCP proxy in front of PostgreSQL or Redis that a test can cut and restore, or pause and
+resume: a real outage of the network path, with the real server behind it (no fakes)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ class TcpProxy:
         self.port = self._listener.getsockname()[1]
         self._up = threading.Event()
         self._up.set()
+        self._flowing = threading.Event()  # cleared by pause(): no byte is forwarded
+        self._flowing.set()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
@@ -40,6 +42,15 @@ class TcpProxy:
 
     def restore(self) -> None:
         self._up.set()
+
+    def pause(self) -> None:
+        """Forward no byte, either way, until resume(), and keep every connection open: calls
+        hang as with a SIGSTOPped server (the kernel still acknowledges, so no TCP timeout
+        fires). New connections are accepted and hang too."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     def close(self) -> None:
         self._stop.set()
@@ -72,7 +83,11 @@ class TcpProxy:
             sel.register(a, selectors.EVENT_READ, b)
             sel.register(b, selectors.EVENT_READ, a)
             while not self._stop.is_set():
+                if not self._flowing.wait(0.2):
+                    continue  # paused: the bytes wait in the kernel's buffers
                 for key, _ in sel.select(0.2):
+                    if not self._flowing.is_set():
+                        break
                     data = key.fileobj.recv(65536)  # type: ignore[union-attr]
                     if not data:
                         return

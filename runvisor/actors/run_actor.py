@@ -36,6 +36,7 @@ from runvisor.logs import get_logger
 from runvisor.models import Attempt, AttemptEndReason, Run, RunStatus
 from runvisor.store.journal import RunJournal
 from runvisor.store.live import LiveState
+from runvisor.store.waits import StoreWaits
 from runvisor.supervisor.policy import Decision, attempt_history, decide
 
 RETRY_S = 1.0  # how soon to retry a store write that failed
@@ -53,6 +54,7 @@ class RunDeps:
     timers: TimerService
     watcher: ExitWatcher
     nudger: FlushNudger
+    store_waits: StoreWaits  # the journal's and the live state's calls, per RunActor
     # Who runs execute as; None: the service's own user (tests of the actors alone).
     run_user: RunUser | None = None
     # One cgroup per attempt under this tree; None: processes are found by /proc scans.
@@ -107,6 +109,8 @@ class RunActor(pykka.ThreadingActor):
     # Lifecycle
 
     def on_start(self) -> None:
+        # The Supervisor reads there whether this actor waits on a store when a ping is late.
+        self.deps.store_waits.register(self.actor_urn)
         # pykka does not call on_failure for an exception here: report it the same way, or the
         # run would stay `running` with nobody looking after it.
         try:
@@ -234,6 +238,7 @@ class RunActor(pykka.ThreadingActor):
             self.supervisor.tell(m.RunActorFailed(self.run.id, self.run.attempt))
 
     def _release(self) -> None:
+        self.deps.store_waits.unregister(self.actor_urn)
         for handle in self.timers.values():
             handle.cancel()
         self.timers.clear()

@@ -12,8 +12,8 @@ CONNECTION_OPTIONS: dict[str, Any] = {
     "keepalives_idle": 5,
     "keepalives_interval": 2,
     "keepalives_count": 2,
-    # Below RUNVISOR_PING_TIMEOUT_S's default (10 s): a RunActor blocked in a call to a silent
-    # server still answers the Supervisor's ping in time.
+    # A call to a server that drops packets fails in seconds and is retried, rather than
+    # holding a RunActor (which the Supervisor then knows waits on the store, not wedged).
     "tcp_user_timeout": 5000,
     "options": "-c statement_timeout=60000",
 }

@@ -26,40 +26,52 @@ from runvisor.store.columns import (
     attach_attempts,
 )
 from runvisor.store.connection import CONNECTION_OPTIONS
+from runvisor.store.waits import StoreWaits
 
 
-def open_journal(conninfo: str, *, node_id: str, max_size: int = 8) -> RunJournal:
+def open_journal(
+    conninfo: str, *, node_id: str, max_size: int = 8, store_waits: StoreWaits | None = None
+) -> RunJournal:
     pool = ConnectionPool(
         conninfo,
         min_size=1,
         max_size=max_size,
         open=False,
         kwargs=CONNECTION_OPTIONS,
-        # Short: a RunActor waits this long per write while PostgreSQL is down, and must keep
-        # answering the Supervisor's ping meanwhile.
+        # Short: a RunActor waits this long per write while PostgreSQL is down, and between
+        # tries it handles stops, exits and timeouts.
         timeout=2.0,
         check=ConnectionPool.check_connection,  # see history.open_history
     )
     pool.open(wait=False)
-    return RunJournal(pool, node_id=node_id)
+    return RunJournal(pool, node_id=node_id, store_waits=store_waits)
 
 
 class RunJournal:
-    def __init__(self, pool: ConnectionPool, *, node_id: str) -> None:
+    def __init__(
+        self, pool: ConnectionPool, *, node_id: str, store_waits: StoreWaits | None = None
+    ) -> None:
         self._pool = pool
         self.node_id = node_id
         self.actor = f"node:{node_id}"
+        # Every call is marked there: the Supervisor does not take a RunActor waiting on
+        # PostgreSQL for a wedged one.
+        self._waits = store_waits or StoreWaits()
 
     def close(self) -> None:
         self._pool.close()
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
-        try:
-            with self._pool.connection() as conn:
-                yield conn
-        except (PoolTimeout, psycopg.OperationalError) as exc:
-            raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+        # A statement cancelled by statement_timeout (QueryCanceled) or lock_timeout
+        # (LockNotAvailable) is an OperationalError too: too slow is unavailable, and the
+        # caller retries; it never fails a run.
+        with self._waits.call():
+            try:
+                with self._pool.connection() as conn:
+                    yield conn
+            except (PoolTimeout, psycopg.OperationalError) as exc:
+                raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
 
     def ping(self) -> None:
         with self._conn() as conn:
@@ -125,19 +137,32 @@ class RunJournal:
     def append_output(
         self, run_id: int, attempt: int, *, offset: int, chunks: Sequence[bytes], truncated: bool
     ) -> bool:
-        """Store output chunks starting at byte `offset`; False if this node lost the run."""
+        """Store output chunks starting at byte `offset`; False if this node lost the run.
+
+        Two writers may store the same spool range (a RunActor woken after the Supervisor took
+        over its attempt's end): under the row lock, bytes below the stored end are skipped, so
+        no byte is stored twice, and `output_bytes` never moves backwards.
+        """
         total = offset + sum(len(c) for c in chunks)
         with self._conn() as conn, conn.transaction():
-            cur = conn.execute(
-                "UPDATE runs SET output_bytes = %s, output_truncated = output_truncated OR %s"
-                " WHERE id = %s AND attempt = %s AND node = %s AND status = 'running' RETURNING id",
-                (total, truncated, run_id, attempt, self.node_id),
-            )
-            if cur.fetchone() is None:
+            row = conn.execute(
+                "SELECT output_bytes FROM runs"
+                " WHERE id = %s AND attempt = %s AND node = %s AND status = 'running' FOR UPDATE",
+                (run_id, attempt, self.node_id),
+            ).fetchone()
+            if row is None:
                 return False
+            stored_end: int = row[0]
+            conn.execute(
+                "UPDATE runs SET output_bytes = GREATEST(output_bytes, %s),"
+                " output_truncated = output_truncated OR %s WHERE id = %s",
+                (total, truncated, run_id),
+            )
             rows, at = [], offset
             for chunk in chunks:
-                rows.append((run_id, at, chunk))
+                skip = min(max(stored_end - at, 0), len(chunk))
+                if skip < len(chunk):
+                    rows.append((run_id, at + skip, chunk[skip:]))
                 at += len(chunk)
             if rows:
                 # A re-flush after a crash may repeat an offset already stored: keep the first.

@@ -14,6 +14,7 @@ import redis
 
 from runvisor.logs import get_logger
 from runvisor.store.keys import RedisKeys
+from runvisor.store.waits import StoreWaits
 
 log = get_logger(__name__)
 
@@ -37,9 +38,13 @@ return n
 
 
 class LiveState:
-    def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: RedisKeys, *, store_waits: StoreWaits | None = None
+    ) -> None:
         self._redis = client
         self.keys = keys
+        # Every write is marked there: a RunActor waiting on Redis is not a wedged one.
+        self._waits = store_waits or StoreWaits()
         self._down_since: float | None = None
         self._append_tail = client.register_script(_APPEND_TAIL)
 
@@ -103,7 +108,8 @@ class LiveState:
 
     def _best_effort(self, what: str, write: Any) -> Any:
         try:
-            result = write()
+            with self._waits.call():
+                result = write()
         except redis.RedisError as exc:
             if self._down_since is None:
                 self._down_since = time.monotonic()

@@ -44,6 +44,7 @@ class LiveAttempt:
     marker: str
     ping: tuple[float, pykka.Future[Any]] | None = None
     dead_since: float | None = None
+    logged_store_wait: float | None = None  # the store wait already logged (its start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,7 +359,7 @@ class Supervisor(pykka.ThreadingActor):
                 try:
                     future.get(timeout=0)
                 except pykka.Timeout:
-                    if now - sent_at > self.deps.settings.ping_timeout_s:
+                    if self._is_wedged(run_id, entry, sent_at, now):
                         self._handle_wedged(run_id, entry)
                     continue
                 except pykka.ActorDeadError:
@@ -368,6 +369,32 @@ class Supervisor(pykka.ThreadingActor):
                 entry.ping = (now, entry.ref.ask(m.Ping(), block=False))
             except pykka.ActorDeadError:
                 self._handle_dead(run_id, entry)
+
+    def _is_wedged(self, run_id: int, entry: LiveAttempt, sent_at: float, now: float) -> bool:
+        """Whether a ping still unanswered means its RunActor is wedged.
+
+        A RunActor blocked in a PostgreSQL or Redis call (a locked row, a paused server, an
+        exhausted pool) is slow, not wedged: it answers once the store does, and its run must
+        not be killed for that, however long it takes. So only time spent outside store calls
+        counts: the ping's clock starts again whenever the actor leaves one (the journal and
+        the live state mark every call in `store_waits`). The waiting stays on the actor
+        rather than moving to another thread: its writes stay in order with its exits and
+        stops, and a store outage needs no queue of pending writes.
+        """
+        timeout = self.deps.settings.ping_timeout_s
+        wait = self.deps.store_waits.of(entry.ref.actor_urn)
+        if wait.waiting_since is not None:
+            if now - wait.waiting_since > timeout and entry.logged_store_wait != wait.waiting_since:
+                entry.logged_store_wait = wait.waiting_since
+                log.warning(
+                    "run actor waits on the store; not treated as stuck",
+                    run_id=run_id,
+                    attempt=entry.attempt,
+                    waited_s=round(now - wait.waiting_since, 1),
+                )
+            return False
+        late_since = max(sent_at, wait.left_at or sent_at)
+        return now - late_since > timeout
 
     def _handle_wedged(self, run_id: int, entry: LiveAttempt) -> None:
         log.error(

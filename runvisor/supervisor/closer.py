@@ -1,5 +1,6 @@
 """Ending an attempt whose RunActor cannot: it failed, it is wedged, its process was lost, or
-its node is gone. Kill what is left of it, decide by the restart policy, record the end."""
+its node is gone. Kill what is left of it, store the output its spool still holds, decide by
+the restart policy, record the end."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import time
 from dataclasses import dataclass
 
 from runvisor.actors.cgroups import AttemptCgroup
+from runvisor.actors.output_pump import OutputPump
 from runvisor.actors.proctree import kill_attempt_tree
 from runvisor.actors.run_actor import RunDeps
 from runvisor.actors.spawn import ProcessIdentity, is_alive
-from runvisor.errors import StoreUnavailable
+from runvisor.errors import Fenced, StoreUnavailable
 from runvisor.logs import get_logger
-from runvisor.models import AttemptEndReason, Run, RunStatus
+from runvisor.models import Attempt, AttemptEndReason, Run, RunStatus
 from runvisor.supervisor.policy import attempt_history, decide
 
 log = get_logger("runvisor.supervisor")
@@ -56,6 +58,17 @@ class AttemptCloser:
             killed += self._kill(
                 attempt.pid, attempt.pid_start_ticks, attempt.process_marker, local=local
             )
+        output_stored = 0
+        if local and attempt is not None:
+            # Its processes are gone, so the spool is final: store what is not stored yet
+            # before the end is recorded (the spool is removed after that). PostgreSQL down:
+            # the Supervisor tries again later, and nothing is deleted meanwhile.
+            try:
+                output_stored = self._store_spool(run, attempt)
+            except StoreUnavailable:
+                return Closed(recorded=False)
+            except Fenced:
+                return Closed(recorded=True)  # ended meanwhile (by its woken RunActor, say)
         started = attempt.started_at.timestamp() if attempt else time.time()
         history = attempt_history(run, started_at=started, ended_at=time.time(), succeeded=False)
         decision = decide(
@@ -83,6 +96,7 @@ class AttemptCloser:
             reason=str(reason),
             status=str(stored),
             killed=killed,
+            output_stored=output_stored,
         )
         self.deps.live.publish_state(
             run_id,
@@ -116,6 +130,32 @@ class AttemptCloser:
             log.warning("attempt cgroup not removed", cgroup=str(cgroup.path), error=str(exc))
             return 0
         return killed
+
+    def _store_spool(self, run: Run, attempt: Attempt) -> int:
+        """Store the attempt's spool bytes past the stored end, fenced by node and attempt as
+        its RunActor's writes are; the bytes stored. Raises StoreUnavailable or Fenced."""
+        pump = OutputPump(
+            run_id=run.id,
+            attempt=attempt.attempt,
+            spool_path=self.deps.settings.spool_dir / str(run.id) / f"{attempt.attempt}.out",
+            base_offset=attempt.output_offset,
+            stored_in_spool=max(run.output_bytes - attempt.output_offset, 0),
+            max_output_bytes=run.max_output_bytes,
+            journal=self.deps.journal,
+            live=self.deps.live,
+        )
+        before = pump.stored_bytes
+        try:
+            pump.flush(to_eof=True)
+        except OSError as exc:
+            # Unreadable (a file where its directory should be, say): nothing of it can be
+            # stored, and retrying would not change that.
+            log.warning(
+                "spool not readable; its output is not stored", run_id=run.id, error=str(exc)
+            )
+        finally:
+            pump.close()
+        return pump.stored_bytes - before
 
     def _kill(self, pid: int | None, start_ticks: int | None, marker: str, *, local: bool) -> int:
         if local and pid is not None:

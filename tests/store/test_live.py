@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import redis
 
 from runvisor.store.keys import RedisKeys
 from runvisor.store.live import LiveState, redis_client
+from runvisor.store.waits import StoreWaits
+from tests.fix_proxy import TcpProxy, proxied_redis_url
+from tests.polling import wait_until
 
 
 def test_the_tail_keeps_the_last_bytes_within_twice_the_cap(
@@ -59,3 +63,30 @@ def test_an_unreachable_redis_costs_freshness_not_an_exception() -> None:
     live.renew_lease("n", 5)
     assert live.ping() is False
     live.close()
+
+
+def test_a_write_to_a_paused_redis_is_a_store_wait_until_it_returns(
+    redis_server_url: str, redis_prefix: str, redis_proxy: TcpProxy
+) -> None:
+    waits = StoreWaits()
+    url = proxied_redis_url(redis_server_url, redis_proxy)
+    live = LiveState(redis_client(url), RedisKeys(redis_prefix), store_waits=waits)
+    done = threading.Event()
+
+    def writer() -> None:
+        waits.register("writer")
+        live.publish_state(3, {"status": "running"}, terminal=False)
+        done.set()
+
+    try:
+        assert live.ping()  # connected before the pause
+        redis_proxy.pause()
+        threading.Thread(target=writer, daemon=True).start()
+        since = wait_until(lambda: waits.of("writer").waiting_since, 5, "the writer to wait")
+        redis_proxy.resume()
+        wait_until(done.is_set, 10, "the write to return")
+        after = waits.of("writer")
+        assert after.waiting_since is None and after.left_at is not None and after.left_at > since
+    finally:
+        redis_proxy.resume()
+        live.close()

@@ -1,0 +1,164 @@
+"""The journal against a real PostgreSQL: output writes of two writers, a statement cancelled
+by a timeout, and calls blocked on a locked row or a paused server marked as store waits."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from runvisor.errors import StoreUnavailable
+from runvisor.models import Run
+from runvisor.store.journal import RunJournal, open_journal
+from runvisor.store.waits import StoreWaits
+from tests.fix_proxy import TcpProxy, proxied_database_url
+from tests.polling import wait_until
+
+NODE = "journal-test-node"
+DATA = bytes(range(256)) * 4
+
+
+@pytest.fixture
+def journal(database_url: str) -> Iterator[RunJournal]:
+    journal = open_journal(database_url, node_id=NODE)
+    yield journal
+    journal.close()
+
+
+def claimed_run(database_url: str, journal: RunJournal) -> Run:
+    """A run claimed by NODE: running, attempt 1 open."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO commands (code, max_output_bytes) VALUES ('true', 1000000) RETURNING id"
+        ).fetchone()
+        assert row is not None
+        conn.execute(
+            "INSERT INTO runs (command_id, code, max_output_bytes) VALUES (%s, 'true', 1000000)",
+            (row[0],),
+        )
+    run = journal.claim_next_queued(marker=uuid.uuid4().hex, boot_id="test")
+    assert run is not None and run.attempt == 1
+    return run
+
+
+def stored(database_url: str, run_id: int) -> tuple[int, bytes]:
+    """(runs.output_bytes, the run_output rows joined in offset order)."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT output_bytes FROM runs WHERE id = %s", (run_id,)).fetchone()
+        chunks = conn.execute(
+            "SELECT data FROM run_output WHERE run_id = %s ORDER BY byte_offset", (run_id,)
+        ).fetchall()
+    assert row is not None
+    return row[0], b"".join(c[0] for c in chunks)
+
+
+def test_a_late_writer_of_a_stored_range_neither_shrinks_output_bytes_nor_repeats_bytes(
+    database_url: str, journal: RunJournal
+) -> None:
+    run = claimed_run(database_url, journal)
+    assert journal.append_output(run.id, 1, offset=0, chunks=[DATA[:100]], truncated=False)
+    # A second writer that is behind: part of the stored range again...
+    assert journal.append_output(run.id, 1, offset=0, chunks=[DATA[:60]], truncated=False)
+    assert stored(database_url, run.id) == (100, DATA[:100])
+    # ...then chunks across the stored end: only the new bytes are added.
+    assert journal.append_output(
+        run.id, 1, offset=60, chunks=[DATA[60:90], DATA[90:130]], truncated=False
+    )
+    assert stored(database_url, run.id) == (130, DATA[:130])
+
+
+@pytest.mark.parametrize("setting", ["statement_timeout", "lock_timeout"])
+def test_a_statement_cancelled_by_a_timeout_is_unavailable_and_changes_nothing(
+    database_url: str, journal: RunJournal, setting: str
+) -> None:
+    run = claimed_run(database_url, journal)
+    options = {"options": f"-c {setting}=300"}
+    with ConnectionPool(database_url, min_size=1, max_size=1, kwargs=options, open=True) as pool:
+        impatient = RunJournal(pool, node_id=NODE)
+        with psycopg.connect(database_url) as locker:
+            locker.execute("SELECT * FROM runs WHERE id = %s FOR UPDATE", (run.id,))
+            with pytest.raises(StoreUnavailable, match=setting.replace("_", " ")):
+                impatient.append_output(run.id, 1, offset=0, chunks=[DATA[:10]], truncated=False)
+        assert stored(database_url, run.id) == (0, b"")
+        # The lock is gone: the retry stores the same bytes, once.
+        assert impatient.append_output(run.id, 1, offset=0, chunks=[DATA[:10]], truncated=False)
+        assert stored(database_url, run.id) == (10, DATA[:10])
+
+
+def test_a_call_blocked_on_a_locked_row_is_a_store_wait_until_it_returns(
+    database_url: str, journal: RunJournal
+) -> None:
+    run = claimed_run(database_url, journal)
+    waits = StoreWaits()
+    waiting_journal = open_journal(database_url, node_id=NODE, store_waits=waits)
+    results: list[bool] = []
+
+    def writer() -> None:
+        waits.register("writer")
+        results.append(
+            waiting_journal.append_output(run.id, 1, offset=0, chunks=[DATA[:5]], truncated=False)
+        )
+
+    def waiting_for_a_lock() -> int:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()
+        return row[0] if row else 0
+
+    try:
+        with psycopg.connect(database_url) as locker:
+            locker.execute("SELECT * FROM runs WHERE id = %s FOR UPDATE", (run.id,))
+            thread = threading.Thread(target=writer, daemon=True)
+            thread.start()
+            since = wait_until(lambda: waits.of("writer").waiting_since, 5, "the writer to wait")
+            wait_until(waiting_for_a_lock, 5, "the writer's statement to wait for the lock")
+            assert not results and waits.of("writer").waiting_since == since
+        thread.join(10)
+        assert results == [True]
+        after = waits.of("writer")
+        assert after.waiting_since is None and after.left_at is not None and after.left_at > since
+    finally:
+        waiting_journal.close()
+
+
+def test_a_call_to_a_paused_server_waits_marked_and_completes_after_the_resume(
+    database_url: str, pg_proxy: TcpProxy
+) -> None:
+    waits = StoreWaits()
+    proxied = open_journal(
+        proxied_database_url(database_url, pg_proxy), node_id=NODE, store_waits=waits
+    )
+    direct = open_journal(database_url, node_id=NODE)
+    run = claimed_run(database_url, direct)
+    results: list[bool] = []
+    try:
+        proxied.ping()  # a connection through the proxy, open before the pause
+        pg_proxy.pause()
+
+        def writer() -> None:
+            waits.register("writer")
+            results.append(
+                proxied.append_output(run.id, 1, offset=0, chunks=[b"hi"], truncated=False)
+            )
+
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
+        since = wait_until(lambda: waits.of("writer").waiting_since, 5, "the writer to wait")
+        thread.join(3)  # longer than the pool's own timeout: the call hangs, as with SIGSTOP
+        assert thread.is_alive() and not results
+        assert stored(database_url, run.id) == (0, b"")
+        pg_proxy.resume()
+        thread.join(15)
+        assert results == [True] and stored(database_url, run.id) == (2, b"hi")
+        assert waits.of("writer").waiting_since is None
+        assert (waits.of("writer").left_at or 0) > since
+    finally:
+        pg_proxy.resume()
+        proxied.close()
+        direct.close()
