@@ -151,6 +151,67 @@ FORBIDDEN_NAMES: dict[str, str] = {
     "SSL_CERT_DIR": _NETWORK,
     "CURL_CA_BUNDLE": _NETWORK,
     "REQUESTS_CA_BUNDLE": _NETWORK,
+    # Found by attacking the first version of this list: each runs what its value says.
+    "TAR_OPTIONS": f"{_INTERPRETER} (tar --checkpoint-action=exec, --to-command)",
+    "VIMINIT": f"{_INTERPRETER} (vim runs its Ex commands, ! included)",
+    "EXINIT": f"{_INTERPRETER} (ex and vi run its commands, ! included)",
+    "MYVIMRC": _CONFIG,
+    "HGRCPATH": f"{_CONFIG} (Mercurial hooks are commands)",
+    "PARALLEL": f"{_INTERPRETER} (GNU parallel takes options, --env and commands, from it)",
+    "AWKPATH": f"{_INTERPRETER} (gawk -f and @include read programs from it)",
+    "AWKLIBPATH": f"{_INTERPRETER} (gawk loads extensions from it)",
+    "GREP_OPTIONS": f"{_INTERPRETER} (old GNU grep takes options from it)",
+    "ZIPOPT": f"{_INTERPRETER} (zip -T -TT runs a command)",
+    "UNZIP": f"{_INTERPRETER} (unzip takes options from it)",
+    "GZIP": f"{_INTERPRETER} (gzip takes options from it)",
+    "XZ_DEFAULTS": f"{_INTERPRETER} (xz takes options from it)",
+    "XZ_OPT": f"{_INTERPRETER} (xz takes options from it)",
+    "BZIP2": f"{_INTERPRETER} (bzip2 takes options from it)",
+    "SSH_AUTH_SOCK": _NETWORK,
+    "GNUPGHOME": _CONFIG,
+    "GIO_EXTRA_MODULES": _LOADER,
+    "GIO_MODULE_DIR": _LOADER,
+    "GTK_PATH": _LOADER,
+    "GTK_MODULES": _LOADER,
+    "QT_PLUGIN_PATH": _LOADER,
+    "QT_QPA_PLATFORM_PLUGIN_PATH": _LOADER,
+    "GST_PLUGIN_PATH": _LOADER,
+    "BUNDLE_GEMFILE": f"{_INTERPRETER} (bundler evaluates the Gemfile it names)",
+    "GEM_HOME": _INTERPRETER,
+    "GEM_PATH": _INTERPRETER,
+    "RUBYGEMS_GEMDEPS": _INTERPRETER,
+    "COMPOSER_HOME": _CONFIG,
+    "R_PROFILE": _INTERPRETER,
+    "R_PROFILE_USER": _INTERPRETER,
+    "R_ENVIRON": _INTERPRETER,
+    "R_ENVIRON_USER": _INTERPRETER,
+    "R_LIBS": _INTERPRETER,
+    "R_LIBS_USER": _INTERPRETER,
+    "DOCKER_HOST": _NETWORK,
+    "DOCKER_CONFIG": f"{_CONFIG} (credential helpers are programs)",
+    "CONTAINERS_CONF": _CONFIG,
+    "HELM_PLUGINS": _INTERPRETER,
+    # make(1) and build tools: the compilers and tools they run.
+    "CC": _PROGRAM,
+    "CXX": _PROGRAM,
+    "CPP": _PROGRAM,
+    "LD": _PROGRAM,
+    "AR": _PROGRAM,
+    "AS": _PROGRAM,
+    "NM": _PROGRAM,
+    "RANLIB": _PROGRAM,
+    "STRIP": _PROGRAM,
+    "OBJCOPY": _PROGRAM,
+    "CFLAGS": f"{_INTERPRETER} (compiler flags: -fplugin, -B, -wrapper)",
+    "CXXFLAGS": f"{_INTERPRETER} (compiler flags: -fplugin, -B, -wrapper)",
+    "CPPFLAGS": f"{_INTERPRETER} (compiler flags: -fplugin, -B, -wrapper)",
+    "LDFLAGS": f"{_INTERPRETER} (linker flags: --plugin, -Wl,...)",
+    "COMPILER_PATH": f"{_INTERPRETER} (gcc runs its subprograms from it)",
+    "GCC_EXEC_PREFIX": f"{_INTERPRETER} (gcc runs its subprograms from it)",
+    "LIBRARY_PATH": _LOADER,
+    "CPATH": _INTERPRETER,
+    "PKG_CONFIG_PATH": _INTERPRETER,
+    "CMAKE_PREFIX_PATH": _INTERPRETER,
 }
 
 # Prefixes (exact letter case) -> why.
@@ -182,6 +243,11 @@ FORBIDDEN_PREFIXES: dict[str, str] = {
     "LESS": "less runs the input filter LESSOPEN names and takes options from LESS",
     # config(5ssl): OPENSSL_CONF can load engines and providers (shared objects).
     "OPENSSL_": f"{_CONFIG} (OpenSSL loads engines and providers)",
+    # pip(1): every option as PIP_* (PIP_INDEX_URL, PIP_CONFIG_FILE, PIP_TARGET...).
+    "PIP_": f"{_CONFIG} (pip takes every option, index and config file from PIP_*)",
+    # npm, yarn: config as variables (the lower-case npm_config_ is matched in any case).
+    "YARN_": _CONFIG,
+    "NPM_CONFIG_": _CONFIG,
 }
 
 # Suffixes (exact letter case) -> why: GIT_PAGER, SYSTEMD_PAGER, SUDO_ASKPASS, SSH_ASKPASS...
@@ -189,6 +255,10 @@ FORBIDDEN_SUFFIXES: dict[str, str] = {
     "_PAGER": _PROGRAM,
     "_EDITOR": _PROGRAM,
     "_ASKPASS": _PROGRAM,
+    # Options variables of many tools (TAR_OPTIONS, JAVA_OPTIONS, MAVEN_OPTS, ANT_OPTS,
+    # SBT_OPTS, GRADLE_OPTS, DOTNET_..._OPTIONS, NODE_OPTIONS...): they take command lines.
+    "_OPTIONS": f"{_INTERPRETER} (a program takes command-line options from it)",
+    "_OPTS": f"{_INTERPRETER} (a program takes command-line options from it)",
 }
 
 # Read in any letter case by the programs that use them, so matched in any letter case (in

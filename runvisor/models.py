@@ -176,6 +176,8 @@ class RunSpec:
     stuck_after_s: float | None = None
     restart: RestartPolicy | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # Whoever asked may loosen the command's bounds (an admin); else only tighten them.
+    may_loosen: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,10 @@ DANGEROUS = [
     # read in any letter case by their programs
     "npm_config_script_shell", "NPM_CONFIG_NODE_OPTIONS", "Npm_Config_x",
     "http_proxy", "HTTPS_PROXY", "all_proxy", "Ftp_Proxy",
+    # found by an attack on the first list (each runs what its value says)
+    "TAR_OPTIONS", "VIMINIT", "EXINIT", "HGRCPATH", "PARALLEL", "GIO_EXTRA_MODULES",
+    "QT_PLUGIN_PATH", "BUNDLE_GEMFILE", "GEM_PATH", "PIP_INDEX_URL", "DOCKER_CONFIG", "CC",
+    "AWKPATH", "MAVEN_OPTS", "GRADLE_OPTS", "ANT_OPTS", "SOME_TOOL_OPTIONS", "CFLAGS",
 ]  # fmt: skip
 
 ORDINARY = [

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from aiohttp import web
 
+from runvisor.http.auth import Role
 from runvisor.http.bodies import read_model
 from runvisor.http.keys import CONTROL, HISTORY, SETTINGS, principal_of
 from runvisor.http.schemas import (
@@ -57,6 +60,7 @@ async def start_run(request: web.Request) -> web.Response:
     command_id = parse_id(request.match_info["id"], "command")
     body = await read_model(request, RunIn, required=False)
     spec = body.to_spec() if body is not None else RunSpec()
+    spec = dataclasses.replace(spec, may_loosen=principal_of(request).role >= Role.ADMIN)
     run = await request.app[CONTROL].start_run(command_id, spec, actor=principal_of(request).name)
     return web.json_response(
         run_json(run), status=202, headers={"Location": f"/api/v1/runs/{run.id}"}

@@ -13,7 +13,7 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from runvisor.errors import Conflict, NotFound, StoreUnavailable, Unprocessable
+from runvisor.errors import Conflict, Forbidden, NotFound, StoreUnavailable, Unprocessable
 from runvisor.models import (
     ACTIVE_STATUSES,
     Attempt,
@@ -24,6 +24,7 @@ from runvisor.models import (
     RunSpec,
     RunStatus,
 )
+from runvisor.overrides import loosened
 from runvisor.store.columns import (
     ATTEMPTS_OF_RUNS,
     AUDIT_COLUMNS,
@@ -174,6 +175,12 @@ class History:
             undeclared = sorted(name for name in spec.env if name not in command.env)
             if undeclared:
                 raise _undeclared_env(command.id, undeclared)
+            looser = [] if spec.may_loosen else loosened(command, spec)
+            if looser:
+                raise Forbidden(
+                    f"only an admin may loosen command {command.id}'s bounds: "
+                    + "; ".join(looser)
+                )
             env = {name: value for name, value in command.env.items() if value is not None}
             env.update(spec.env)
             restart = spec.restart.to_json() if spec.restart is not None else command.restart

@@ -168,3 +168,28 @@ def test_a_forbidden_name_already_stored_in_a_run_is_dropped_at_spawn(
         "the warning in the service's log",
     )
     assert "INJECTED" not in service.log_path.read_text(errors="replace")
+
+
+def test_only_an_admin_may_loosen_the_commands_bounds(api: Api) -> None:
+    command = api.create_command(
+        "sleep 0", timeout_s=1, restart={"policy": "on-failure", "max_restarts": 2}
+    )
+    path = f"/api/v1/commands/{command['id']}/runs"
+    looser = {
+        "timeout_s": 31_536_000,
+        "restart": {
+            "policy": "always",
+            "max_restarts": 1000,
+            "window_s": 1,
+            "backoff_s": 0,
+            "backoff_max_s": 0,
+        },
+    }
+    refused = api.post(path, json=looser, token=OPERATOR)
+    assert refused.status_code == 403, refused.text
+    message = refused.json()["error"]["message"]
+    assert "timeout_s" in message and "restart.policy" in message
+    assert api.get(f"/api/v1/runs?command_id={command['id']}").json()["total"] == 0
+    tighter = api.post(path, json={"timeout_s": 0.5}, token=OPERATOR)
+    assert tighter.status_code == 202, tighter.text
+    assert api.post(path, json=looser).status_code == 202  # the admin may
