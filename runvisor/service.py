@@ -132,6 +132,11 @@ def isolate_runs(settings: Settings) -> RunIsolation:
             user=run_user.describe(),
         )
     cgroups, reason = choose_process_tracking(settings.process_tracking, settings.node_id)
+    if not settings.run_limits and not (cgroups and cgroups.controllers):
+        log.warning(
+            "runs have no resource limits: a fork bomb or a memory hog reaches the whole "
+            "machine; set RUNVISOR_RUN_LIMITS (e.g. nproc=1024,as=4G)"
+        )
     isolation = RunIsolation(run_user=run_user, cgroups=cgroups, no_cgroup_reason=reason)
     log.info("run isolation", **isolation.describe())
     return isolation

@@ -83,7 +83,9 @@ def test_backing_services_are_healthchecked_and_persistent(compose: dict[str, An
 
     redis = services["redis"]
     assert redis["image"].split(":")[0] in ("redis", "valkey/valkey")
-    assert redis["healthcheck"]["test"][-1] == "ping"
+    assert "valkey-cli ping" in redis["healthcheck"]["test"][-1]
+    assert "REDISCLI_AUTH" in redis["healthcheck"]["test"][-1]  # it has a password
+    assert "--requirepass" in redis["command"]
     assert "--appendonly" in redis["command"] and "yes" in redis["command"]
     assert any(v.endswith(":/data") for v in redis["volumes"])
 
@@ -115,14 +117,21 @@ def test_runvisor_nodes(compose: dict[str, Any], name: str) -> None:
     assert env["RUNVISOR_DATA_DIR"] == "/var/lib/runvisor"
     assert env["RUNVISOR_DATABASE_URL"].startswith("postgresql://")
     assert "@postgres:5432/" in env["RUNVISOR_DATABASE_URL"]
-    assert env["RUNVISOR_REDIS_URL"].startswith("redis://redis:6379")
+    # Runs share the compose network: both stores need a password, none has a default.
+    assert env["RUNVISOR_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?")
+    assert env["RUNVISOR_REDIS_URL"].endswith("@redis:6379/0")
+    assert "${POSTGRES_PASSWORD:?" in env["RUNVISOR_DATABASE_URL"]
     assert env["RUNVISOR_TOKENS"].startswith("${RUNVISOR_TOKENS:?")
 
     # Compose refuses to start without RUNVISOR_TOKENS...
     with pytest.raises(KeyError, match="set RUNVISOR_TOKENS"):
         _interpolate(env["RUNVISOR_TOKENS"], {})
     # ...and with it, runvisor accepts every setting the file gives it.
-    given = {"RUNVISOR_TOKENS": "admin:" + "s" * 32}
+    given = {
+        "RUNVISOR_TOKENS": "admin:" + "s" * 32,
+        "POSTGRES_PASSWORD": "p" * 16,
+        "REDIS_PASSWORD": "r" * 16,
+    }
     settings = load_settings({k: _interpolate(str(v), given) for k, v in env.items()})
     assert settings.node_id == node_id
     assert settings.port == 8080 and settings.host == "0.0.0.0"
