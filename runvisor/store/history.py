@@ -178,8 +178,7 @@ class History:
             looser = [] if spec.may_loosen else loosened(command, spec)
             if looser:
                 raise Forbidden(
-                    f"only an admin may loosen command {command.id}'s bounds: "
-                    + "; ".join(looser)
+                    f"only an admin may loosen command {command.id}'s bounds: " + "; ".join(looser)
                 )
             env = {name: value for name, value in command.env.items() if value is not None}
             env.update(spec.env)
