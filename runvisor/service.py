@@ -54,6 +54,8 @@ def serve(settings: Settings) -> None:
         check_listen_address(settings)
         tokens = load_tokens(settings)
         isolation = isolate_runs(settings)
+        if isolation.cgroups is not None:
+            stack.callback(isolation.cgroups.remove_if_unused)
         database_url, redis_url = start_stores(settings, stack)
         assert redis_url is not None
         migrate(database_url)

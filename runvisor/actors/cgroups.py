@@ -88,6 +88,12 @@ class CgroupTree:
                 run_id, attempt = int(match[1]), int(match[2])
                 yield run_id, attempt, self.attempt(run_id, attempt)
 
+    def remove_if_unused(self) -> None:
+        """At shutdown: remove this node's directory unless attempts (detached, to be adopted
+        at the next start) still have cgroups in it."""
+        with contextlib.suppress(OSError):  # not empty (runs go on), or gone: both fine
+            self.root.rmdir()
+
 
 def open_cgroup_tree(node_id: str) -> CgroupTree:
     """Create (or reuse) this node's cgroup directory and prove a process can be moved into

@@ -310,3 +310,11 @@ def test_a_commands_limits_override_the_nodes_defaults(service_factory) -> None:
     final = api.wait_finished(run["id"])
     assert final["status"] == "succeeded" and final["limits"] == command["limits"]
     assert api.output(run["id"]) == b"100 unlimited 77\n"
+
+
+def test_a_node_removes_its_cgroup_directory_when_it_stops(service: Service) -> None:
+    cgroups = Path(service.api.get("/readyz", token="").json()["runs"]["cgroup"])
+    final, _out = finished_output(service.api, "true")
+    assert final["status"] == "succeeded" and cgroups.is_dir()
+    assert service.stop() == 0
+    assert not cgroups.exists()
