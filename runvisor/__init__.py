@@ -1,3 +1,3 @@
-"""runvisor: runs bash commands under supervision."""
+"""runvisor: runs bash commands under supervision. How it is built: docs/architecture.md."""
 
 __version__ = "0.1.0"

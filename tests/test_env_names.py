@@ -18,7 +18,7 @@ from runvisor.env_names import (
     forbidden_reason,
 )
 
-# What the brief and the manuals name; each must be refused.
+# What the README and the manuals name; each must be refused.
 DANGEROUS = [
     # bash(1), dash(1)
     "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS0", "PS1", "PS2", "PS3", "PS4",

@@ -1,4 +1,4 @@
-"""The original assignment's routes: same paths and JSON shapes (see LEGACY_API.md).
+"""The original assignment's routes: same paths and JSON shapes (README.md, Legacy API).
 
 The original sends a JSON body even with GET; these handlers ignore it, as it did.
 

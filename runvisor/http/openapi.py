@@ -239,7 +239,7 @@ _TABLE: tuple[_Route, ...] = (
             503: _json(_ref("Readiness"), "Not ready: `stores` says which is down")}),
     _Route("GET", "/api/v1/openapi.json", "getOpenapi", None, "This document",
            {200: _json({"type": "object"}, "The OpenAPI document")}),
-    # Legacy routes of the original service: same paths and shapes (LEGACY_API.md).
+    # Legacy routes of the original service: same paths and shapes (README.md, Legacy API).
     _Route("POST", "/command", "legacyCreateCommand", _A, "Create a command (legacy)",
            {200: _json(_ref("LegacyCommand"), "The command")}, body=LegacyCommandIn,
            body_required=True),

@@ -1,7 +1,7 @@
 """Records -> JSON-ready dicts, for the v1 API and the legacy routes (pure: no I/O).
 
-Each function returns exactly the documented fields (DESIGN.md §6, LEGACY_API.md); the
-OpenAPI document describes the same shapes, and a test keeps the two in step.
+Each function returns exactly the documented fields (README.md: the walkthrough, Legacy API);
+the OpenAPI document describes the same shapes, and a test keeps the two in step.
 """
 
 from __future__ import annotations

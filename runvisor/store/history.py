@@ -209,14 +209,14 @@ class History:
         return run
 
     async def get_run(self, run_id: int) -> Run:
-        async with self._conn() as conn:
+        async with self._conn() as conn, _snapshot(conn):
             runs = await _fetch_runs(conn, sql.SQL("WHERE id = %s"), (run_id,))
         if not runs:
             raise NotFound(f"run {run_id} not found")
         return runs[0]
 
     async def latest_run(self, command_id: int) -> Run | None:
-        async with self._conn() as conn:
+        async with self._conn() as conn, _snapshot(conn):
             runs = await _fetch_runs(
                 conn, sql.SQL("WHERE command_id = %s ORDER BY id DESC LIMIT 1"), (command_id,)
             )
@@ -239,7 +239,7 @@ class History:
             conditions.append(sql.SQL("status = ANY(%s)"))
             params.append([str(s) for s in statuses])
         where = sql.SQL("WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
-        async with self._conn() as conn:
+        async with self._conn() as conn, _snapshot(conn):
             items = await _fetch_runs(
                 conn,
                 where + sql.SQL(" ORDER BY id DESC LIMIT %s OFFSET %s"),
@@ -388,9 +388,23 @@ async def _fetch_command(
     return await cur.fetchone()
 
 
+@asynccontextmanager
+async def _snapshot(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """A read-only transaction whose statements all see one snapshot.
+
+    _fetch_runs reads runs, then their attempts: under READ COMMITTED each statement sees its
+    own snapshot, so a run read just before its attempt's pid was recorded (start_attempt
+    writes both in one transaction) came back with `pid` null and its attempt's pid set.
+    """
+    async with conn.transaction():
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield
+
+
 async def _fetch_runs(
     conn: psycopg.AsyncConnection[Any], tail: sql.Composable, params: tuple[Any, ...] | list[Any]
 ) -> list[Run]:
+    """Runs with their attempts; inside _snapshot, so that both agree."""
     cur = conn.cursor(row_factory=class_row(Run))
     await cur.execute(RUNS_SELECT + tail, params)
     runs = await cur.fetchall()

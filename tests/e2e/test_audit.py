@@ -19,7 +19,7 @@ def audit(api: Api, query: str = "") -> dict[str, Any]:
 
 
 def create_start_stop_delete(service: Service) -> tuple[int, int]:
-    """The flow of the brief: admin creates, operator starts and stops, admin deletes."""
+    """The roles' flow: admin creates, operator starts and stops, admin deletes."""
     api = service.api
     command = api.create_command("echo started; sleep 60")
     response = api.post(f"/api/v1/commands/{command['id']}/runs", json={}, token=OPERATOR)

@@ -43,6 +43,8 @@ def test_a_run_started_answers_202_with_location(api: Api) -> None:
     run = response.json()
     assert response.headers["Location"] == f"/api/v1/runs/{run['id']}"
     assert run["command_id"] == command["id"] and run["status"] in ("queued", "running")
+    # The run's pid is its current attempt's, even while that pid is being recorded.
+    assert run["pid"] == (run["attempts"][-1]["pid"] if run["attempts"] else None)
     assert api.wait_finished(run["id"])["status"] == "succeeded"
 
 

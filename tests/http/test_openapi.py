@@ -21,8 +21,7 @@ from runvisor.http.openapi import REQUIRED_ROLES, ROUTES, build_openapi
 from runvisor.models import AuditEntry
 from tests.schema_tools import closed
 
-# The routes of the brief, each with the role it needs (DESIGN.md §6 also has .../events and
-# /metrics: not served yet).
+# The routes of the README's Routes table, each with the role it needs.
 EXPECTED = {
     ("POST", "/api/v1/commands"): Role.ADMIN,
     ("GET", "/api/v1/commands"): Role.VIEWER,

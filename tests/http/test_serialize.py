@@ -1,4 +1,4 @@
-"""runvisor.http.serialize: the JSON shapes of DESIGN.md §6 and LEGACY_API.md."""
+"""runvisor.http.serialize: the JSON shapes of the README (the walkthrough, Legacy API)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ T0_JSON = "2024-05-01T12:00:00.000000Z"
 
 COMMAND_FIELDS = {"id", "name", "code", "description", "created_at", "timeout_s", "stuck_after_s",
                   "restart", "max_output_bytes", "env", "limits"}  # fmt: skip
-RUN_FIELDS = {  # DESIGN.md §6, then the additions of the brief
+RUN_FIELDS = {  # a run as the README's walkthrough shows it
     "id", "command_id", "status", "exit_code", "signal", "reason", "node", "pid", "attempt",
     "restart_count", "next_attempt_at", "attempts", "created_at", "started_at", "finished_at",
     "output_bytes", "output_truncated", "stop_requested_by",

@@ -1,0 +1,99 @@
+"""The history (HTTP side) against a real PostgreSQL: a run and its attempts are read as of one
+moment, so the run's fields agree with its attempts even while a pid is being recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Awaitable, Callable
+
+import psycopg
+import pytest
+
+from runvisor.models import Run
+from runvisor.store.history import History, open_history
+from runvisor.store.journal import open_journal
+from tests.polling import wait_until
+
+NODE = "history-test-node"
+PID = 4242
+
+READS: dict[str, Callable[[History, Run], Awaitable[Run | None]]] = {
+    "get_run": lambda history, run: history.get_run(run.id),
+    "latest_run": lambda history, run: history.latest_run(run.command_id),
+    "list_runs": lambda history, run: _first_listed(history),
+}
+
+
+async def _first_listed(history: History) -> Run | None:
+    items, _total = await history.list_runs(command_id=None, statuses=None, limit=10, offset=0)
+    return items[0] if items else None
+
+
+def claimed_run(database_url: str) -> Run:
+    """A run claimed by NODE: running, attempt 1 open, no pid recorded yet."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO commands (code, max_output_bytes) VALUES ('true', 1000) RETURNING id"
+        ).fetchone()
+        assert row is not None
+        conn.execute(
+            "INSERT INTO runs (command_id, code, max_output_bytes) VALUES (%s, 'true', 1000)",
+            (row[0],),
+        )
+    journal = open_journal(database_url, node_id=NODE)
+    try:
+        run = journal.claim_next_queued(marker=uuid.uuid4().hex, boot_id="test")
+    finally:
+        journal.close()
+    assert run is not None and run.pid is None and run.attempts[0].pid is None
+    return run
+
+
+def waiting_on_a_lock(database_url: str) -> bool:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return row is not None and row[0] > 0
+
+
+@pytest.mark.parametrize("read", sorted(READS))
+def test_a_run_read_while_its_pid_is_recorded_agrees_with_its_attempts(
+    database_url: str, read: str
+) -> None:
+    run = claimed_run(database_url)
+    results: list[Run | None] = []
+
+    async def read_run() -> None:
+        async with open_history(database_url, default_max_output_bytes=1000) as history:
+            results.append(await READS[read](history, run))
+
+    with psycopg.connect(database_url) as writer:
+        # The pid recorded as RunJournal.start_attempt records it (both rows, one transaction),
+        # with run_attempts locked until the commit: the reader reads the run's row, then waits
+        # for the commit before it reads the attempts.
+        writer.execute("UPDATE run_attempts SET pid = %s WHERE run_id = %s", (PID, run.id))
+        writer.execute("UPDATE runs SET pid = %s WHERE id = %s", (PID, run.id))
+        writer.execute("LOCK TABLE run_attempts IN ACCESS EXCLUSIVE MODE")
+        reader = threading.Thread(target=lambda: asyncio.run(read_run()))
+        reader.start()
+        wait_until(lambda: waiting_on_a_lock(database_url), 10, "the reader to wait on the lock")
+        writer.commit()
+    reader.join(timeout=10)
+    assert not reader.is_alive()
+    [seen] = results
+    assert seen is not None and seen.id == run.id
+    # As of one moment: before the commit (both null), never the run's row from before it with
+    # the attempt from after it.
+    assert (seen.pid, [a.pid for a in seen.attempts]) == (None, [None])
+
+    async def read_again() -> Run | None:
+        async with open_history(database_url, default_max_output_bytes=1000) as history:
+            return await READS[read](history, run)
+
+    later = asyncio.run(read_again())
+    assert later is not None
+    assert (later.pid, [a.pid for a in later.attempts]) == (PID, [PID])
