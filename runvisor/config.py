@@ -177,8 +177,8 @@ def _stripped(raw: str) -> str:
     return raw.strip()
 
 
-# RUNVISOR_TOKENS="" means "no token at all" (every request refused), not "unset" (which
-# makes `serve` generate an admin token); every other empty variable counts as unset.
+# RUNVISOR_TOKENS="" means "no token at all" (every request that needs one is denied), not
+# "unset" (which makes `serve` generate an admin token); other empty variables are unset.
 EMPTY_IS_A_VALUE = object()
 
 
