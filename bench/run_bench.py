@@ -34,6 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import redis
 import requests
@@ -88,38 +89,30 @@ def ms(x: float) -> str:
 
 
 def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS (KiB) and Threads of a process, from /proc/PID/status; {} if it is gone."""
-    out: dict[str, int] = {}
+    """VmRSS (KiB) and Threads of a process; {} if it is gone."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "Threads"):
-                    out[key] = int(value.split()[0])
-    except OSError:
-        pass
-    return out
+        process = psutil.Process(pid)
+        with process.oneshot():
+            return {"VmRSS": process.memory_info().rss // 1024, "Threads": process.num_threads()}
+    except psutil.Error:
+        return {}
 
 
 def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a process (and its reaped children's: cutime + cstime), in seconds."""
+    """utime + stime of a process, in seconds (NaN if it is gone)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-    except OSError:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return float("nan")
-    ticks = os.sysconf("SC_CLK_TCK")
-    return sum(int(fields[i]) for i in (11, 12)) / ticks  # fields 14, 15 of stat
+    return times.user + times.system
 
 
 def process_alive(pid: int) -> bool:
     """True while the pid exists and is not a zombie."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rpartition(")")[2].split()[0]
-    except OSError:
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.Error:
         return False
-    return state not in ("Z", "X", "x")
 
 
 def processes_with_env(entry: str) -> list[int]:

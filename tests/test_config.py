@@ -139,3 +139,129 @@ def test_an_unusable_data_dir_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("runvisor: bad setting: RUNVISOR_DATA_DIR")
+
+
+def test_an_empty_variable_is_unset_except_tokens() -> None:
+    # RUNVISOR_TOKENS="" is a value (no token at all); any other empty variable is unset.
+    settings = load_settings(
+        {"RUNVISOR_TOKENS": "", "RUNVISOR_PORT": "", "RUNVISOR_NODE_ID": "", "RUNVISOR_RUN_AS": ""}
+    )
+    assert settings.tokens == ""
+    assert settings.port == 8080 and settings.run_as is None
+    assert settings.node_id == Settings().node_id
+    assert load_settings({}).tokens is None
+
+
+def test_only_the_exact_upper_case_names_are_read() -> None:
+    settings = load_settings({"runvisor_port": "9000", "Runvisor_Host": "0.0.0.0", "PORT": "1"})
+    assert settings.port == 8080 and settings.host == "127.0.0.1"
+
+
+def test_values_are_parsed_as_before() -> None:
+    settings = load_settings(
+        {
+            "RUNVISOR_RUN_LIMITS": "cpu=60, as=2G,nproc=unlimited",
+            "RUNVISOR_TOKENS_FILE": " ~/tokens ",
+            "RUNVISOR_LOG_LEVEL": " Warning ",
+            "RUNVISOR_PROCESS_TRACKING": "SCAN",
+            "RUNVISOR_REDIS_URL": " unix:///tmp/v.sock ",
+            "RUNVISOR_TEST_HOOKS": "off",
+            "RUNVISOR_DEFAULT_GRACE_S": "0",
+            "RUNVISOR_MAX_CODE_BYTES": "131000",
+        }
+    )
+    assert settings.run_limits == {"cpu": 60, "as": 2 * 1024**3, "nproc": "unlimited"}
+    assert settings.tokens_file == Path("~/tokens").expanduser()
+    assert settings.log_level == "warning" and settings.process_tracking == "scan"
+    assert settings.redis_url == "unix:///tmp/v.sock" and settings.test_hooks is False
+    assert settings.default_grace_s == 0.0 and settings.max_code_bytes == 131_000
+
+
+@pytest.mark.parametrize(
+    "name,value,message",
+    [
+        ("RUNVISOR_PORT", "70000", "RUNVISOR_PORT='70000': must be >= 0 and <= 65535"),
+        ("RUNVISOR_FLUSH_INTERVAL_S", "0", "RUNVISOR_FLUSH_INTERVAL_S='0': must be >= 0.01"),
+        ("RUNVISOR_LEASE_TTL_S", "inf", "RUNVISOR_LEASE_TTL_S='inf': must be a finite number"),
+        ("RUNVISOR_PING_TIMEOUT_S", "soon", "RUNVISOR_PING_TIMEOUT_S='soon': not a number"),
+        ("RUNVISOR_MAX_BODY_BYTES", "1023", "RUNVISOR_MAX_BODY_BYTES='1023': must be >= 1024"),
+        (
+            "RUNVISOR_LOG_LEVEL",
+            "trace",
+            "RUNVISOR_LOG_LEVEL='trace': must be one of debug, info, warning, error",
+        ),
+        ("RUNVISOR_RUN_LIMITS", "cpu=0", "RUNVISOR_RUN_LIMITS: cpu='0': must be 1 to 2^62"),
+        ("RUNVISOR_RUN_LIMITS", "cpu=1,cpu=2", "RUNVISOR_RUN_LIMITS: cpu is given twice"),
+        (
+            "RUNVISOR_NODE_ID",
+            "x" * 65,
+            f"RUNVISOR_NODE_ID={'x' * 65!r}: 1-64 characters of letters, digits, '-', '_' or '.'",
+        ),
+    ],
+)
+def test_a_refusal_is_one_exact_line(name: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings({name: value})
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("RUNVISOR_DATABASE_URL", "mysql://admin:s3cret-pw@db/x"),
+        ("RUNVISOR_DATABASE_URL", "host=db password=s3cret-pw 'unterminated"),
+        ("RUNVISOR_REDIS_URL", "http://:s3cret-pw@cache:6379/0"),
+    ],
+)
+def test_a_refused_url_is_not_echoed(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings({name: value})
+    assert str(info.value).startswith(f"{name}: ") and "s3cret" not in str(info.value)
+
+
+def test_the_first_bad_setting_is_named() -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings({"RUNVISOR_PROCESS_TRACKING": "x", "RUNVISOR_PORT": "x"})
+    assert str(info.value).startswith("RUNVISOR_PORT=")
+
+
+def test_a_bad_flag_is_named_as_the_flag() -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings({"RUNVISOR_PORT": "9000"}, port="http", node_id=None)
+    assert str(info.value) == "--port='http': not an integer"
+    with pytest.raises(SettingsError) as info:
+        load_settings({}, node_id="bad node")
+    assert str(info.value).startswith("--node-id='bad node': ")
+    with pytest.raises(TypeError):
+        load_settings({}, colour="blue")
+
+
+def test_a_bad_variable_is_an_error_even_when_a_flag_overrides_it() -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings({"RUNVISOR_PORT": "eighty"}, port=9000)
+    assert str(info.value).startswith("RUNVISOR_PORT='eighty'")
+
+
+def test_load_settings_reads_the_process_environment_but_settings_do_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RUNVISOR_PORT", "9123")
+    monkeypatch.setenv("RUNVISOR_LOG_FORMAT", "json")
+    assert load_settings().port == 9123 and load_settings().log_format == "json"
+    assert load_settings({}).port == 8080  # a given mapping is the whole environment
+    assert Settings().port == 8080 and Settings(host="::1").port == 8080
+
+
+def test_settings_built_in_code_are_validated_as_text_would_be() -> None:
+    settings = Settings(port=9000, run_limits={"cpu": 60, "nproc": "unlimited"}, data_dir="/x")
+    assert settings.port == 9000 and settings.data_dir == Path("/x")
+    assert settings.run_limits == {"cpu": 60, "nproc": "unlimited"}
+    for bad in ({"port": 70000}, {"run_limits": {"cpu": -1}}, {"colour": "blue"}):
+        with pytest.raises(ValueError):
+            Settings(**bad)
+
+
+def test_the_tokens_are_not_in_the_repr() -> None:
+    settings = load_settings({"RUNVISOR_TOKENS": "admin:hunter2-secret"})
+    assert settings.tokens == "admin:hunter2-secret"
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)

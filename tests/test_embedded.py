@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from runvisor.embedded import UNIX_PATH_MAX, EmbeddedRedis, EmbeddedServerError
+from runvisor.embedded import UNIX_PATH_MAX, EmbeddedRedis, EmbeddedServerError, common
 from tests import fix_embedded
 from tests.fix_embedded import Embedded, alive, kv_get, kv_set, pg_values, pg_write, server_pids
+from tests.polling import wait_until
 
 # The fixtures of fix_embedded, visible to the tests of this module (conftest is not ours).
 embedded = fix_embedded.embedded
@@ -218,3 +219,89 @@ def test_a_handle_starts_again_after_its_server_died(
     assert pg.pid not in (None, old_pg) and kv.pid not in (None, old_kv)
     pg_write(db_url, "again")
     kv_set(kv_url, "again", "1")
+
+
+def test_a_server_already_listening_on_the_socket_is_left_alone(embedded_dir: Path) -> None:
+    kvdir = embedded_dir / "valkey"
+    kvdir.mkdir(mode=0o700)
+    with socket.socket(socket.AF_UNIX) as other:
+        other.bind(str(kvdir / "valkey.sock"))
+        other.listen()
+        kv = EmbeddedRedis(embedded_dir)
+        with pytest.raises(EmbeddedServerError, match="another server already listens"):
+            kv.start()
+        assert (kvdir / "valkey.sock").exists() and kv.pid is None
+    assert server_pids(embedded_dir) == []
+
+
+def test_a_valkey_that_never_answers_ping_is_stopped_and_reported(
+    embedded_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The server runs, but listens elsewhere: ready is what answers PING, not a live process.
+    write_config = EmbeddedRedis._write_config
+
+    def elsewhere(self: EmbeddedRedis, sock: Path) -> None:
+        write_config(self, embedded_dir / "elsewhere.sock")
+
+    monkeypatch.setattr(EmbeddedRedis, "_write_config", elsewhere)
+    kv = EmbeddedRedis(embedded_dir)
+    kv.start_timeout_s = 1.0
+    with pytest.raises(EmbeddedServerError, match="did not answer PING") as info:
+        kv.start()
+    assert "ConnectionError" in str(info.value)  # the last failure, as redis-py saw it
+    assert kv.pid is None and server_pids(embedded_dir) == []
+
+
+# A parent that starts `sleep 30` in its cwd, kills it on a line of input and never reaps it.
+_ZOMBIE_PARENT = textwrap.dedent(
+    """
+    import subprocess, sys
+    child = subprocess.Popen(["sleep", "30"])
+    print(child.pid, flush=True)
+    sys.stdin.readline()
+    child.kill()
+    sys.stdin.readline()
+    """
+)
+
+
+def test_server_processes_are_told_by_name_and_working_directory(tmp_path: Path) -> None:
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _ZOMBIE_PARENT],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdin is not None and parent.stdout is not None
+    try:
+        pid = int(parent.stdout.readline())
+        assert common.alive(pid)
+        assert common.runs_in(pid, "sleep", tmp_path)
+        assert not common.runs_in(pid, "sleep", other_dir)
+        assert not common.runs_in(pid, "postgres", tmp_path)
+        assert common.pids_in("sleep", tmp_path) == [pid]
+        assert common.pids_in("sleep", other_dir) == []
+        parent.stdin.write("kill\n")
+        parent.stdin.flush()
+        # Killed and never reaped: a zombie is no server.
+        wait_until(lambda: process_state(pid) == "Z", 5, "the killed sleep to be a zombie")
+        assert not common.alive(pid) and not common.runs_in(pid, "sleep", tmp_path)
+        assert common.pids_in("sleep", tmp_path) == []
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdin.close()
+        parent.stdout.close()
+    assert not common.alive(0) and not common.alive(-1)
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state in /proc/PID/stat (read directly: an oracle apart from psutil)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return "gone"
