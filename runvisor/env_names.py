@@ -10,7 +10,7 @@ that reads it ignores case). The list cannot name every variable of every progra
 that calls a program not covered here should not declare that program's variables.
 
 `forbidden_reason(name)` says why a name is refused, or None. The HTTP layer refuses such names
-in a command's declaration and in a run's env (runvisor/http/schemas.py), and the spawn drops
+in a command's declaration and in a run's env (runvisor/http/request_models.py), and the spawn drops
 any that reached a stored run (runvisor/actors/run_env.py).
 
 HOME is refused too: a non-interactive bash runs nothing from it, but the programs CODE calls

@@ -9,26 +9,26 @@ import pykka
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from runvisor import __version__
 from runvisor.actors.isolation import RunIsolation
 from runvisor.config import Settings
-from runvisor.http import health, legacy, v1
 from runvisor.http.auth import TokenTable
+from runvisor.http.control import RunControl
 from runvisor.http.keys import (
     CONTROL,
     HISTORY,
     ISOLATION,
+    OPENAPI,
     REDIS,
     SETTINGS,
     SUPERVISOR,
     TOKENS,
 )
 from runvisor.http.middleware import OPERATION_ID, authenticate, errors, request_log
-from runvisor.http.openapi import ROUTES
+from runvisor.http.openapi import build_openapi
+from runvisor.http.routes import ROUTE_TABLE
 from runvisor.store.history import open_history
 from runvisor.store.keys import RedisKeys
-from runvisor.supervisor.control import RunControl
-
-HANDLERS = {**v1.HANDLERS, **legacy.HANDLERS, **health.HANDLERS}
 
 
 def create_app(
@@ -48,17 +48,17 @@ def create_app(
     app[TOKENS] = tokens
     app[SUPERVISOR] = supervisor
     app[ISOLATION] = isolation
+    app[OPENAPI] = build_openapi(version=__version__, max_page_limit=settings.max_page_limit)
     app.cleanup_ctx.append(_stores(database_url, redis_url))
     add_routes(app)
     return app
 
 
 def add_routes(app: web.Application) -> None:
-    """Register every route of the OpenAPI route table; each must have its handler."""
-    for method, path, operation in ROUTES:
-        handler = HANDLERS[operation]
-        setattr(handler, OPERATION_ID, operation)
-        app.router.add_route(method, path, handler, name=operation)
+    """Register every route of the route table, named by its operationId."""
+    for route in ROUTE_TABLE:
+        setattr(route.handler, OPERATION_ID, route.operation_id)
+        app.router.add_route(route.method, route.path, route.handler, name=route.operation_id)
 
 
 def _stores(database_url: str, redis_url: str) -> Any:

@@ -8,16 +8,15 @@ import psycopg
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from runvisor import __version__
 from runvisor.errors import StoreUnavailable
-from runvisor.http.keys import HISTORY, ISOLATION, REDIS, SETTINGS
-from runvisor.http.openapi import build_openapi
+from runvisor.http.keys import HISTORY, ISOLATION, OPENAPI, REDIS
+from runvisor.http.responses import Health, Isolation, Readiness
 
 READY_TIMEOUT_S = 2.0
 
 
 async def healthz(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return web.json_response(Health(status="ok").to_json())
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -34,14 +33,12 @@ async def readyz(request: web.Request) -> web.Response:
     except (aioredis.RedisError, OSError, TimeoutError) as exc:
         stores["redis"] = f"down: {down_reason(exc)}"
     ready = all(v == "ok" for v in stores.values())
-    return web.json_response(
-        {
-            "status": "ready" if ready else "unavailable",
-            "stores": stores,
-            "runs": request.app[ISOLATION].describe(),
-        },
-        status=200 if ready else 503,
+    body = Readiness(
+        status="ready" if ready else "unavailable",
+        stores=stores,
+        runs=Isolation.model_validate(request.app[ISOLATION].describe()),
     )
+    return web.json_response(body.to_json(), status=200 if ready else 503)
 
 
 def down_reason(exc: BaseException) -> str:
@@ -55,10 +52,4 @@ def down_reason(exc: BaseException) -> str:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    document = build_openapi(
-        version=__version__, max_page_limit=request.app[SETTINGS].max_page_limit
-    )
-    return web.json_response(document)
-
-
-HANDLERS = {"healthz": healthz, "readyz": readyz, "getOpenapi": openapi}
+    return web.json_response(request.app[OPENAPI])  # built with the app (app.py)

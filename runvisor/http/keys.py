@@ -11,8 +11,8 @@ from aiohttp import web
 from runvisor.actors.isolation import RunIsolation
 from runvisor.config import Settings
 from runvisor.http.auth import Principal, TokenTable
+from runvisor.http.control import RunControl
 from runvisor.store.history import History
-from runvisor.supervisor.control import RunControl
 
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenTable)
@@ -21,6 +21,7 @@ HISTORY = web.AppKey("history", History)
 REDIS = web.AppKey("redis", aioredis.Redis)
 CONTROL = web.AppKey("control", RunControl)
 ISOLATION = web.AppKey("isolation", RunIsolation)
+OPENAPI = web.AppKey("openapi", dict[str, Any])  # the document, built once per app
 
 # Per request (request[...]): who is asking.
 PRINCIPAL = "runvisor.principal"

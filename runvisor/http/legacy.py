@@ -20,8 +20,10 @@ from aiohttp import web
 
 from runvisor.http.bodies import read_model
 from runvisor.http.keys import CONTROL, HISTORY, SETTINGS, principal_of
-from runvisor.http.schemas import LEGACY_PAGE_LIMIT, LegacyCommandIn, parse_id, parse_pagination
-from runvisor.http.serialize import character_start, legacy_command_json, legacy_run_json
+from runvisor.http.legacy_responses import LegacyCommand, LegacyRun, character_start
+from runvisor.http.params import LEGACY_PAGE_LIMIT, parse_id, parse_pagination
+from runvisor.http.request_models import LegacyCommandIn
+from runvisor.http.responses import ResponseModel
 from runvisor.models import Run, RunSpec
 
 STOP_WAIT_MAX_S = 15.0  # the original answered STOPPED: wait a while for the run to end
@@ -40,17 +42,17 @@ async def create_command(request: web.Request) -> web.Response:
     command = await request.app[HISTORY].create_command(
         body.to_spec(), actor=principal_of(request).name
     )
-    return web.json_response(legacy_command_json(command))
+    return web.json_response(LegacyCommand.of(command).to_json())
 
 
-async def get_command(request: web.Request) -> web.Response:
+async def get_command(request: web.Request) -> web.StreamResponse:
     command_id = parse_id(request.match_info["id"], "command")
     history = request.app[HISTORY]
     command = await history.get_command(command_id)
     latest = await history.latest_run(command_id)
     output, skipped = await _result_output(request, latest) if latest is not None else (b"", 0)
     build = functools.partial(
-        legacy_command_json,
+        LegacyCommand.of,
         command,
         latest_run=latest,
         latest_output=output,
@@ -66,10 +68,10 @@ async def list_commands(request: web.Request) -> web.Response:
         max_limit=request.app[SETTINGS].max_page_limit,
     )
     items, _total = await request.app[HISTORY].list_commands(limit=limit, offset=offset)
-    return web.json_response([legacy_command_json(c) for c in items])
+    return web.json_response([LegacyCommand.of(c).to_json() for c in items])
 
 
-async def exec_command(request: web.Request) -> web.Response:
+async def exec_command(request: web.Request) -> web.StreamResponse:
     command_id = parse_id(request.match_info["id"], "command")
     run = await request.app[CONTROL].start_run(
         command_id, RunSpec(), actor=principal_of(request).name
@@ -77,12 +79,12 @@ async def exec_command(request: web.Request) -> web.Response:
     return await _run_response(request, run)
 
 
-async def get_result(request: web.Request) -> web.Response:
+async def get_result(request: web.Request) -> web.StreamResponse:
     run_id = parse_id(request.match_info["id"], "run")
     return await _run_response(request, await request.app[HISTORY].get_run(run_id))
 
 
-async def stop_run(request: web.Request) -> web.Response:
+async def stop_run(request: web.Request) -> web.StreamResponse:
     run_id = parse_id(request.match_info["id"], "run")
     control = request.app[CONTROL]
     run = await control.stop_run(run_id, grace_s=None, actor=principal_of(request).name)
@@ -97,7 +99,7 @@ async def _run_response(request: web.Request, run: Run) -> web.StreamResponse:
     history = request.app[HISTORY]
     command = await history.get_command(run.command_id, include_deleted=True)
     output, skipped = await _result_output(request, run)
-    build = functools.partial(legacy_run_json, run, command, output, skipped=skipped)
+    build = functools.partial(LegacyRun.of, run, command, output, skipped=skipped)
     return await _json_with_result(request, build, len(output))
 
 
@@ -116,12 +118,12 @@ async def _result_output(request: web.Request, run: Run) -> tuple[bytes, int]:
 
 
 async def _json_with_result(
-    request: web.Request, build: Callable[[], dict[str, Any]], output_bytes: int
+    request: web.Request, build: Callable[[], ResponseModel], output_bytes: int
 ) -> web.StreamResponse:
     """The JSON of `build()`, whose "result" holds `output_bytes` bytes of output."""
     if output_bytes <= INLINE_RESULT_BYTES:
-        return web.json_response(build())
-    data = await asyncio.to_thread(build)  # decodes the output
+        return web.json_response(build().to_json())
+    data = await asyncio.to_thread(lambda: build().to_json())  # decodes the output
     before, after = _json_around(data, "result")
     text: str = data.pop("result")
     response = web.StreamResponse()
@@ -155,14 +157,3 @@ def _encode_slice(text: str, start: int) -> memoryview:
     """Characters [start, start + ENCODE_SLICE_CHARS) of `text` as JSON string content."""
     quoted = json.dumps(text[start : start + ENCODE_SLICE_CHARS]).encode("ascii")
     return memoryview(quoted)[1:-1]  # without the quotes, and without copying
-
-
-HANDLERS = {
-    "legacyPing": ping,
-    "legacyCreateCommand": create_command,
-    "legacyGetCommand": get_command,
-    "legacyListCommands": list_commands,
-    "legacyExecCommand": exec_command,
-    "legacyGetResult": get_result,
-    "legacyStopRun": stop_run,
-}

@@ -18,17 +18,13 @@ from runvisor.errors import (
 )
 from runvisor.http.auth import require
 from runvisor.http.keys import PRINCIPAL, SETTINGS, TOKENS
-from runvisor.http.openapi import REQUIRED_ROLES
-from runvisor.http.serialize import error_json, legacy_error_json
+from runvisor.http.responses import Error, LegacyError
+from runvisor.http.routes import REQUIRED_ROLES, is_legacy_path
 from runvisor.logs import get_logger
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = get_logger("runvisor.http")
 OPERATION_ID = "operation_id"  # set on each route's handler by the app factory
-
-
-def is_legacy_path(path: str) -> bool:
-    return not path.startswith(("/api/", "/healthz", "/readyz", "/metrics"))
 
 
 @web.middleware
@@ -117,8 +113,8 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 def _error_response(request: web.Request, exc: RunvisorError) -> web.Response:
-    body = legacy_error_json(exc) if is_legacy_path(request.path) else error_json(exc)
-    response = web.json_response(body, status=exc.status)
+    body = LegacyError.of(exc) if is_legacy_path(request.path) else Error.of(exc)
+    response = web.json_response(body.to_json(), status=exc.status)
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="runvisor"'
     return response

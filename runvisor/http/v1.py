@@ -1,4 +1,4 @@
-"""Handlers of the v1 API (/api/v1/...), keyed by the OpenAPI operationId."""
+"""Handlers of the v1 API (/api/v1/...); routes.py maps each route to one."""
 
 from __future__ import annotations
 
@@ -9,12 +9,9 @@ from aiohttp import web
 from runvisor.http.auth import Role
 from runvisor.http.bodies import read_model
 from runvisor.http.keys import CONTROL, HISTORY, SETTINGS, principal_of
-from runvisor.http.schemas import (
+from runvisor.http.params import (
     AUDIT_ROLES,
     DEFAULT_PAGE_LIMIT,
-    CommandIn,
-    RunIn,
-    StopIn,
     parse_choice_param,
     parse_id,
     parse_int_param,
@@ -23,7 +20,8 @@ from runvisor.http.schemas import (
     parse_status_filter,
     parse_text_param,
 )
-from runvisor.http.serialize import audit_json, command_json, page_json, run_json
+from runvisor.http.request_models import CommandIn, RunIn, StopIn
+from runvisor.http.responses import AuditEntry, AuditEntryPage, Command, CommandPage, Run, RunPage
 from runvisor.models import RunSpec
 
 
@@ -34,20 +32,24 @@ async def create_command(request: web.Request) -> web.Response:
         body.to_spec(), actor=principal_of(request).name
     )
     location = f"/api/v1/commands/{command.id}"
-    return web.json_response(command_json(command), status=201, headers={"Location": location})
+    return web.json_response(
+        Command.of(command).to_json(), status=201, headers={"Location": location}
+    )
 
 
 async def list_commands(request: web.Request) -> web.Response:
     limit, offset = _page(request)
     items, total = await request.app[HISTORY].list_commands(limit=limit, offset=offset)
-    return web.json_response(
-        page_json([command_json(c) for c in items], limit=limit, offset=offset, total=total)
+    page = CommandPage(
+        items=[Command.of(c) for c in items], limit=limit, offset=offset, total=total
     )
+    return web.json_response(page.to_json())
 
 
 async def get_command(request: web.Request) -> web.Response:
     command_id = parse_id(request.match_info["id"], "command")
-    return web.json_response(command_json(await request.app[HISTORY].get_command(command_id)))
+    command = await request.app[HISTORY].get_command(command_id)
+    return web.json_response(Command.of(command).to_json())
 
 
 async def delete_command(request: web.Request) -> web.Response:
@@ -63,7 +65,7 @@ async def start_run(request: web.Request) -> web.Response:
     spec = dataclasses.replace(spec, may_loosen=principal_of(request).role >= Role.ADMIN)
     run = await request.app[CONTROL].start_run(command_id, spec, actor=principal_of(request).name)
     return web.json_response(
-        run_json(run), status=202, headers={"Location": f"/api/v1/runs/{run.id}"}
+        Run.of(run).to_json(), status=202, headers={"Location": f"/api/v1/runs/{run.id}"}
     )
 
 
@@ -74,14 +76,13 @@ async def list_runs(request: web.Request) -> web.Response:
     items, total = await request.app[HISTORY].list_runs(
         command_id=command_id, statuses=statuses, limit=limit, offset=offset
     )
-    return web.json_response(
-        page_json([run_json(r) for r in items], limit=limit, offset=offset, total=total)
-    )
+    page = RunPage(items=[Run.of(r) for r in items], limit=limit, offset=offset, total=total)
+    return web.json_response(page.to_json())
 
 
 async def get_run(request: web.Request) -> web.Response:
     run_id = parse_id(request.match_info["id"], "run")
-    return web.json_response(run_json(await request.app[HISTORY].get_run(run_id)))
+    return web.json_response(Run.of(await request.app[HISTORY].get_run(run_id)).to_json())
 
 
 async def get_run_output(request: web.Request) -> web.StreamResponse:
@@ -115,7 +116,7 @@ async def stop_run(request: web.Request) -> web.Response:
     run = await request.app[CONTROL].stop_run(
         run_id, grace_s=body.grace_s if body else None, actor=principal_of(request).name
     )
-    return web.json_response(run_json(run), status=202)
+    return web.json_response(Run.of(run).to_json(), status=202)
 
 
 async def list_audit(request: web.Request) -> web.Response:
@@ -130,9 +131,10 @@ async def list_audit(request: web.Request) -> web.Response:
         limit=limit,
         offset=offset,
     )
-    return web.json_response(
-        page_json([audit_json(e) for e in items], limit=limit, offset=offset, total=total)
+    page = AuditEntryPage(
+        items=[AuditEntry.of(e) for e in items], limit=limit, offset=offset, total=total
     )
+    return web.json_response(page.to_json())
 
 
 def _page(request: web.Request) -> tuple[int, int]:
@@ -141,17 +143,3 @@ def _page(request: web.Request) -> tuple[int, int]:
         default_limit=DEFAULT_PAGE_LIMIT,
         max_limit=request.app[SETTINGS].max_page_limit,
     )
-
-
-HANDLERS = {
-    "createCommand": create_command,
-    "listCommands": list_commands,
-    "getCommand": get_command,
-    "deleteCommand": delete_command,
-    "startRun": start_run,
-    "listRuns": list_runs,
-    "getRun": get_run,
-    "getRunOutput": get_run_output,
-    "stopRun": stop_run,
-    "listAudit": list_audit,
-}

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import redis
 
-from runvisor.http import openapi
+from runvisor.http import openapi, routes
 from tests.fix_service import ADMIN, VIEWER, Api, Service
 from tests.fix_stores import drop_database, with_dbname
 
@@ -242,7 +242,7 @@ JSON_FIELDS: dict[str, list[str]] = {
     "legacyCreateCommand": ["code", "description"],
 }
 ZERO_REFUSED = {"timeout_s", "stuck_after_s", "max_output_bytes", "restart.window_s"}
-TABLE = {route.op: route for route in openapi._TABLE}
+TABLE = {route.operation_id: route for route in routes.ROUTE_TABLE}
 INTEGER_QUERY = {"limit", "offset", "command_id", "run_id"}
 
 
@@ -312,7 +312,7 @@ def encoded(values: list[str]) -> list[str]:
     return [quote(v, safe="") for v in values] + RAW_ESCAPES
 
 
-@pytest.mark.parametrize("op", [op for _, path, op in openapi.ROUTES if "{id}" in path])
+@pytest.mark.parametrize("op", [op for _, path, op in routes.ROUTES if "{id}" in path])
 def test_odd_path_ids_are_400_or_404(odd_node: Service, op: str) -> None:
     route = TABLE[op]
     problems = []
@@ -334,7 +334,7 @@ def query_params(op: str) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("op", [op for _, _, op in openapi.ROUTES if query_params(op)])
+@pytest.mark.parametrize("op", [op for _, _, op in routes.ROUTES if query_params(op)])
 def test_odd_query_values_are_400(odd_node: Service, op: str) -> None:
     route = TABLE[op]
     path = route.path.replace("{id}", "1")
@@ -354,7 +354,7 @@ def test_odd_query_values_are_400(odd_node: Service, op: str) -> None:
     assert_no_traceback(odd_node)
 
 
-@pytest.mark.parametrize("op", [op for _, _, op in openapi.ROUTES])
+@pytest.mark.parametrize("op", [op for _, _, op in routes.ROUTES])
 def test_numeric_query_values_are_read_as_numbers_or_ignored(odd_node: Service, op: str) -> None:
     """Leading zeros are the number; near 2^63 is in range (offset + limit may pass it); a
     parameter a route does not take is ignored. None of it is a 5xx."""

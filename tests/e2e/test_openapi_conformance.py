@@ -1,6 +1,6 @@
 """The OpenAPI document at /api/v1/openapi.json matches what a live node does.
 
-1. The routes: the app's real aiohttp router, `openapi.ROUTES` and the served document name the
+1. The routes: the app's real aiohttp router, `routes.ROUTES` and the served document name the
    same (method, path, operationId) triples; every documented route answers on a live node.
 2. Schemathesis generates requests from the served document (its examples, coverage and fuzzing
    phases, valid and invalid data) and sends them to a live node with an admin token; every
@@ -47,7 +47,8 @@ from runvisor import __version__
 from runvisor.config import Settings
 from runvisor.http.app import create_app
 from runvisor.http.auth import parse_tokens
-from runvisor.http.openapi import ROUTES, build_openapi
+from runvisor.http.openapi import build_openapi
+from runvisor.http.routes import ROUTES
 from tests.fix_service import ADMIN, TOKENS, VIEWER, Service
 from tests.schema_tools import closed
 
@@ -90,7 +91,7 @@ def test_every_served_route_is_documented_and_every_documented_route_is_served(
     live_doc = service.api.get("/api/v1/openapi.json", token="").json()
     assert live_doc == build_openapi(version=live_doc["info"]["version"])
     documented = document_routes(live_doc)
-    assert len(table) == len(ROUTES), "a route is listed twice in openapi.ROUTES"
+    assert len(table) == len(ROUTES), "a route is listed twice in routes.ROUTES"
     assert served - documented == set(), "served but not documented"
     assert documented - served == set(), "documented but not served"
     assert served == table == documented

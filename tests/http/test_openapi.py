@@ -1,4 +1,5 @@
-"""runvisor.http.openapi: a valid OpenAPI 3.1 document that matches the routes and shapes."""
+"""runvisor.http.openapi and routes: a valid OpenAPI 3.1 document that matches the route table
+and the response models."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from openapi_spec_validator import validate as validate_spec
 
 from runvisor.actors.isolation import RunIsolation
 from runvisor.actors.run_user import RunUser
-from runvisor.http import serialize
+from runvisor.http import legacy_responses, responses
 from runvisor.http.auth import Role
-from runvisor.http.openapi import REQUIRED_ROLES, ROUTES, build_openapi
+from runvisor.http.openapi import build_openapi
+from runvisor.http.routes import REQUIRED_ROLES, ROUTE_TABLE, ROUTES
 from runvisor.models import AuditEntry
 from tests.schema_tools import closed
 
@@ -178,13 +180,13 @@ def test_query_parameters(doc: dict[str, Any]) -> None:
     assert limit["schema"]["maximum"] == 20 and limit["schema"]["default"] <= 20
 
 
-# ---- the response schemas describe exactly what serialize.py builds -----------------------
+# ---- the response schemas describe exactly what the response models build ------------------
 
 
 def _records() -> Any:
-    """make_command and make_run of the sibling test_serialize.py, whatever pytest's import mode."""
-    path = Path(__file__).with_name("test_serialize.py")
-    spec = importlib.util.spec_from_file_location("_runvisor_test_serialize", path)
+    """make_command and make_run of the sibling test_responses.py, whatever pytest's import mode."""
+    path = Path(__file__).with_name("test_responses.py")
+    spec = importlib.util.spec_from_file_location("_runvisor_test_responses", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -211,78 +213,123 @@ def check_shape(doc: dict[str, Any], name: str, instance: Any) -> None:
     )
 
 
-def test_response_shapes_match_serialize(doc: dict[str, Any]) -> None:
+def test_response_shapes_match_the_models(doc: dict[str, Any]) -> None:
     make_command, make_run = _records()
     from runvisor.errors import NotFound, Unprocessable
     from runvisor.models import RunStatus
 
+    R, L = responses, legacy_responses
     command, run = make_command(), make_run()
-    check_shape(doc, "Command", serialize.command_json(command))
-    check_shape(doc, "Run", serialize.run_json(run))
+    check_shape(doc, "Command", R.Command.of(command).to_json())
+    check_shape(doc, "Run", R.Run.of(run).to_json())
+    queued = make_run(status=RunStatus.QUEUED, attempts=[], pid=None)
+    check_shape(doc, "Run", R.Run.of(queued).to_json())
+    page = R.CommandPage(items=[R.Command.of(command)], limit=1, offset=0, total=1)
+    check_shape(doc, "CommandPage", page.to_json())
     check_shape(
-        doc, "Run", serialize.run_json(make_run(status=RunStatus.QUEUED, attempts=[], pid=None))
+        doc, "RunPage", R.RunPage(items=[R.Run.of(run)], limit=1, offset=0, total=1).to_json()
     )
-    check_shape(
-        doc,
-        "CommandPage",
-        serialize.page_json([serialize.command_json(command)], limit=1, offset=0, total=1),
-    )
-    check_shape(
-        doc, "RunPage", serialize.page_json([serialize.run_json(run)], limit=1, offset=0, total=1)
-    )
-    check_shape(doc, "Error", serialize.error_json(NotFound("nope")))
+    check_shape(doc, "Error", R.Error.of(NotFound("nope")).to_json())
     exc = Unprocessable("code: must not be blank")
     exc.details = [{"field": "code", "message": "must not be blank", "type": "value_error"}]  # type: ignore[attr-defined]
-    check_shape(doc, "Error", serialize.error_json(exc))
-    check_shape(doc, "LegacyCommand", serialize.legacy_command_json(command))
-    check_shape(
-        doc,
-        "LegacyCommand",
-        serialize.legacy_command_json(command, latest_run=run, latest_output=b"x"),
-    )
-    check_shape(doc, "LegacyRun", serialize.legacy_run_json(run, command, b"out"))
-    check_shape(doc, "LegacyRun", serialize.legacy_run_json(run, command, None))
-    check_shape(doc, "LegacyError", serialize.legacy_error_json(NotFound("nope")))
-    tail = serialize.legacy_run_json(run, command, b"end", skipped=10)
+    check_shape(doc, "Error", R.Error.of(exc).to_json())
+    check_shape(doc, "LegacyCommand", L.LegacyCommand.of(command).to_json())
+    latest = L.LegacyCommand.of(command, latest_run=run, latest_output=b"x")
+    check_shape(doc, "LegacyCommand", latest.to_json())
+    check_shape(doc, "LegacyRun", L.LegacyRun.of(run, command, b"out").to_json())
+    check_shape(doc, "LegacyRun", L.LegacyRun.of(run, command, None).to_json())
+    check_shape(doc, "LegacyError", R.LegacyError.of(NotFound("nope")).to_json())
+    tail = L.LegacyRun.of(run, command, b"end", skipped=10).to_json()
     check_shape(doc, "LegacyRun", tail)
-    marker = serialize.LEGACY_RESULT_MARKER.format(skipped="N", run_id="ID")
+    marker = L.LEGACY_RESULT_MARKER.format(skipped="N", run_id="ID")
     assert (
         marker.strip()
         in doc["components"]["schemas"]["LegacyRun"]["properties"]["result"]["description"]
     )
     entries = [
-        serialize.audit_json(make_audit(actor))
-        for actor in ("admin:ed626e10", "node:vm", "someone")
+        R.AuditEntry.of(make_audit(actor)) for actor in ("admin:ed626e10", "node:vm", "someone")
     ]
-    check_shape(doc, "AuditEntryPage", serialize.page_json(entries, limit=50, offset=0, total=3))
+    audit_page = R.AuditEntryPage(items=entries, limit=50, offset=0, total=3).to_json()
+    check_shape(doc, "AuditEntryPage", audit_page)
     with pytest.raises(jsonschema.ValidationError):
-        check_shape(doc, "AuditEntry", {**entries[0], "role": "root"})
-    check_shape(doc, "Health", {"status": "ok"})
+        check_shape(doc, "AuditEntry", {**audit_page["items"][0], "role": "root"})
+    check_shape(doc, "Health", R.Health(status="ok").to_json())
     isolation = RunIsolation(
         run_user=RunUser(65534, 65534, "nobody", "/nonexistent", "/usr/bin/setpriv"),
         cgroups=None,
         no_cgroup_reason="no cgroup v2 hierarchy is mounted",
     )
-    down = {
-        "status": "unavailable",
-        "stores": {"postgres": "ok", "redis": "down: refused"},
-        "runs": isolation.describe(),
-    }
-    check_shape(doc, "Readiness", down)
+    down = R.Readiness(
+        status="unavailable",
+        stores={"postgres": "ok", "redis": "down: refused"},
+        runs=R.Isolation.model_validate(isolation.describe()),  # refuses a field it lacks
+    )
+    check_shape(doc, "Readiness", down.to_json())
     with pytest.raises(jsonschema.ValidationError):
-        check_shape(doc, "Command", {**serialize.command_json(command), "surprise": 1})
+        check_shape(doc, "Command", {**R.Command.of(command).to_json(), "surprise": 1})
+    without_env_keys = {k: v for k, v in R.Run.of(run).to_json().items() if k != "env_keys"}
     with pytest.raises(jsonschema.ValidationError):
-        check_shape(
-            doc, "Run", {k: v for k, v in serialize.run_json(run).items() if k != "env_keys"}
-        )
+        check_shape(doc, "Run", without_env_keys)
     # env and limits: declared names with a default or null; limits by name, none required.
-    check_shape(doc, "Command", serialize.command_json(make_command(env={}, limits={})))
-    check_shape(doc, "Run", serialize.run_json(make_run(limits={})))
+    check_shape(doc, "Command", R.Command.of(make_command(env={}, limits={})).to_json())
+    check_shape(doc, "Run", R.Run.of(make_run(limits={})).to_json())
     for bad in ({"limits": {"cpu": 0}}, {"limits": {"rss": 1}}, {"env": {"A": 1}}):
         with pytest.raises(jsonschema.ValidationError):
-            check_shape(doc, "Command", {**serialize.command_json(command), **bad})
+            check_shape(doc, "Command", {**R.Command.of(command).to_json(), **bad})
     with pytest.raises(jsonschema.ValidationError):
-        check_shape(doc, "Run", {**serialize.run_json(run), "limits": {"nproc": "lots"}})
+        check_shape(doc, "Run", {**R.Run.of(run).to_json(), "limits": {"nproc": "lots"}})
+    # Fields left out when empty are never documented as null.
+    for name, field in (("LegacyRun", "result"), ("LegacyCommand", "last_run_id")):
+        with pytest.raises(jsonschema.ValidationError):
+            check_shape(doc, name, {**L.LegacyRun.of(run, command, b"x").to_json(), field: None})
+
+
+def _response_models() -> list[type[responses.ResponseModel]]:
+    """Every concrete response model of the two modules (not the base classes)."""
+    found = []
+    for module in (responses, legacy_responses):
+        for value in vars(module).values():
+            if (
+                isinstance(value, type)
+                and issubclass(value, responses.ResponseModel)
+                and value.__module__ == module.__name__
+                and value not in (responses.ResponseModel, responses.Page)
+                and value.__pydantic_generic_metadata__["origin"] is None  # not Page[Run]
+            ):
+                found.append(value)
+    return found
+
+
+def test_every_response_schema_is_generated_from_a_response_model(doc: dict[str, Any]) -> None:
+    """No hand-written response schema: each component is a request model, a response model
+    or an enum one of them uses, and each response model's is closed (additionalProperties
+    false), so a body with a field its model lacks fails schemathesis' response check."""
+    schemas = doc["components"]["schemas"]
+    models = {model.__name__: model for model in _response_models()}
+    requests = {r.body.__name__ for r in ROUTE_TABLE if r.body is not None}
+    nested_requests = {"RestartIn", "LimitsIn"}
+    enums = {"RunStatus", "RestartPolicyKind"}
+    assert set(schemas) == set(models) | requests | nested_requests | enums
+    assert not set(models) & (requests | nested_requests)
+    for name, model in models.items():
+        assert model.model_config.get("extra") == "forbid", name
+        assert schemas[name]["additionalProperties"] is False, name
+        assert schemas[name]["type"] == "object", name
+        assert not any("default" in p for p in schemas[name]["properties"].values()), name
+    for name in enums:
+        assert set(schemas[name]) >= {"enum", "type"}, name
+
+
+def test_every_route_documents_the_model_it_answers_with(doc: dict[str, Any]) -> None:
+    for route in ROUTE_TABLE:
+        for code, reply in route.replies.items():
+            answer = doc["paths"][route.path][route.method.lower()]["responses"][str(code)]
+            assert answer["description"] == reply.description
+            if isinstance(reply.body, type) and issubclass(reply.body, responses.ResponseModel):
+                schema = answer["content"]["application/json"]["schema"]
+                assert schema == {"$ref": f"#/components/schemas/{reply.body.__name__}"}
+            elif reply.body is None:
+                assert "content" not in answer, route.operation_id
 
 
 def test_request_schemas_accept_what_the_models_accept(doc: dict[str, Any]) -> None:

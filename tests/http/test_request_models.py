@@ -1,4 +1,5 @@
-"""runvisor.http.schemas: body decoding, strict request models, query and path parameters."""
+"""runvisor.http.request_models and validation: strict request models, one 422 naming every
+failing field."""
 
 from __future__ import annotations
 
@@ -10,25 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from runvisor.errors import BadRequest, NotFound, Unprocessable, UnsupportedMediaType
-from runvisor.http.schemas import (
-    MAX_ID,
+from runvisor.errors import BadRequest, Unprocessable
+from runvisor.http.bodies import decode_json_body
+from runvisor.http.request_models import (
     MAX_LIMIT,
     CommandIn,
     LegacyCommandIn,
     RestartIn,
     RunIn,
     StopIn,
-    decode_json_body,
-    parse_choice_param,
-    parse_id,
-    parse_output_range,
-    parse_pagination,
-    parse_status_filter,
-    parse_text_param,
-    validate,
 )
-from runvisor.models import CommandSpec, RestartPolicy, RestartPolicyKind, RunSpec, RunStatus
+from runvisor.http.validation import validate
+from runvisor.models import CommandSpec, RestartPolicy, RestartPolicyKind, RunSpec
 
 JSON = "application/json"
 CTX = {"max_code_bytes": 100}
@@ -47,95 +41,6 @@ def problems(model: type[BaseModel], data: Any, ctx: dict[str, Any] = CTX) -> di
     details = exc.details  # type: ignore[attr-defined]
     assert exc.message == "; ".join(f"{d['field']}: {d['message']}" for d in details)
     return {d["field"]: d["message"] for d in details}
-
-
-# ---- decode_json_body ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "content_type",
-    [
-        JSON,
-        "application/json; charset=utf-8",
-        "Application/JSON ;charset=UTF-8",
-        "application/vnd.runvisor+json",
-        "application/merge-patch+json",
-        "text/x-foo+json",
-    ],
-)
-def test_json_media_types_are_accepted(content_type: str) -> None:
-    assert decode_json_body(b'{"a": 1}', content_type, required=True) == {"a": 1}
-
-
-@pytest.mark.parametrize(
-    "content_type",
-    [None, "", "text/plain", "application/x-www-form-urlencoded", "application/jsonx", "+json",
-     "application/+json", "/json", "json"],
-)  # fmt: skip
-def test_other_media_types_are_refused(content_type: str | None) -> None:
-    with pytest.raises(UnsupportedMediaType) as info:
-        decode_json_body(b'{"a": 1}', content_type, required=True)
-    assert info.value.status == 415
-    assert "application/json" in info.value.message
-
-
-def test_media_type_check_can_be_skipped_for_legacy_routes() -> None:
-    assert decode_json_body(b"{}", "text/plain", required=True, check_media_type=False) == {}
-
-
-@pytest.mark.parametrize("raw", [b"", b"  \r\n\t"])
-def test_empty_body(raw: bytes) -> None:
-    # No content type needed for an empty optional body (POST .../stop with nothing).
-    assert decode_json_body(raw, None, required=False) is None
-    with pytest.raises(BadRequest) as info:
-        decode_json_body(raw, JSON, required=True)
-    assert info.value.code == "missing_body"
-
-
-def test_invalid_json_reports_the_position() -> None:
-    with pytest.raises(BadRequest) as info:
-        decode_json_body(b'{\n  "code": "x",\n  oops}', JSON, required=True)
-    assert info.value.code == "invalid_json"
-    assert "line 3 column 3" in info.value.message
-
-
-@pytest.mark.parametrize(
-    ("raw", "phrase"),
-    [
-        (b'{"code": "\xff"}', "not UTF-8 at byte 10"),
-        (b'{"a": NaN}', "NaN"),
-        (b'{"a": -Infinity}', "-Infinity"),
-        (b'{"a": 1e400}', "out of range"),
-        (b'{"a": 1, "a": 2}', "duplicate key 'a'"),
-        (b'{"a": "\\ud800"}', "surrogate"),
-        (b'{"\\udfff": 1}', "surrogate"),
-        (b'{"a": [["\\ud800"]]}', "surrogate"),
-        (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
-        (b'{"a": ' + b"9" * 5000 + b"}", "invalid JSON"),
-        (b'{"a": 1} x', "Extra data"),
-    ],
-)
-def test_invalid_json_cases(raw: bytes, phrase: str) -> None:
-    with pytest.raises(BadRequest) as info:
-        decode_json_body(raw, JSON, required=True)
-    assert info.value.code == "invalid_json"
-    assert phrase in info.value.message
-
-
-def test_surrogate_pairs_and_a_bom_are_fine() -> None:
-    raw = '\ufeff{"a": "\\ud83d\\ude00 é"}'.encode()
-    assert decode_json_body(raw, JSON, required=True) == {"a": "😀 é"}
-
-
-@pytest.mark.parametrize(
-    ("raw", "kind"), [(b"[]", "an array"), (b'"x"', "a string"), (b"1", "a number"),
-                      (b"null", "null"), (b"true", "a boolean")]
-)  # fmt: skip
-def test_non_objects_are_refused(raw: bytes, kind: str) -> None:
-    with pytest.raises(BadRequest) as info:
-        decode_json_body(raw, JSON, required=False)
-    assert info.value.code == "not_an_object"
-    assert kind in info.value.message
 
 
 # ---- CommandIn ----------------------------------------------------------------------------
@@ -494,139 +399,3 @@ def test_any_decoded_object_validates_or_is_unprocessable(
         return
     if hasattr(result, "to_spec"):
         result.to_spec()
-
-
-@given(raw=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
-def test_decoding_arbitrary_bytes_only_raises_bad_request(raw: bytes) -> None:
-    try:
-        result = decode_json_body(raw, JSON, required=False)
-    except BadRequest as exc:
-        assert exc.code in ("invalid_json", "not_an_object")
-        return
-    assert result is None or isinstance(result, dict)
-
-
-# ---- query and path parameters ------------------------------------------------------------
-
-
-def test_pagination() -> None:
-    assert parse_pagination({}, default_limit=50, max_limit=1000) == (50, 0)
-    assert parse_pagination({}, default_limit=50, max_limit=20) == (20, 0)
-    assert parse_pagination({"limit": "", "offset": ""}, default_limit=10, max_limit=100) == (10, 0)
-    assert parse_pagination({"limit": "100", "offset": "007"}, default_limit=10, max_limit=100) == (
-        100,
-        7,
-    )
-    assert parse_pagination({"offset": str(MAX_ID)}, default_limit=10, max_limit=100) == (
-        10,
-        MAX_ID,
-    )
-
-
-@pytest.mark.parametrize(
-    ("query", "name"),
-    [
-        ({"limit": "0"}, "limit"),
-        ({"limit": "101"}, "limit"),
-        ({"limit": "-1"}, "limit"),
-        ({"limit": "1.5"}, "limit"),
-        ({"limit": " 5"}, "limit"),
-        ({"limit": "+5"}, "limit"),
-        ({"limit": "五"}, "limit"),
-        ({"limit": "²"}, "limit"),
-        ({"offset": "-1"}, "offset"),
-        ({"offset": "x"}, "offset"),
-        ({"offset": str(MAX_ID + 1)}, "offset"),
-        ({"offset": "9" * 5000}, "offset"),
-    ],
-)
-def test_bad_pagination(query: dict[str, str], name: str) -> None:
-    with pytest.raises(BadRequest) as info:
-        parse_pagination(query, default_limit=10, max_limit=100)
-    assert info.value.code == "invalid_parameter"
-    assert info.value.message.startswith(f"{name}: ")
-
-
-def test_parse_id() -> None:
-    assert parse_id("42", "run") == 42
-    assert parse_id("0042", "run") == 42
-    assert parse_id(str(MAX_ID), "run") == MAX_ID
-    for raw in ("", "-1", "1.0", "abc", " 1", "1e3", "٣", "0x10"):
-        with pytest.raises(BadRequest) as info:
-            parse_id(raw, "run")
-        assert info.value.code == "invalid_id"
-        assert "run" in info.value.message
-    for raw in ("0", str(MAX_ID + 1), "9" * 10_000):
-        with pytest.raises(NotFound) as nf:
-            parse_id(raw, "command")
-        assert "command" in nf.value.message
-        assert len(nf.value.message) < 120
-
-
-def test_leading_zeros_of_any_length_are_the_number() -> None:
-    # int() refuses strings over 4300 digits: "0" * 5000 + "7" once reached it and raised.
-    zeros = "0" * 5000
-    assert parse_id(zeros + "7", "run") == 7
-    assert parse_pagination(
-        {"limit": zeros + "5", "offset": zeros}, default_limit=10, max_limit=100
-    ) == (5, 0)
-    assert parse_output_range({"offset": zeros + "3", "limit": zeros + "1"}) == (3, 1)
-    with pytest.raises(NotFound):
-        parse_id(zeros, "run")  # 0
-    with pytest.raises(NotFound):
-        parse_id(zeros + str(MAX_ID + 1), "run")
-    with pytest.raises(BadRequest):
-        parse_pagination({"offset": zeros + "9" * 20}, default_limit=10, max_limit=100)
-
-
-def test_text_filters() -> None:
-    assert parse_text_param({}, "action") is None
-    assert parse_text_param({"action": ""}, "action") is None
-    assert parse_text_param({"action": "run.stop"}, "action") == "run.stop"
-    assert parse_text_param({"actor": "ünïcode ok"}, "actor") == "ünïcode ok"
-    assert parse_text_param({"actor": "x" * 200}, "actor") == "x" * 200
-    for raw in ("a\x00b", "\n", "tab\there", "\x85", "x" * 201, "\ud800"):
-        with pytest.raises(BadRequest) as info:
-            parse_text_param({"actor": raw}, "actor")
-        assert info.value.code == "invalid_parameter" and info.value.message.startswith("actor: ")
-
-
-def test_choice_filters() -> None:
-    roles = ("viewer", "admin", "node")
-    assert parse_choice_param({}, "role", roles) is None
-    assert parse_choice_param({"role": ""}, "role", roles) is None
-    assert parse_choice_param({"role": "Admin"}, "role", roles) == "admin"
-    for raw in ("root", "admin,viewer", "\x00", "1"):
-        with pytest.raises(BadRequest) as info:
-            parse_choice_param({"role": raw}, "role", roles)
-        assert (
-            info.value.code == "invalid_parameter" and "viewer, admin, node" in info.value.message
-        )
-
-
-def test_status_filter() -> None:
-    assert parse_status_filter({}) is None
-    assert parse_status_filter({"status": ""}) is None
-    assert parse_status_filter({"status": "running"}) == (RunStatus.RUNNING,)
-    assert parse_status_filter({"status": "failed, Running,failed"}) == (
-        RunStatus.RUNNING,
-        RunStatus.FAILED,
-    )
-    assert set(parse_status_filter({"status": "active"}) or ()) == {
-        RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.RESTARTING
-    }  # fmt: skip
-    terminal = parse_status_filter({"status": "terminal"}) or ()
-    assert len(terminal) == 5 and all(s.is_terminal for s in terminal)
-    with pytest.raises(BadRequest) as info:
-        parse_status_filter({"status": "running,done"})
-    assert info.value.code == "invalid_parameter"
-    assert "'done'" in info.value.message and "timed_out" in info.value.message
-
-
-def test_output_range() -> None:
-    assert parse_output_range({}) == (0, None)
-    assert parse_output_range({"offset": "10", "limit": "5"}) == (10, 5)
-    for query in ({"offset": "-1"}, {"limit": "0"}, {"limit": "x"}):
-        with pytest.raises(BadRequest) as info:
-            parse_output_range(query)
-        assert info.value.code == "invalid_parameter"
