@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from runvisor.actors.limits import parse_run_limits
 from runvisor.errors import SettingsError
+from runvisor.procs.limits import parse_run_limits
 
 T = TypeVar("T")
 
@@ -53,7 +53,7 @@ class Settings:
     lease_ttl_s: float = 15.0
     test_hooks: bool = False
     tokens_file: Path | None = None
-    run_as: str | None = None  # resolved at start-up (runvisor.actors.run_user)
+    run_as: str | None = None  # resolved at start-up (runvisor.procs.run_user)
     run_limits: dict[str, int | str] = dataclasses.field(default_factory=dict)
     process_tracking: str = "auto"
 

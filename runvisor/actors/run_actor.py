@@ -2,7 +2,7 @@
 
 It never blocks on the process: exits arrive as ProcessExited from the exit watcher, and
 output is pulled from the spool file on FlushTick. What to do after the attempt ends is the
-restart policy's call (runvisor.supervisor.policy); the Supervisor only schedules restarts.
+restart policy's call (runvisor.policy); the Supervisor only schedules restarts.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,45 +19,21 @@ from typing import Any
 import pykka
 
 from runvisor.actors import messages as m
-from runvisor.actors.attempt_processes import AttemptProcesses
-from runvisor.actors.cgroups import CgroupTree
-from runvisor.actors.exit_watcher import ExitWatcher
-from runvisor.actors.flush_nudger import FlushNudger
-from runvisor.actors.limits import effective_limits
+from runvisor.actors.deps import RunDeps
 from runvisor.actors.output_pump import OutputPump
-from runvisor.actors.run_env import run_environment
-from runvisor.actors.run_user import RunUser
-from runvisor.actors.spawn import ExitStatus, spawn_attempt
-from runvisor.actors.timer import TimerHandle, TimerService
-from runvisor.config import Settings
+from runvisor.actors.timer import TimerHandle
 from runvisor.errors import Fenced, StoreUnavailable
 from runvisor.logs import get_logger
 from runvisor.models import Attempt, AttemptEndReason, Run, RunStatus
-from runvisor.store.journal import RunJournal
-from runvisor.store.live import LiveState
-from runvisor.store.waits import StoreWaits
-from runvisor.supervisor.policy import Decision, attempt_history, decide
+from runvisor.policy import Decision, attempt_history, decide
+from runvisor.procs.attempt_processes import AttemptProcesses
+from runvisor.procs.limits import effective_limits
+from runvisor.procs.run_env import run_environment
+from runvisor.procs.spawn import ExitStatus, spawn_attempt
 
 RETRY_S = 1.0  # how soon to retry a store write that failed
 FAIL_ACTOR_MARKER = b"@@runvisor-test:fail-actor@@"
 WEDGE_ACTOR_MARKER = b"@@runvisor-test:wedge-actor@@"
-
-
-@dataclass(frozen=True, slots=True)
-class RunDeps:
-    """What every RunActor works with; built once by the service."""
-
-    settings: Settings
-    journal: RunJournal
-    live: LiveState
-    timers: TimerService
-    watcher: ExitWatcher
-    nudger: FlushNudger
-    store_waits: StoreWaits  # the journal's and the live state's calls, per RunActor
-    # Who runs execute as; None: the service's own user (tests of the actors alone).
-    run_user: RunUser | None = None
-    # One cgroup per attempt under this tree; None: processes are found by /proc scans.
-    cgroups: CgroupTree | None = None
 
 
 class RunActor(pykka.ThreadingActor):

@@ -9,11 +9,9 @@ import pykka
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from runvisor.actors.isolation import RunIsolation
 from runvisor.config import Settings
 from runvisor.http import health, legacy, v1
-from runvisor.http.auth import TokenTable
-from runvisor.http.keys import (
+from runvisor.http.appkeys import (
     CONTROL,
     HISTORY,
     ISOLATION,
@@ -22,10 +20,12 @@ from runvisor.http.keys import (
     SUPERVISOR,
     TOKENS,
 )
+from runvisor.http.auth import TokenTable
 from runvisor.http.middleware import OPERATION_ID, authenticate, errors, request_log
 from runvisor.http.openapi import ROUTES
+from runvisor.procs.isolation import RunIsolation
 from runvisor.store.history import open_history
-from runvisor.store.keys import RedisKeys
+from runvisor.store.redis_keys import RedisKeys
 from runvisor.supervisor.control import RunControl
 
 HANDLERS = {**v1.HANDLERS, **legacy.HANDLERS, **health.HANDLERS}

@@ -7,7 +7,7 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import BaseModel
 
-from runvisor.http.keys import SETTINGS
+from runvisor.http.appkeys import SETTINGS
 from runvisor.http.schemas import decode_json_body, validate
 
 M = TypeVar("M", bound=BaseModel)

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from runvisor import __version__
 from runvisor.errors import StoreUnavailable
-from runvisor.http.keys import HISTORY, ISOLATION, REDIS, SETTINGS
+from runvisor.http.appkeys import HISTORY, ISOLATION, REDIS, SETTINGS
 from runvisor.http.openapi import build_openapi
 
 READY_TIMEOUT_S = 2.0

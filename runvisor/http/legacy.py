@@ -18,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
+from runvisor.http.appkeys import CONTROL, HISTORY, SETTINGS, principal_of
 from runvisor.http.bodies import read_model
-from runvisor.http.keys import CONTROL, HISTORY, SETTINGS, principal_of
 from runvisor.http.schemas import LEGACY_PAGE_LIMIT, LegacyCommandIn, parse_id, parse_pagination
 from runvisor.http.serialize import character_start, legacy_command_json, legacy_run_json
 from runvisor.models import Run, RunSpec

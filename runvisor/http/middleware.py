@@ -16,8 +16,8 @@ from runvisor.errors import (
     RunvisorError,
     UnsupportedMediaType,
 )
+from runvisor.http.appkeys import PRINCIPAL, SETTINGS, TOKENS
 from runvisor.http.auth import require
-from runvisor.http.keys import PRINCIPAL, SETTINGS, TOKENS
 from runvisor.http.openapi import REQUIRED_ROLES
 from runvisor.http.serialize import error_json, legacy_error_json
 from runvisor.logs import get_logger

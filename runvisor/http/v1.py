@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from runvisor.http.appkeys import CONTROL, HISTORY, SETTINGS, principal_of
 from runvisor.http.bodies import read_model
-from runvisor.http.keys import CONTROL, HISTORY, SETTINGS, principal_of
 from runvisor.http.schemas import (
     AUDIT_ROLES,
     DEFAULT_PAGE_LIMIT,

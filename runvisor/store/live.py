@@ -13,7 +13,7 @@ from typing import Any
 import redis
 
 from runvisor.logs import get_logger
-from runvisor.store.keys import RedisKeys
+from runvisor.store.redis_keys import RedisKeys
 from runvisor.store.waits import StoreWaits
 
 log = get_logger(__name__)

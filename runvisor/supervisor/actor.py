@@ -19,14 +19,15 @@ from typing import Any
 import pykka
 
 from runvisor.actors import messages as m
-from runvisor.actors.cgroups import AttemptCgroup
-from runvisor.actors.proctree import kill_attempt_tree
-from runvisor.actors.run_actor import RunActor, RunDeps
-from runvisor.actors.spawn import boot_id
+from runvisor.actors.deps import RunDeps
+from runvisor.actors.run_actor import RunActor
 from runvisor.actors.timer import TimerHandle
 from runvisor.errors import StoreUnavailable
 from runvisor.logs import get_logger
 from runvisor.models import Attempt, AttemptEndReason, Run, RunStatus
+from runvisor.procs.cgroups import AttemptCgroup
+from runvisor.procs.proctree import kill_attempt_tree
+from runvisor.procs.spawn import boot_id
 from runvisor.supervisor.closer import AttemptCloser
 
 TICK_S = 1.0
@@ -142,7 +143,7 @@ class Supervisor(pykka.ThreadingActor):
         if self.stopping:
             return  # shutting down: start nothing more
         match message:
-            case m.AttemptEnded(run_id=run_id, attempt=attempt, restart_at=delay):
+            case m.AttemptEnded(run_id=run_id, attempt=attempt, restart_delay_s=delay):
                 if self._forget(run_id, attempt) is None:
                     return  # a RunActor that was given up on (wedged) ended late
                 if delay is not None:

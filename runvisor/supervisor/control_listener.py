@@ -10,7 +10,7 @@ import pykka
 import redis
 
 from runvisor.logs import get_logger
-from runvisor.store.keys import RedisKeys
+from runvisor.store.redis_keys import RedisKeys
 
 log = get_logger(__name__)
 RETRY_S = 1.0

@@ -13,12 +13,12 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate as validate_spec
 
-from runvisor.actors.isolation import RunIsolation
-from runvisor.actors.run_user import RunUser
 from runvisor.http import serialize
 from runvisor.http.auth import Role
 from runvisor.http.openapi import REQUIRED_ROLES, ROUTES, build_openapi
 from runvisor.models import AuditEntry
+from runvisor.procs.isolation import RunIsolation
+from runvisor.procs.run_user import RunUser
 from tests.schema_tools import closed
 
 # The routes of the brief, each with the role it needs (DESIGN.md §6 also has .../events and

@@ -8,9 +8,9 @@ import pykka
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from runvisor.actors.isolation import RunIsolation
 from runvisor.config import Settings
 from runvisor.http.auth import Principal, TokenTable
+from runvisor.procs.isolation import RunIsolation
 from runvisor.store.history import History
 from runvisor.supervisor.control import RunControl
 
