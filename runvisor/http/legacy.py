@@ -43,7 +43,7 @@ async def create_command(request: web.Request) -> web.Response:
     return web.json_response(legacy_command_json(command))
 
 
-async def get_command(request: web.Request) -> web.Response:
+async def get_command(request: web.Request) -> web.StreamResponse:
     command_id = parse_id(request.match_info["id"], "command")
     history = request.app[HISTORY]
     command = await history.get_command(command_id)
@@ -69,7 +69,7 @@ async def list_commands(request: web.Request) -> web.Response:
     return web.json_response([legacy_command_json(c) for c in items])
 
 
-async def exec_command(request: web.Request) -> web.Response:
+async def exec_command(request: web.Request) -> web.StreamResponse:
     command_id = parse_id(request.match_info["id"], "command")
     run = await request.app[CONTROL].start_run(
         command_id, RunSpec(), actor=principal_of(request).name
@@ -77,12 +77,12 @@ async def exec_command(request: web.Request) -> web.Response:
     return await _run_response(request, run)
 
 
-async def get_result(request: web.Request) -> web.Response:
+async def get_result(request: web.Request) -> web.StreamResponse:
     run_id = parse_id(request.match_info["id"], "run")
     return await _run_response(request, await request.app[HISTORY].get_run(run_id))
 
 
-async def stop_run(request: web.Request) -> web.Response:
+async def stop_run(request: web.Request) -> web.StreamResponse:
     run_id = parse_id(request.match_info["id"], "run")
     control = request.app[CONTROL]
     run = await control.stop_run(run_id, grace_s=None, actor=principal_of(request).name)

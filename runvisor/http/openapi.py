@@ -290,8 +290,8 @@ def _query(name: str, max_page_limit: int) -> dict[str, Any]:
         "audit_run_id": ("run_id", {**big, "minimum": 1}, "only entries of this run"),
     }
     # fmt: on
-    real, schema, text = params[name]
-    out = {"name": real, "in": "query", "required": False, "schema": schema, "description": text}
+    real, schema, about = params[name]
+    out = {"name": real, "in": "query", "required": False, "schema": schema, "description": about}
     if schema.get("type") == "array":
         out.update(style="form", explode=False)  # ?status=running,queued
     return out

@@ -10,7 +10,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 from pydantic import (
     AfterValidator,
@@ -49,7 +49,7 @@ LEGACY_PAGE_LIMIT = 10  # the original's default for GET /commands
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 MAX_ENV_VARIABLES = 100
 MAX_LIMIT = 2**62  # a resource limit's largest number (RLIM_INFINITY is 2^64 - 1)
-_DEFAULT_MAX_CODE_BYTES: int = Settings.__dataclass_fields__["max_code_bytes"].default
+_DEFAULT_MAX_CODE_BYTES = cast(int, Settings.__dataclass_fields__["max_code_bytes"].default)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() would accept "²" and "٣"
 

@@ -61,15 +61,15 @@ class RunControl:
             if stopped is not None:
                 return stopped
         grace = self.default_grace_s if grace_s is None else grace_s
-        run = await self.history.record_stop_request(run_id, actor=actor, grace_s=grace)
-        if run is None:
+        recorded = await self.history.record_stop_request(run_id, actor=actor, grace_s=grace)
+        if recorded is None:
             raise Conflict(f"run {run_id} has already ended", code="run_finished")
-        if run.node in (None, self.node_id):
+        if recorded.node in (None, self.node_id):
             await _ask(self.supervisor.stop_run(run_id, grace, actor))
         else:
             message = json.dumps({"type": "stop", "run_id": run_id, "grace_s": grace, "by": actor})
             try:
-                await self.redis.publish(self.keys.node_control(run.node), message)
+                await self.redis.publish(self.keys.node_control(recorded.node), message)
             except aioredis.RedisError as exc:
                 # The stop is recorded: the owning node re-delivers it to itself within seconds.
                 log.warning("stop not sent through Redis; the owner will find it", error=str(exc))

@@ -41,7 +41,7 @@ class ControlListener:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                 pubsub.subscribe(self._channel)
                 while not self._stopping.is_set():
                     message = pubsub.get_message(timeout=0.5)
