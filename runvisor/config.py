@@ -18,8 +18,8 @@ from pydantic import BeforeValidator, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from runvisor.actors.limits import parse_run_limits
 from runvisor.errors import SettingsError
+from runvisor.procs.limits import parse_run_limits
 
 T = TypeVar("T")
 
@@ -227,7 +227,7 @@ class Settings(BaseSettings):
     lease_ttl_s: Annotated[float, _number(2.0)] = 15.0
     test_hooks: Annotated[bool, _text(_parse_bool)] = False
     tokens_file: Annotated[Path | None, _text(lambda raw: Path(raw.strip()).expanduser())] = None
-    # Resolved at start-up (runvisor.actors.run_user).
+    # Resolved at start-up (runvisor.procs.run_user).
     run_as: Annotated[str | None, _text(_stripped)] = None
     run_limits: Annotated[dict[str, int | str], _text(_parse_run_limits)] = Field(
         default_factory=dict

@@ -11,7 +11,7 @@ that calls a program not covered here should not declare that program's variable
 
 `forbidden_reason(name)` says why a name is refused, or None. The HTTP layer refuses such names
 in a command's declaration and in a run's env (runvisor/http/request_models.py), and the spawn drops
-any that reached a stored run (runvisor/actors/run_env.py).
+any that reached a stored run (runvisor/procs/run_env.py).
 
 HOME is refused too: a non-interactive bash runs nothing from it, but the programs CODE calls
 do read code and configuration from it (Python runs the `import` lines of .pth files in

@@ -57,4 +57,5 @@ def _identity(
 
 
 def get_logger(name: str, **bound: object) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(name).bind(**bound)
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name).bind(**bound)
+    return logger

@@ -18,22 +18,22 @@ from pathlib import Path
 import pykka
 from aiohttp import web
 
-from runvisor.actors.exit_watcher import ExitWatcher
+from runvisor.actors.deps import RunDeps
 from runvisor.actors.flush_nudger import FlushNudger
-from runvisor.actors.isolation import RunIsolation, choose_process_tracking
-from runvisor.actors.proctree import enable_child_subreaper
-from runvisor.actors.run_actor import RunDeps
-from runvisor.actors.run_user import RunUser, resolve_run_user
 from runvisor.actors.timer import TimerService
 from runvisor.config import Settings
 from runvisor.errors import SettingsError
 from runvisor.http.app import create_app
 from runvisor.http.auth import TokenTable, generate_admin_token, parse_tokens
 from runvisor.logs import get_logger
+from runvisor.procs.exit_watcher import ExitWatcher
+from runvisor.procs.isolation import RunIsolation, choose_process_tracking
+from runvisor.procs.proctree import enable_child_subreaper
+from runvisor.procs.run_user import RunUser, resolve_run_user
 from runvisor.store.journal import open_journal
-from runvisor.store.keys import RedisKeys
 from runvisor.store.live import LiveState, redis_client
 from runvisor.store.migrate import apply_migrations
+from runvisor.store.redis_keys import RedisKeys
 from runvisor.store.waits import StoreWaits
 from runvisor.supervisor.actor import Supervisor
 from runvisor.supervisor.control_listener import ControlListener

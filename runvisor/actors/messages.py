@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +55,7 @@ class Ping:
 class AttemptEnded:
     run_id: int
     attempt: int
-    restart_at: datetime | None  # set when the policy restarts the run
+    restart_delay_s: float | None  # seconds until the next attempt; None: the run ended
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,10 @@ class OutputPump:
             self._spool_size = size
             self.last_output_at = time.monotonic()
 
+    def silent_for(self, seconds: float) -> bool:
+        """Whether no output has been written for more than `seconds` (see observe)."""
+        return time.monotonic() - self.last_output_at > seconds
+
     def flush(self, *, to_eof: bool = False) -> bool:
         """Store new output. True when nothing readable is left behind (or the cap is reached).
 

@@ -2,63 +2,32 @@
 
 It never blocks on the process: exits arrive as ProcessExited from the exit watcher, and
 output is pulled from the spool file on FlushTick. What to do after the attempt ends is the
-restart policy's call (runvisor.supervisor.policy); the Supervisor only schedules restarts.
+restart policy's call (runvisor.policy); the Supervisor only schedules restarts.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import signal
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import pykka
 
+from runvisor.actors import attempt_start
 from runvisor.actors import messages as m
-from runvisor.actors.attempt_processes import AttemptProcesses
-from runvisor.actors.cgroups import CgroupTree
-from runvisor.actors.exit_watcher import ExitWatcher
-from runvisor.actors.flush_nudger import FlushNudger
-from runvisor.actors.limits import effective_limits
+from runvisor.actors.attempt_end import Outcome, record_end, release_cgroup, remove_files
+from runvisor.actors.deps import RunDeps
+from runvisor.actors.fault_injection import inject_faults
 from runvisor.actors.output_pump import OutputPump
-from runvisor.actors.run_env import run_environment
-from runvisor.actors.run_user import RunUser
-from runvisor.actors.spawn import ExitStatus, spawn_attempt
-from runvisor.actors.timer import TimerHandle, TimerService
-from runvisor.config import Settings
+from runvisor.actors.timer import ActorTimers
 from runvisor.errors import Fenced, StoreUnavailable
 from runvisor.logs import get_logger
 from runvisor.models import Attempt, AttemptEndReason, Run, RunStatus
-from runvisor.store.journal import RunJournal
-from runvisor.store.live import LiveState
-from runvisor.store.waits import StoreWaits
-from runvisor.supervisor.policy import Decision, attempt_history, decide
+from runvisor.procs.spawn import ExitStatus
 
 RETRY_S = 1.0  # how soon to retry a store write that failed
-FAIL_ACTOR_MARKER = b"@@runvisor-test:fail-actor@@"
-WEDGE_ACTOR_MARKER = b"@@runvisor-test:wedge-actor@@"
-
-
-@dataclass(frozen=True, slots=True)
-class RunDeps:
-    """What every RunActor works with; built once by the service."""
-
-    settings: Settings
-    journal: RunJournal
-    live: LiveState
-    timers: TimerService
-    watcher: ExitWatcher
-    nudger: FlushNudger
-    store_waits: StoreWaits  # the journal's and the live state's calls, per RunActor
-    # Who runs execute as; None: the service's own user (tests of the actors alone).
-    run_user: RunUser | None = None
-    # One cgroup per attempt under this tree; None: processes are found by /proc scans.
-    cgroups: CgroupTree | None = None
 
 
 class RunActor(pykka.ThreadingActor):
@@ -81,19 +50,10 @@ class RunActor(pykka.ThreadingActor):
         self.adopt = adopt
         self.spool_dir = deps.settings.spool_dir / str(run.id)
         self.work_dir = deps.settings.work_dir / str(run.id)
+        self.spool_path = self.spool_dir / f"{run.attempt}.out"
         self.status_path = self.spool_dir / f"{run.attempt}.status"
-        # The attempt's row (and its marker) was written when the run was claimed.
-        self.attempt_row = next(a for a in run.attempts if a.attempt == run.attempt)
-        self.marker = self.attempt_row.process_marker
-        cgroup = deps.cgroups.attempt(run.id, run.attempt) if deps.cgroups else None
-        if adopt is not None and cgroup is not None and not cgroup.exists():
-            cgroup = None  # started before this node had cgroups: found by /proc scans
-        self.procs = AttemptProcesses(
-            marker=self.marker,
-            status_path=self.status_path,
-            adopted=adopt is not None,
-            cgroup=cgroup,
-            limits=effective_limits(deps.settings.run_limits, run.limits),
+        self.procs = attempt_start.attempt_processes(
+            run, deps, status_path=self.status_path, adopt=adopt
         )
         self.exit: ExitStatus | None = None
         self.end_reason: AttemptEndReason | None = None
@@ -101,7 +61,7 @@ class RunActor(pykka.ThreadingActor):
         self.attempt_recorded = adopt is not None
         self.started_at = time.time()
         self.pump: OutputPump | None = None
-        self.timers: dict[str, TimerHandle] = {}
+        self.timers = ActorTimers(deps.timers, self.actor_ref)
         self.finished = False
         self.spawn_error: str | None = None
         self.log = get_logger("runvisor.run", run_id=run.id, attempt=run.attempt)
@@ -122,19 +82,18 @@ class RunActor(pykka.ThreadingActor):
 
     def _start(self) -> None:
         self.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._make_work_dir()
-        spool_path = self.spool_dir / f"{self.run.attempt}.out"
+        attempt_start.make_work_dir(self.work_dir, self.deps.run_user)
         if self.adopt is not None:
-            self._adopt(self.adopt, spool_path)
+            self._adopt(self.adopt)
         else:
-            self._spawn(spool_path)
+            self._spawn()
         if self.finished:
             return
         self._publish_state()
-        self._schedule("flush", self.deps.settings.flush_interval_s, m.FlushTick())
+        self.timers.schedule("flush", self.deps.settings.flush_interval_s, m.FlushTick())
         if self.run.timeout_s:
             elapsed = time.time() - self.started_at
-            self._schedule("timeout", self.run.timeout_s - elapsed, m.TimeoutDeadline())
+            self.timers.schedule("timeout", self.run.timeout_s - elapsed, m.TimeoutDeadline())
         if self.run.stop_requested_at is not None:
             # A stop was under way when the service went down: finish it, in the grace left.
             grace = self.run.stop_grace_s
@@ -144,38 +103,10 @@ class RunActor(pykka.ThreadingActor):
                 AttemptEndReason.STOPPED, max(grace - elapsed, 0.0), self.run.stop_requested_by
             )
 
-    def _make_work_dir(self) -> None:
-        """The run's working directory: the run user's own (0700), in the service's work dir."""
-        self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        user = self.deps.run_user
-        if user is not None and user.switches:
-            os.chown(self.work_dir, user.uid, user.gid)
-
-    def _spawn(self, spool_path: Path) -> None:
-        base_offset = self.run.output_bytes
-        env = run_environment(
-            run_id=self.run.id,
-            attempt=self.run.attempt,
-            node_id=self.deps.journal.node_id,
-            marker=self.marker,
-            requested=self.run.env,
-            run_user=self.deps.run_user,
-            work_dir=self.work_dir,
-        )
-        ref = self.actor_ref
+    def _spawn(self) -> None:
         try:
-            self.procs.create_cgroup()
-            self.procs.identity = self.deps.watcher.spawn_watched(
-                lambda: spawn_attempt(
-                    code=self.run.code,
-                    env=env,
-                    spool_path=spool_path,
-                    status_path=self.status_path,
-                    cwd=self.work_dir,
-                    run_user=self.deps.run_user,
-                    prepare=self.procs.prepare,
-                ),
-                lambda: _tell_quietly(ref, m.ProcessExited()),
+            self.pump = attempt_start.spawn(
+                self.run, self.deps, self.procs, self.actor_ref, self.spool_path, self.work_dir
             )
         except (OSError, ValueError) as exc:
             self.log.error("spawn failed", error=str(exc))
@@ -185,40 +116,20 @@ class RunActor(pykka.ThreadingActor):
             self._end()
             return
         self.log = self.log.bind(pid=self.procs.pid)
-        self.pump = self._make_pump(spool_path, base_offset=base_offset, stored_in_spool=0)
-        self._record_attempt()
+        self.attempt_recorded = attempt_start.record_process(
+            self.deps.journal, self.run, self.procs, self.log
+        )
         self.log.info("run started", node=self.deps.journal.node_id)
 
-    def _adopt(self, attempt: Attempt, spool_path: Path) -> None:
-        assert attempt.pid is not None
-        alive = self.procs.adopt(attempt.pid, attempt.pid_start_ticks, attempt.boot_id)
+    def _adopt(self, attempt: Attempt) -> None:
+        self.pump, watched = attempt_start.adopt(
+            self.run, self.deps, self.procs, self.actor_ref, attempt, self.spool_path
+        )
         self.started_at = attempt.started_at.timestamp()
         self.log = self.log.bind(pid=attempt.pid)
-        self.pump = self._make_pump(
-            spool_path,
-            base_offset=attempt.output_offset,
-            stored_in_spool=max(self.run.output_bytes - attempt.output_offset, 0),
-        )
-        ref = self.actor_ref
-        if not alive or not self.deps.watcher.watch(
-            attempt.pid, lambda: _tell_quietly(ref, m.ProcessExited())
-        ):
+        if not watched:
             self.actor_ref.tell(m.ProcessExited())
         self.log.info("run adopted", output_offset=self.pump.stored_bytes)
-
-    def _make_pump(self, spool_path: Path, *, base_offset: int, stored_in_spool: int) -> OutputPump:
-        self.deps.nudger.watch(self.actor_ref, spool_path, stored_in_spool)
-        return OutputPump(
-            run_id=self.run.id,
-            attempt=self.run.attempt,
-            spool_path=spool_path,
-            base_offset=base_offset,
-            stored_in_spool=stored_in_spool,
-            max_output_bytes=self.run.max_output_bytes,
-            journal=self.deps.journal,
-            live=self.deps.live,
-            keep_last_stored=self.deps.settings.test_hooks,
-        )
 
     def on_stop(self) -> None:
         self._release()
@@ -239,9 +150,7 @@ class RunActor(pykka.ThreadingActor):
 
     def _release(self) -> None:
         self.deps.store_waits.unregister(self.actor_urn)
-        for handle in self.timers.values():
-            handle.cancel()
-        self.timers.clear()
+        self.timers.cancel_all()
         self.deps.nudger.unwatch(self.actor_ref)
         if self.procs.pid is not None:
             self.deps.watcher.unwatch(self.procs.pid)
@@ -251,9 +160,9 @@ class RunActor(pykka.ThreadingActor):
     # Messages
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, m.FlushTick | m.KillDeadline | m.TimeoutDeadline) and not any(
-            handle.message is message for handle in self.timers.values()
-        ):
+        if isinstance(
+            message, m.FlushTick | m.KillDeadline | m.TimeoutDeadline
+        ) and not self.timers.is_scheduled(message):
             return None  # a tick cancelled after the timer thread had sent it: stale
         match message:
             case m.FlushTick():
@@ -276,17 +185,6 @@ class RunActor(pykka.ThreadingActor):
                 return True
         return None
 
-    def _test_hooks(self) -> None:
-        """With RUNVISOR_TEST_HOOKS on, a run printing a marker makes this actor fail or hang."""
-        if not self.deps.settings.test_hooks or self.pump is None:
-            return
-        stored, self.pump.last_stored = self.pump.last_stored, b""
-        if FAIL_ACTOR_MARKER in stored:
-            raise RuntimeError("failure injected by a test hook")
-        if WEDGE_ACTOR_MARKER in stored:
-            self.log.warning("test hook: this actor stops answering for a while")
-            time.sleep(3 * self.deps.settings.ping_timeout_s)
-
     def _stand_down(self) -> None:
         """The attempt was superseded while this actor was away: stop, write nothing more.
 
@@ -296,12 +194,12 @@ class RunActor(pykka.ThreadingActor):
         self.finished = True
         if self.procs.identity is not None:
             self.procs.kill()
-        self._release_cgroup()
-        self._remove_attempt_files()
+        release_cgroup(self.procs, self.log)
+        remove_files(self.spool_dir, self.work_dir, self.run.attempt, run_ended=False)
         self.actor_ref.stop(block=False)
 
     def _on_flush_tick(self) -> None:
-        self.timers.pop("flush", None)
+        self.timers.fired("flush")
         if self.finished:
             return
         if self.pump is not None:
@@ -309,13 +207,14 @@ class RunActor(pykka.ThreadingActor):
         drained = self._flush()
         if self.finished:
             return
-        self._test_hooks()
+        if self.deps.settings.test_hooks and self.pump is not None:
+            inject_faults(self.pump, ping_timeout_s=self.deps.settings.ping_timeout_s, log=self.log)
         if self.exit is None and self.procs.identity and not self.procs.leader_alive():
             self._on_process_exited()  # a safety net: the exit watcher tells at once, normally
             return
         if self.exit is not None:
             if self._leftovers_may_finish():
-                self._schedule("flush", self.deps.settings.flush_interval_s, m.FlushTick())
+                self.timers.schedule("flush", self.deps.settings.flush_interval_s, m.FlushTick())
             else:
                 self._try_end()
             return
@@ -324,19 +223,21 @@ class RunActor(pykka.ThreadingActor):
             stuck_after
             and self.end_reason is None
             and self.pump is not None
-            and time.monotonic() - self.pump.last_output_at > stuck_after
+            and self.pump.silent_for(stuck_after)
         ):
             self.log.warning("attempt stuck: no output", stuck_after_s=stuck_after)
             self._terminate(AttemptEndReason.STUCK, self.deps.settings.default_grace_s)
         delay = 0.0 if drained is False else self.deps.settings.flush_interval_s
-        self._schedule("flush", delay, m.FlushTick())
+        self.timers.schedule("flush", delay, m.FlushTick())
 
     def _flush(self, *, to_eof: bool = False) -> bool | None:
         """True: all stored; False: more is waiting; None: PostgreSQL is down, retry later."""
         if self.pump is None:
             return True
         if not self.attempt_recorded:
-            self._record_attempt()
+            self.attempt_recorded = attempt_start.record_process(
+                self.deps.journal, self.run, self.procs, self.log
+            )
         try:
             drained = self.pump.flush(to_eof=to_eof)
         except StoreUnavailable as exc:
@@ -350,17 +251,6 @@ class RunActor(pykka.ThreadingActor):
         else:
             self.deps.nudger.stored(self.actor_ref, self.pump.position)
         return drained
-
-    def _record_attempt(self) -> None:
-        identity = self.procs.identity
-        assert identity is not None
-        try:
-            self.deps.journal.start_attempt(
-                self.run, pid=identity.pid, start_ticks=identity.start_ticks
-            )
-            self.attempt_recorded = True
-        except StoreUnavailable as exc:
-            self.log.warning("attempt not recorded yet; will retry", error=exc.message)
 
     def _on_process_exited(self) -> None:
         if self.exit is not None or self.procs.identity is None:
@@ -394,7 +284,7 @@ class RunActor(pykka.ThreadingActor):
         if self.end_reason is None and self.exit is None:
             self.end_reason = reason
             self.stop_by = by
-            self.timers.pop("timeout", _NO_TIMER).cancel()
+            self.timers.cancel("timeout")
             sent, sent_more = self.procs.terminate()
             self.log.info(
                 "stopping",
@@ -410,14 +300,11 @@ class RunActor(pykka.ThreadingActor):
             self._kill_now()
             return
         current = self.timers.get("kill")
-        deadline = time.monotonic() + grace_s
-        if current is None or deadline < current.deadline:
-            if current is not None:
-                current.cancel()
-            self._schedule("kill", grace_s, m.KillDeadline())
+        if current is None or time.monotonic() + grace_s < current.deadline:
+            self.timers.schedule("kill", grace_s, m.KillDeadline())
 
     def _kill_now(self) -> None:
-        self.timers.pop("kill", _NO_TIMER).cancel()
+        self.timers.cancel("kill")
         if self.procs.identity is None or self.finished:
             return
         killed = self.procs.kill()
@@ -435,84 +322,47 @@ class RunActor(pykka.ThreadingActor):
                 self.log.info("killed leftover processes", processes=leftovers)
         if self._flush(to_eof=True) is None:
             if not self.finished:
-                self._schedule("flush", RETRY_S, m.FlushTick())
+                self.timers.schedule("flush", RETRY_S, m.FlushTick())
             return
         self._end()
 
     def _end(self) -> None:
         assert self.exit is not None and self.end_reason is not None
-        exit_status = self.exit
-        succeeded = self.spawn_error is None and exit_status.succeeded
-        decision = self._decide(succeeded)
-        run_reason = self.spawn_error or self._reason_text(decision)
+        outcome = Outcome(
+            exit=self.exit,
+            reason=self.end_reason,
+            started_at=self.started_at,
+            leftovers_killed=self.procs.killed,
+            stop_by=self.stop_by,
+            spawn_error=self.spawn_error,
+        )
         try:
-            stored = self.deps.journal.end_attempt(
-                self.run,
-                exit_code=exit_status.exit_code,
-                signal=exit_status.signal,
-                reason=str(self.end_reason),
-                leftovers_killed=self.procs.killed,
-                run_status=decision.status,
-                run_reason=run_reason,
-                restart_delay_s=decision.restart_delay_s,
-            )
+            recorded = record_end(self.deps.journal, self.run, outcome)
         except StoreUnavailable as exc:
             self.log.warning("outcome not stored yet; will retry", error=exc.message)
-            self._schedule("flush", RETRY_S, m.FlushTick())
+            self.timers.schedule("flush", RETRY_S, m.FlushTick())
             return
-        if stored is None:
+        if recorded is None:
             self._stand_down()
             return
         self.finished = True
-        restart_delay = decision.restart_delay_s if stored is RunStatus.RESTARTING else None
+        stored = recorded.status
         self.log.info(
             "run ended" if stored.is_terminal else "attempt ended",
             status=str(stored),
-            reason=run_reason,
-            exit_code=exit_status.exit_code,
-            signal=exit_status.signal,
+            reason=recorded.reason,
+            exit_code=outcome.exit.exit_code,
+            signal=outcome.exit.signal,
             output_bytes=self.pump.stored_bytes if self.pump else 0,
         )
         # The Supervisor first: a stop arriving now must find the run no longer here.
-        self.supervisor.tell(m.AttemptEnded(self.run.id, self.run.attempt, restart_delay))
-        self._release_cgroup()
-        self._publish_state(stored, exit_status)
-        if stored.is_terminal:
-            shutil.rmtree(self.spool_dir, ignore_errors=True)
-            shutil.rmtree(self.work_dir, ignore_errors=True)
-        else:
-            self._remove_attempt_files()
+        self.supervisor.tell(
+            m.AttemptEnded(self.run.id, self.run.attempt, recorded.restart_delay_s)
+        )
+        release_cgroup(self.procs, self.log)
+        self._publish_state(stored, outcome.exit)
+        remove_files(self.spool_dir, self.work_dir, self.run.attempt, run_ended=stored.is_terminal)
         self.actor_ref.stop(block=False)
-
-    def _decide(self, succeeded: bool) -> Decision:
-        assert self.end_reason is not None
-        now = time.time()
-        history = attempt_history(
-            self.run, started_at=self.started_at, ended_at=now, succeeded=succeeded
-        )
-        return decide(
-            self.run.restart_policy,
-            reason=self.end_reason,
-            succeeded=succeeded,
-            attempts=history,
-            now=now,
-        )
-
-    def _reason_text(self, decision: Decision) -> str | None:
-        if self.end_reason is AttemptEndReason.STOPPED:
-            return f"stopped by {self.stop_by}" if self.stop_by else "stopped"
-        return decision.reason
-
-    def _release_cgroup(self) -> None:
-        try:
-            self.procs.release()
-        except OSError as exc:  # a leftover empty directory is harmless; cleaned at next start
-            self.log.warning("attempt cgroup not removed", error=str(exc))
-
-    def _remove_attempt_files(self) -> None:
-        for suffix in (".out", ".status"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.spool_dir / f"{self.run.attempt}{suffix}")
 
     def _detach(self) -> None:
         """Service shutdown: store a batch more and leave the process running.
@@ -526,10 +376,6 @@ class RunActor(pykka.ThreadingActor):
         self.actor_ref.stop(block=False)
 
     # Helpers
-
-    def _schedule(self, name: str, delay_s: float, message: object) -> None:
-        self.timers.pop(name, _NO_TIMER).cancel()
-        self.timers[name] = self.deps.timers.schedule(delay_s, self.actor_ref, message)
 
     def _publish_state(
         self, status: RunStatus = RunStatus.RUNNING, exit_status: ExitStatus | None = None
@@ -547,19 +393,3 @@ class RunActor(pykka.ThreadingActor):
             },
             terminal=status.is_terminal,
         )
-
-
-def _tell_quietly(ref: pykka.ActorRef[Any], message: object) -> None:
-    """Tell, unless the actor has ended already (an exit can be noticed after a stand-down)."""
-    with contextlib.suppress(pykka.ActorDeadError):
-        ref.tell(message)
-
-
-class _NoTimer:
-    deadline = float("inf")
-
-    def cancel(self) -> None:
-        return None
-
-
-_NO_TIMER: Any = _NoTimer()

@@ -93,3 +93,41 @@ class TimerService:
             pass  # the actor ended before its tick: nothing to do
         except Exception:  # never let one bad delivery end every timer
             log.exception("timer delivery failed", message=type(handle.message).__name__)
+
+
+class ActorTimers:
+    """The timers of one actor, by name: scheduling a name again replaces its timer."""
+
+    def __init__(self, service: TimerService, target: pykka.ActorRef[Any]) -> None:
+        self._service = service
+        self._target = target
+        self._handles: dict[str, TimerHandle] = {}
+
+    def schedule(self, name: str, delay_s: float, message: object) -> None:
+        self.cancel(name)
+        self._handles[name] = self._service.schedule(delay_s, self._target, message)
+
+    def get(self, name: str) -> TimerHandle | None:
+        return self._handles.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._handles
+
+    def fired(self, name: str) -> None:
+        """The timer's message has arrived: it is no longer scheduled."""
+        self._handles.pop(name, None)
+
+    def cancel(self, name: str) -> None:
+        handle = self._handles.pop(name, None)
+        if handle is not None:
+            handle.cancel()
+
+    def cancel_all(self) -> None:
+        for handle in self._handles.values():
+            handle.cancel()
+        self._handles.clear()
+
+    def is_scheduled(self, message: object) -> bool:
+        """Whether `message` belongs to a timer still scheduled here. A tick cancelled after
+        the timer thread had sent it is not: it is stale."""
+        return any(handle.message is message for handle in self._handles.values())

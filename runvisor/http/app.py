@@ -10,11 +10,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from runvisor import __version__
-from runvisor.actors.isolation import RunIsolation
 from runvisor.config import Settings
-from runvisor.http.auth import TokenTable
-from runvisor.http.control import RunControl
-from runvisor.http.keys import (
+from runvisor.http.appkeys import (
     CONTROL,
     HISTORY,
     ISOLATION,
@@ -24,11 +21,14 @@ from runvisor.http.keys import (
     SUPERVISOR,
     TOKENS,
 )
+from runvisor.http.auth import TokenTable
+from runvisor.http.control import RunControl
 from runvisor.http.middleware import OPERATION_ID, authenticate, errors, request_log
 from runvisor.http.openapi import build_openapi
 from runvisor.http.routes import ROUTE_TABLE
+from runvisor.procs.isolation import RunIsolation
 from runvisor.store.history import open_history
-from runvisor.store.keys import RedisKeys
+from runvisor.store.redis_keys import RedisKeys
 
 
 def create_app(

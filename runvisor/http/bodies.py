@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from runvisor.errors import BadRequest, UnsupportedMediaType
-from runvisor.http.keys import SETTINGS
+from runvisor.http.appkeys import SETTINGS
 from runvisor.http.validation import shorten, validate
 
 M = TypeVar("M", bound=BaseModel)

@@ -17,7 +17,7 @@ from runvisor.errors import Conflict, RunvisorError, ServiceUnavailable
 from runvisor.logs import get_logger
 from runvisor.models import Run, RunSpec, RunStatus
 from runvisor.store.history import History
-from runvisor.store.keys import RedisKeys
+from runvisor.store.redis_keys import RedisKeys
 
 ASK_TIMEOUT_S = 10.0
 log = get_logger(__name__)

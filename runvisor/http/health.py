@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from runvisor.errors import StoreUnavailable
-from runvisor.http.keys import HISTORY, ISOLATION, OPENAPI, REDIS
+from runvisor.http.appkeys import HISTORY, ISOLATION, OPENAPI, REDIS
 from runvisor.http.responses import Health, Isolation, Readiness
 
 READY_TIMEOUT_S = 2.0

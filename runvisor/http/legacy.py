@@ -18,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
+from runvisor.http.appkeys import CONTROL, HISTORY, SETTINGS, principal_of
 from runvisor.http.bodies import read_model
-from runvisor.http.keys import CONTROL, HISTORY, SETTINGS, principal_of
 from runvisor.http.legacy_responses import LegacyCommand, LegacyRun, character_start
 from runvisor.http.params import LEGACY_PAGE_LIMIT, parse_id, parse_pagination
 from runvisor.http.request_models import LegacyCommandIn

@@ -16,8 +16,8 @@ from runvisor.errors import (
     RunvisorError,
     UnsupportedMediaType,
 )
+from runvisor.http.appkeys import PRINCIPAL, SETTINGS, TOKENS
 from runvisor.http.auth import require
-from runvisor.http.keys import PRINCIPAL, SETTINGS, TOKENS
 from runvisor.http.responses import Error, LegacyError
 from runvisor.http.routes import REQUIRED_ROLES, is_legacy_path
 from runvisor.logs import get_logger

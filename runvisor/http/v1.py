@@ -6,9 +6,9 @@ import dataclasses
 
 from aiohttp import web
 
+from runvisor.http.appkeys import CONTROL, HISTORY, SETTINGS, principal_of
 from runvisor.http.auth import Role
 from runvisor.http.bodies import read_model
-from runvisor.http.keys import CONTROL, HISTORY, SETTINGS, principal_of
 from runvisor.http.params import (
     AUDIT_ROLES,
     DEFAULT_PAGE_LIMIT,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,13 +34,9 @@ from runvisor.store.columns import (
     attach_attempts,
 )
 from runvisor.store.connection import CONNECTION_OPTIONS
+from runvisor.store.output_reads import OutputReads
 
 _ACTIVE = [str(s) for s in ACTIVE_STATUSES]
-OUTPUT_READ_BATCH = 8  # chunks (up to 256 KiB each) fetched per round trip of an output read
-# Output batches fetched at once per node, by all readers together: however many viewers read
-# output, at most this many batches (OUTPUT_READ_BATCH chunks each) are in memory being fetched.
-OUTPUT_READS_AT_ONCE = 4
-MAX_BYTE_OFFSET = 2**63 - 1  # PostgreSQL bigint
 
 
 @asynccontextmanager
@@ -71,7 +66,7 @@ class History:
     def __init__(self, pool: AsyncConnectionPool, *, default_max_output_bytes: int) -> None:
         self._pool = pool
         self._default_max_output_bytes = default_max_output_bytes
-        self._output_reads = asyncio.Semaphore(OUTPUT_READS_AT_ONCE)
+        self._output = OutputReads(self._conn)
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -249,61 +244,12 @@ class History:
         return items, total
 
     async def read_output(self, run_id: int, *, offset: int, limit: int) -> bytes:
-        """The run's output bytes from `offset`, at most `limit` of them, in memory.
+        """At most `limit` bytes of the run's output from `offset` (see OutputReads)."""
+        return await self._output.read(run_id, offset=offset, limit=limit)
 
-        `limit` is required: a run may have stored gigabytes (iter_output streams them).
-        """
-        async with self._conn() as conn:
-            exists = await _scalar(conn, "SELECT count(*) FROM runs WHERE id = %s", (run_id,))
-        if not exists:
-            raise NotFound(f"run {run_id} not found")
-        end = offset + limit
-        return b"".join([piece async for piece in self.iter_output(run_id, offset=offset, end=end)])
-
-    async def iter_output(
-        self, run_id: int, *, offset: int, end: int | None
-    ) -> AsyncIterator[bytes]:
-        """The run's output in [offset, end), a batch of chunks at a time.
-
-        Each batch takes a connection of its own, so a slow reader holds none while it writes;
-        batches are fetched OUTPUT_READS_AT_ONCE at a time per node, so readers cannot
-        multiply the memory they take.
-        """
-        async with self._conn() as conn:
-            # Start at the chunk holding `offset`: an index scan on (run_id, byte_offset).
-            cursor_at = await _scalar(
-                conn,
-                "SELECT coalesce(max(byte_offset), 0) FROM run_output"
-                " WHERE run_id = %s AND byte_offset <= %s",
-                (run_id, offset),
-            )
-        # Chunks that begin at or past `end` are not fetched at all.
-        below = MAX_BYTE_OFFSET if end is None else min(end, MAX_BYTE_OFFSET)
-        while end is None or cursor_at < end:
-            async with self._output_reads, self._conn() as conn:
-                # Binary: bytea comes as its bytes, not as hex text twice their size.
-                cur = await conn.execute(
-                    "SELECT byte_offset, data FROM run_output"
-                    " WHERE run_id = %s AND byte_offset >= %s AND byte_offset < %s"
-                    " ORDER BY byte_offset LIMIT %s",
-                    (run_id, cursor_at, below, OUTPUT_READ_BATCH),
-                    binary=True,
-                )
-                rows = await cur.fetchall()
-            more = len(rows) == OUTPUT_READ_BATCH
-            parts: list[memoryview] = []
-            for chunk_offset, data in rows:
-                lo = max(offset - chunk_offset, 0)
-                hi = len(data) if end is None else min(len(data), end - chunk_offset)
-                if hi > lo:
-                    parts.append(memoryview(data)[lo:hi])
-                cursor_at = chunk_offset + len(data)
-            piece = b"".join(parts)  # one copy of the batch; the rows are not kept while it is read
-            del rows, parts
-            if piece:
-                yield piece
-            if not more:
-                return
+    def iter_output(self, run_id: int, *, offset: int, end: int | None) -> AsyncIterator[bytes]:
+        """The run's output in [offset, end), streamed in batches (see OutputReads)."""
+        return self._output.iter(run_id, offset=offset, end=end)
 
     # Audit
 

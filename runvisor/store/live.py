@@ -11,9 +11,10 @@ import time
 from typing import Any
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from runvisor.logs import get_logger
-from runvisor.store.keys import RedisKeys
+from runvisor.store.redis_keys import RedisKeys
 from runvisor.store.waits import StoreWaits
 
 log = get_logger(__name__)
@@ -55,7 +56,9 @@ class LiveState:
         return self._best_effort("ping", self._redis.ping) is not None
 
     def publish_state(self, run_id: int, state: dict[str, Any], *, terminal: bool) -> None:
-        fields = {k: ("" if v is None else str(v)) for k, v in state.items()}
+        fields: dict[FieldT, EncodableT] = {
+            k: ("" if v is None else str(v)) for k, v in state.items()
+        }
         fields["updated_at"] = f"{time.time():.3f}"
         key = self.keys.run_state(run_id)
 

@@ -4,13 +4,14 @@ It owns the table of live RunActors of this node. Decisions about a finished att
 by the RunActor with the restart policy; the Supervisor schedules the restarts, fills free
 slots from the queue in PostgreSQL, pings RunActors to catch a wedged one, re-delivers stop
 requests recorded in PostgreSQL, takes over the runs of nodes whose lease expired, and at
-start-up adopts the runs this node owned before it stopped or crashed.
+start-up adopts the runs this node owned before it stopped or crashed. The adoption
+(recovery.py), the pings (watchdog.py) and ending an attempt without its RunActor (closer.py)
+are in modules of their own; this one keeps the table of RunActors and acts on what they say.
 """
 
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,32 +20,28 @@ from typing import Any
 import pykka
 
 from runvisor.actors import messages as m
-from runvisor.actors.cgroups import AttemptCgroup
-from runvisor.actors.proctree import kill_attempt_tree
-from runvisor.actors.run_actor import RunActor, RunDeps
-from runvisor.actors.spawn import boot_id
+from runvisor.actors.deps import RunDeps
+from runvisor.actors.run_actor import RunActor
 from runvisor.actors.timer import TimerHandle
 from runvisor.errors import StoreUnavailable
 from runvisor.logs import get_logger
 from runvisor.models import Attempt, AttemptEndReason, Run, RunStatus
+from runvisor.procs.spawn import boot_id
 from runvisor.supervisor.closer import AttemptCloser
+from runvisor.supervisor.recovery import (
+    Adopt,
+    NeverRecorded,
+    RestartLater,
+    clear_leftover_cgroups,
+    clear_leftover_spools,
+    plan_recovery,
+)
+from runvisor.supervisor.watchdog import LiveAttempt, Verdict, Watchdog
 
 TICK_S = 1.0
 SLOW_CHECK_S = 5.0  # how often to re-deliver stop requests and look for expired leases
 
 log = get_logger("runvisor.supervisor")
-
-
-@dataclass(slots=True)
-class LiveAttempt:
-    """A RunActor of this node and what the Supervisor knows of its attempt."""
-
-    ref: pykka.ActorRef[RunActor]
-    attempt: int
-    marker: str
-    ping: tuple[float, pykka.Future[Any]] | None = None
-    dead_since: float | None = None
-    logged_store_wait: float | None = None  # the store wait already logged (its start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +60,11 @@ class Supervisor(pykka.ThreadingActor):
         self.deps = deps
         self.node_id = deps.journal.node_id
         self.closer = AttemptCloser(deps)
+        self.watchdog = Watchdog(
+            journal=deps.journal,
+            store_waits=deps.store_waits,
+            ping_timeout_s=deps.settings.ping_timeout_s,
+        )
         self.live: dict[int, LiveAttempt] = {}  # run id -> its RunActor
         self.restarts: dict[int, TimerHandle] = {}
         self.unended: dict[int, Unended] = {}
@@ -142,7 +144,7 @@ class Supervisor(pykka.ThreadingActor):
         if self.stopping:
             return  # shutting down: start nothing more
         match message:
-            case m.AttemptEnded(run_id=run_id, attempt=attempt, restart_at=delay):
+            case m.AttemptEnded(run_id=run_id, attempt=attempt, restart_delay_s=delay):
                 if self._forget(run_id, attempt) is None:
                     return  # a RunActor that was given up on (wedged) ended late
                 if delay is not None:
@@ -264,10 +266,12 @@ class Supervisor(pykka.ThreadingActor):
 
     def _recover(self) -> None:
         """Adopt the runs this node owned before; restart or end the ones that are gone."""
+        settings = self.deps.settings
         try:
             runs = self.deps.journal.active_runs_of_node()
-            self._clear_leftover_spools(keep={run.id for run in runs})
-            self._clear_leftover_cgroups(runs)
+            keep = {run.id for run in runs}
+            clear_leftover_spools(self.deps.journal, settings.spool_dir, settings.work_dir, keep)
+            clear_leftover_cgroups(self.deps.cgroups, self.closer, self.node_id, runs)
             for run in runs:
                 self._recover_run(run)
         except StoreUnavailable as exc:
@@ -278,67 +282,16 @@ class Supervisor(pykka.ThreadingActor):
     def _recover_run(self, run: Run) -> None:
         if run.id in self.live or run.id in self.restarts or run.id in self.unended:
             return
-        if run.status is RunStatus.RESTARTING:
-            due = run.next_attempt_at.timestamp() - time.time() if run.next_attempt_at else 0
-            self._schedule_restart(run.id, max(due, 0.0))
-            return
-        attempt = next((a for a in run.attempts if a.attempt == run.attempt), None)
-        if attempt is None or attempt.pid is None:
-            # Claimed, but the node went down before the process was recorded: kill what
-            # carries the attempt's marker, then the policy decides.
-            log.warning("run lost: its process was never recorded", run_id=run.id)
-            marker = attempt.process_marker if attempt else None
-            self._close(run.id, Unended(run.attempt, AttemptEndReason.LOST, marker, True), run)
-            return
-        log.info("adopting run", run_id=run.id, pid=attempt.pid, attempt=attempt.attempt)
-        self.deps.journal.audit("run.adopt", run_id=run.id, detail={"pid": attempt.pid})
-        self._spawn(run, adopt=attempt)
-
-    def _clear_leftover_spools(self, keep: set[int]) -> None:
-        """Spool directories of runs this node no longer owns (they ended, or another node took
-        them over while this one was away): kill what of them still runs here, remove them."""
-        spool_dir, work_dir = self.deps.settings.spool_dir, self.deps.settings.work_dir
-        stale = [
-            int(p.name) for p in spool_dir.iterdir() if p.name.isdigit() and int(p.name) not in keep
-        ]
-        if not stale:
-            return
-        markers = self.deps.journal.attempt_markers(stale)
-        for run_id in stale:
-            killed = sum(
-                kill_attempt_tree(leader=None, marker=mk) for mk in markers.get(run_id, [])
-            )
-            if killed:
-                log.warning(
-                    "killed processes of a run this node no longer owns",
-                    run_id=run_id,
-                    processes=killed,
-                )
-                self.deps.journal.audit(
-                    "run.orphans_killed", run_id=run_id, detail={"processes": killed}
-                )
-            shutil.rmtree(spool_dir / str(run_id), ignore_errors=True)
-            shutil.rmtree(work_dir / str(run_id), ignore_errors=True)
-
-    def _attempt_cgroups(self) -> list[tuple[int, int, AttemptCgroup]]:
-        return list(self.deps.cgroups.existing()) if self.deps.cgroups else []
-
-    def _clear_leftover_cgroups(self, runs: list[Run]) -> None:
-        """Cgroups of attempts this node no longer runs (ended while it was away, or an older
-        attempt of a run): kill what is in them and remove them."""
-        current = {(run.id, run.attempt) for run in runs if run.status is RunStatus.RUNNING}
-        for run_id, attempt_no, cgroup in self._attempt_cgroups():
-            if (run_id, attempt_no) in current:
-                continue
-            killed = self.closer.kill_cgroup(run_id, attempt_no, self.node_id)
-            if killed:
-                log.warning(
-                    "killed processes of an attempt this node no longer runs",
-                    run_id=run_id,
-                    attempt=attempt_no,
-                    processes=killed,
-                    cgroup=str(cgroup.path),
-                )
+        match plan_recovery(run, time.time()):
+            case RestartLater(delay_s=delay_s):
+                self._schedule_restart(run.id, delay_s)
+            case NeverRecorded(marker=marker):
+                log.warning("run lost: its process was never recorded", run_id=run.id)
+                self._close(run.id, Unended(run.attempt, AttemptEndReason.LOST, marker, True), run)
+            case Adopt(attempt=attempt):
+                log.info("adopting run", run_id=run.id, pid=attempt.pid, attempt=attempt.attempt)
+                self.deps.journal.audit("run.adopt", run_id=run.id, detail={"pid": attempt.pid})
+                self._spawn(run, adopt=attempt)
 
     def _redeliver_stops(self) -> None:
         """Stops recorded in PostgreSQL reach their run even if the message did not (a lossy
@@ -352,84 +305,24 @@ class Supervisor(pykka.ThreadingActor):
             self.stop_run(run_id, max(grace - age_s, 0.0), by)
 
     def _ping_run_actors(self) -> None:
-        now = time.monotonic()
-        for run_id, entry in list(self.live.items()):
-            if entry.ping is not None:
-                sent_at, future = entry.ping
-                try:
-                    future.get(timeout=0)
-                except pykka.Timeout:
-                    if self._is_wedged(run_id, entry, sent_at, now):
-                        self._handle_wedged(run_id, entry)
-                    continue
-                except pykka.ActorDeadError:
-                    self._handle_dead(run_id, entry)
-                    continue
-            try:
-                entry.ping = (now, entry.ref.ask(m.Ping(), block=False))
-            except pykka.ActorDeadError:
-                self._handle_dead(run_id, entry)
-
-    def _is_wedged(self, run_id: int, entry: LiveAttempt, sent_at: float, now: float) -> bool:
-        """Whether a ping still unanswered means its RunActor is wedged.
-
-        A RunActor blocked in a PostgreSQL or Redis call (a locked row, a paused server, an
-        exhausted pool) is slow, not wedged: it answers once the store does, and its run must
-        not be killed for that, however long it takes. So only time spent outside store calls
-        counts: the ping's clock starts again whenever the actor leaves one (the journal and
-        the live state mark every call in `store_waits`). The waiting stays on the actor
-        rather than moving to another thread: its writes stay in order with its exits and
-        stops, and a store outage needs no queue of pending writes.
-        """
-        timeout = self.deps.settings.ping_timeout_s
-        wait = self.deps.store_waits.of(entry.ref.actor_urn)
-        if wait.waiting_since is not None:
-            if now - wait.waiting_since > timeout and entry.logged_store_wait != wait.waiting_since:
-                entry.logged_store_wait = wait.waiting_since
-                log.warning(
-                    "run actor waits on the store; not treated as stuck",
-                    run_id=run_id,
-                    attempt=entry.attempt,
-                    waited_s=round(now - wait.waiting_since, 1),
-                )
-            return False
-        late_since = max(sent_at, wait.left_at or sent_at)
-        return now - late_since > timeout
-
-    def _handle_wedged(self, run_id: int, entry: LiveAttempt) -> None:
-        log.error(
-            "run actor does not answer; treating the attempt as stuck",
-            run_id=run_id,
-            attempt=entry.attempt,
-        )
-        # Forgotten only once its end is recorded: until then stops still go to it, and a
-        # PostgreSQL outage (which slows every RunActor) cannot orphan the run.
-        if self._close(run_id, Unended(entry.attempt, AttemptEndReason.STUCK, entry.marker, True)):
-            self._forget(run_id, entry.attempt)
-
-    def _handle_dead(self, run_id: int, entry: LiveAttempt) -> None:
-        """A RunActor gone without a word (its AttemptEnded or RunActorFailed may yet come)."""
-        try:
-            run = self.deps.journal.get_run(run_id)
-        except StoreUnavailable:
-            return
-        ours = run is not None and run.attempt == entry.attempt and run.node == self.node_id
-        if ours and run is not None and run.status is RunStatus.RUNNING:
-            # Died without ending its attempt (e.g. in on_start): end it as a failed actor.
-            self._forget(run_id, entry.attempt)
-            self._close(
-                run_id,
-                Unended(entry.attempt, AttemptEndReason.ACTOR_FAILED, entry.marker, True),
-                run,
-            )
-            return
-        # It ended its attempt (its AttemptEnded may still be on the way, so wait a little
-        # before dropping it), or it stood down because another node has the run now.
-        now = time.monotonic()
-        if entry.dead_since is None:
-            entry.dead_since = now
-        elif now - entry.dead_since > SLOW_CHECK_S:
-            self._forget(run_id, entry.attempt)
+        for finding in self.watchdog.check(self.live):
+            run_id, entry = finding.run_id, finding.entry
+            match finding.verdict:
+                case Verdict.WEDGED:
+                    # Forgotten only once its end is recorded: until then stops still go to
+                    # it, and a PostgreSQL outage (which slows every RunActor) cannot orphan
+                    # the run.
+                    unended = Unended(entry.attempt, AttemptEndReason.STUCK, entry.marker, True)
+                    if self._close(run_id, unended):
+                        self._forget(run_id, entry.attempt)
+                case Verdict.FAILED:
+                    self._forget(run_id, entry.attempt)
+                    unended = Unended(
+                        entry.attempt, AttemptEndReason.ACTOR_FAILED, entry.marker, True
+                    )
+                    self._close(run_id, unended, finding.run)
+                case Verdict.GONE:
+                    self._forget(run_id, entry.attempt)
 
     def _renew_lease(self) -> None:
         if self.deps.live.renew_lease(self.node_id, self.deps.settings.lease_ttl_s):

@@ -8,15 +8,15 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from runvisor.actors.cgroups import AttemptCgroup
+from runvisor.actors.deps import RunDeps
 from runvisor.actors.output_pump import OutputPump
-from runvisor.actors.proctree import kill_attempt_tree
-from runvisor.actors.run_actor import RunDeps
-from runvisor.actors.spawn import ProcessIdentity, is_alive
 from runvisor.errors import Fenced, StoreUnavailable
 from runvisor.logs import get_logger
 from runvisor.models import Attempt, AttemptEndReason, Run, RunStatus
-from runvisor.supervisor.policy import attempt_history, decide
+from runvisor.policy import attempt_history, decide
+from runvisor.procs.cgroups import AttemptCgroup
+from runvisor.procs.proctree import kill_attempt_tree
+from runvisor.procs.spawn import ProcessIdentity, is_alive
 
 log = get_logger("runvisor.supervisor")
 

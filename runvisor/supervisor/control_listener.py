@@ -10,7 +10,7 @@ import pykka
 import redis
 
 from runvisor.logs import get_logger
-from runvisor.store.keys import RedisKeys
+from runvisor.store.redis_keys import RedisKeys
 
 log = get_logger(__name__)
 RETRY_S = 1.0
@@ -41,7 +41,7 @@ class ControlListener:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                 pubsub.subscribe(self._channel)
                 while not self._stopping.is_set():
                     message = pubsub.get_message(timeout=0.5)

@@ -14,13 +14,13 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate as validate_spec
 
-from runvisor.actors.isolation import RunIsolation
-from runvisor.actors.run_user import RunUser
 from runvisor.http import legacy_responses, responses
 from runvisor.http.auth import Role
 from runvisor.http.openapi import build_openapi
 from runvisor.http.routes import REQUIRED_ROLES, ROUTE_TABLE, ROUTES
 from runvisor.models import AuditEntry
+from runvisor.procs.isolation import RunIsolation
+from runvisor.procs.run_user import RunUser
 from tests.schema_tools import closed
 
 # The routes of the README's Routes table, each with the role it needs.

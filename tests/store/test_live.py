@@ -7,8 +7,8 @@ import threading
 
 import redis
 
-from runvisor.store.keys import RedisKeys
 from runvisor.store.live import LiveState, redis_client
+from runvisor.store.redis_keys import RedisKeys
 from runvisor.store.waits import StoreWaits
 from tests.fix_proxy import TcpProxy, proxied_redis_url
 from tests.polling import wait_until

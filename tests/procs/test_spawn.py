@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runvisor.actors.spawn import (
+from runvisor.procs.spawn import (
     ExitStatus,
     ProcessIdentity,
     is_alive,

@@ -1,7 +1,7 @@
 """Fixtures for tests that start real processes: a per-test marker, an attempt launcher, and a
 leak guard that fails the test if any process of it is left behind.
 
-The guard looks at /proc with its own small parser, not through runvisor.actors.proctree, so the
+The guard looks at /proc with its own small parser, not through runvisor.procs.proctree, so the
 module under test cannot vouch for itself.
 """
 
@@ -19,7 +19,7 @@ from typing import TypeVar
 import pytest
 
 import runvisor
-from runvisor.actors.spawn import ExitStatus, ProcessIdentity, poll_exit, spawn_attempt
+from runvisor.procs.spawn import ExitStatus, ProcessIdentity, poll_exit, spawn_attempt
 from tests.polling import wait_until
 
 MARKER_ENV = "RUNVISOR_ATTEMPT_MARKER"

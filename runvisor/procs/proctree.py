@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Collection, Iterable
 
-from runvisor.actors.spawn import DEAD_STATES, ProcessIdentity, ProcStat, read_stat
+from runvisor.procs.spawn import DEAD_STATES, ProcessIdentity, ProcStat, read_stat
 
 MARKER_ENV = "RUNVISOR_ATTEMPT_MARKER"
 PR_SET_CHILD_SUBREAPER = 36

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runvisor.models import AttemptEndReason, RestartPolicy, RestartPolicyKind, RunStatus
-from runvisor.supervisor.policy import (
+from runvisor.policy import (
     JITTER,
     AttemptSummary,
     backoff_delay,

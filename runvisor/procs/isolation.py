@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from runvisor.actors.cgroups import CgroupTree, CgroupUnavailable, open_cgroup_tree
-from runvisor.actors.run_user import RunUser
 from runvisor.errors import SettingsError
 from runvisor.logs import get_logger
+from runvisor.procs.cgroups import CgroupTree, CgroupUnavailable, open_cgroup_tree
+from runvisor.procs.run_user import RunUser
 
 log = get_logger(__name__)
 

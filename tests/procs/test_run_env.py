@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from structlog.testing import capture_logs
 
-from runvisor.actors.run_env import run_environment
+from runvisor.procs.run_env import run_environment
 
 from .fix_processes import MARKER_ENV, Procs, leak_guard, marker, procs  # noqa: F401
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from runvisor.actors.cgroups import (
+from runvisor.errors import SettingsError
+from runvisor.procs.cgroups import (
     AttemptCgroup,
     CgroupTree,
     CgroupUnavailable,
@@ -19,8 +20,7 @@ from runvisor.actors.cgroups import (
     open_cgroup_tree,
     own_cgroup,
 )
-from runvisor.actors.limits import effective_limits, parse_run_limits
-from runvisor.errors import SettingsError
+from runvisor.procs.limits import effective_limits, parse_run_limits
 from tests.polling import wait_until
 
 

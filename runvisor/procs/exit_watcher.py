@@ -16,9 +16,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from runvisor.actors.proctree import reap_children
-from runvisor.actors.spawn import ProcessIdentity
 from runvisor.logs import get_logger
+from runvisor.procs.proctree import reap_children
+from runvisor.procs.spawn import ProcessIdentity
 
 log = get_logger(__name__)
 

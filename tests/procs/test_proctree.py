@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from runvisor.actors.proctree import (
+from runvisor.procs.proctree import (
     MARKER_ENV,
     find_attempt_processes,
     is_child_subreaper,
@@ -28,7 +28,7 @@ from runvisor.actors.proctree import (
     signal_all,
     signal_group,
 )
-from runvisor.actors.spawn import ExitStatus, ProcessIdentity, poll_exit, read_identity
+from runvisor.procs.spawn import ExitStatus, ProcessIdentity, poll_exit, read_identity
 
 from .fix_processes import (  # noqa: F401
     REPO_ROOT,
@@ -192,8 +192,8 @@ def test_find_by_session_marker_and_parentage(procs: Procs) -> None:
 
 FIND_FROM_A_MARKED_CHILD = """
 import json, os
-from runvisor.actors.proctree import find_attempt_processes
-from runvisor.actors.spawn import read_identity
+from runvisor.procs.proctree import find_attempt_processes
+from runvisor.procs.spawn import read_identity
 marker = os.environ["RUNVISOR_ATTEMPT_MARKER"]
 me = read_identity(os.getpid())
 print(json.dumps({
@@ -272,9 +272,9 @@ def test_signal_group(procs: Procs) -> None:
 SUBREAPER_SERVICE = """
 import json, os, signal, sys, time
 from pathlib import Path
-from runvisor.actors.proctree import (
+from runvisor.procs.proctree import (
     enable_child_subreaper, is_child_subreaper, kill_attempt_tree, reap_children, signal_group)
-from runvisor.actors.spawn import poll_exit, spawn_attempt
+from runvisor.procs.spawn import poll_exit, spawn_attempt
 
 marker, root = sys.argv[1], Path(sys.argv[2])
 enabled = enable_child_subreaper()

@@ -6,9 +6,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from runvisor.actors.run_user import RunUser
 from runvisor.env_names import forbidden_reason
 from runvisor.logs import get_logger
+from runvisor.procs.run_user import RunUser
 
 log = get_logger(__name__)
 

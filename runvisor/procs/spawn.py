@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runvisor.actors.run_user import RunUser
+from runvisor.procs.run_user import RunUser
 
 WRAPPER_PATH = Path(__file__).with_name("attempt_wrapper.sh")
 SHELL = "/bin/sh"

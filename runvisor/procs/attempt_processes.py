@@ -10,16 +10,16 @@ import signal
 from collections.abc import Mapping
 from pathlib import Path
 
-from runvisor.actors.cgroups import AttemptCgroup
-from runvisor.actors.limits import apply_rlimits
-from runvisor.actors.proctree import (
+from runvisor.procs.cgroups import AttemptCgroup
+from runvisor.procs.limits import apply_rlimits
+from runvisor.procs.proctree import (
     find_attempt_processes,
     is_zombie,
     kill_attempt_tree,
     signal_all,
     signal_group,
 )
-from runvisor.actors.spawn import (
+from runvisor.procs.spawn import (
     ExitStatus,
     ProcessIdentity,
     boot_id,

@@ -8,10 +8,10 @@ import pykka
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from runvisor.actors.isolation import RunIsolation
 from runvisor.config import Settings
 from runvisor.http.auth import Principal, TokenTable
 from runvisor.http.control import RunControl
+from runvisor.procs.isolation import RunIsolation
 from runvisor.store.history import History
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -1,0 +1,158 @@
+"""The start of an attempt, for its RunActor: how its processes are tracked (the attempt's
+cgroup or /proc scans, its limits), the run's working directory, its process (spawned under
+the wrapper, or taken over after a restart of the service), watched for its exit, and the pump
+of its output."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pykka
+from structlog.stdlib import BoundLogger
+
+from runvisor.actors import messages as m
+from runvisor.actors.deps import RunDeps
+from runvisor.actors.output_pump import OutputPump
+from runvisor.errors import StoreUnavailable
+from runvisor.models import Attempt, Run
+from runvisor.procs.attempt_processes import AttemptProcesses
+from runvisor.procs.limits import effective_limits
+from runvisor.procs.run_env import run_environment
+from runvisor.procs.run_user import RunUser
+from runvisor.procs.spawn import spawn_attempt
+from runvisor.store.journal import RunJournal
+
+
+def attempt_processes(
+    run: Run, deps: RunDeps, *, status_path: Path, adopt: Attempt | None
+) -> AttemptProcesses:
+    # The attempt's row (and its marker) was written when the run was claimed.
+    marker = next(a for a in run.attempts if a.attempt == run.attempt).process_marker
+    cgroup = deps.cgroups.attempt(run.id, run.attempt) if deps.cgroups else None
+    if adopt is not None and cgroup is not None and not cgroup.exists():
+        cgroup = None  # started before this node had cgroups: found by /proc scans
+    return AttemptProcesses(
+        marker=marker,
+        status_path=status_path,
+        adopted=adopt is not None,
+        cgroup=cgroup,
+        limits=effective_limits(deps.settings.run_limits, run.limits),
+    )
+
+
+def make_work_dir(work_dir: Path, run_user: RunUser | None) -> None:
+    """The run's working directory: the run user's own (0700), in the service's work dir."""
+    work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if run_user is not None and run_user.switches:
+        os.chown(work_dir, run_user.uid, run_user.gid)
+
+
+def spawn(
+    run: Run,
+    deps: RunDeps,
+    procs: AttemptProcesses,
+    owner: pykka.ActorRef[Any],
+    spool_path: Path,
+    work_dir: Path,
+) -> OutputPump:
+    """Spawn the attempt's process in its cgroup, with its limits and a clean environment;
+    `owner` is told ProcessExited when it exits. Raises OSError or ValueError if it cannot
+    start."""
+    env = run_environment(
+        run_id=run.id,
+        attempt=run.attempt,
+        node_id=deps.journal.node_id,
+        marker=procs.marker,
+        requested=run.env,
+        run_user=deps.run_user,
+        work_dir=work_dir,
+    )
+    procs.create_cgroup()
+    procs.identity = deps.watcher.spawn_watched(
+        lambda: spawn_attempt(
+            code=run.code,
+            env=env,
+            spool_path=spool_path,
+            status_path=procs.status_path,
+            cwd=work_dir,
+            run_user=deps.run_user,
+            prepare=procs.prepare,
+        ),
+        lambda: tell_quietly(owner, m.ProcessExited()),
+    )
+    return _pump(run, deps, owner, spool_path, base_offset=run.output_bytes, stored_in_spool=0)
+
+
+def adopt(
+    run: Run,
+    deps: RunDeps,
+    procs: AttemptProcesses,
+    owner: pykka.ActorRef[Any],
+    attempt: Attempt,
+    spool_path: Path,
+) -> tuple[OutputPump, bool]:
+    """Take over the recorded process of `attempt`, and the pump of its output from the last
+    stored byte. True if it still runs and is watched now; False: it has exited already, and
+    its exit is to be handled at once."""
+    assert attempt.pid is not None
+    alive = procs.adopt(attempt.pid, attempt.pid_start_ticks, attempt.boot_id)
+    pump = _pump(
+        run,
+        deps,
+        owner,
+        spool_path,
+        base_offset=attempt.output_offset,
+        stored_in_spool=max(run.output_bytes - attempt.output_offset, 0),
+    )
+    watched = alive and deps.watcher.watch(
+        attempt.pid, lambda: tell_quietly(owner, m.ProcessExited())
+    )
+    return pump, watched
+
+
+def record_process(
+    journal: RunJournal, run: Run, procs: AttemptProcesses, log: BoundLogger
+) -> bool:
+    """Record the spawned process's identity (pid + start time); False while PostgreSQL
+    cannot (the RunActor tries again at its next flush)."""
+    identity = procs.identity
+    assert identity is not None
+    try:
+        journal.start_attempt(run, pid=identity.pid, start_ticks=identity.start_ticks)
+    except StoreUnavailable as exc:
+        log.warning("attempt not recorded yet; will retry", error=exc.message)
+        return False
+    return True
+
+
+def _pump(
+    run: Run,
+    deps: RunDeps,
+    owner: pykka.ActorRef[Any],
+    spool_path: Path,
+    *,
+    base_offset: int,
+    stored_in_spool: int,
+) -> OutputPump:
+    """The attempt's output pump; the flush nudger watches its spool for `owner`."""
+    deps.nudger.watch(owner, spool_path, stored_in_spool)
+    return OutputPump(
+        run_id=run.id,
+        attempt=run.attempt,
+        spool_path=spool_path,
+        base_offset=base_offset,
+        stored_in_spool=stored_in_spool,
+        max_output_bytes=run.max_output_bytes,
+        journal=deps.journal,
+        live=deps.live,
+        keep_last_stored=deps.settings.test_hooks,
+    )
+
+
+def tell_quietly(ref: pykka.ActorRef[Any], message: object) -> None:
+    """Tell, unless the actor has ended already (an exit can be noticed after a stand-down)."""
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.tell(message)
