@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from runvisor.actors.limits import parse_run_limits
+from runvisor.actors.run_uids import UidRange, parse_uid_range
 from runvisor.errors import SettingsError
 
 T = TypeVar("T")
@@ -56,6 +57,7 @@ class Settings:
     run_as: str | None = None  # resolved at start-up (runvisor.actors.run_user)
     run_limits: dict[str, int | str] = dataclasses.field(default_factory=dict)
     process_tracking: str = "auto"
+    run_uids: UidRange | None = None  # checked against the machine at start-up (run_uids)
 
     @property
     def spool_dir(self) -> Path:
@@ -181,6 +183,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "run_as": lambda _name, raw: raw.strip(),
     "run_limits": lambda _name, raw: parse_run_limits(raw),
     "process_tracking": _parse_choice(PROCESS_TRACKING),
+    "run_uids": parse_uid_range,
 }
 
 

@@ -27,9 +27,11 @@ from runvisor.actors.flush_nudger import FlushNudger
 from runvisor.actors.limits import effective_limits
 from runvisor.actors.output_pump import OutputPump
 from runvisor.actors.run_env import run_environment
+from runvisor.actors.run_uids import UidPool
 from runvisor.actors.run_user import RunUser
 from runvisor.actors.spawn import ExitStatus, spawn_attempt
 from runvisor.actors.timer import TimerHandle, TimerService
+from runvisor.actors.uid_sweep import Swept
 from runvisor.config import Settings
 from runvisor.errors import Fenced, StoreUnavailable
 from runvisor.logs import get_logger
@@ -59,6 +61,8 @@ class RunDeps:
     run_user: RunUser | None = None
     # One cgroup per attempt under this tree; None: processes are found by /proc scans.
     cgroups: CgroupTree | None = None
+    # RUNVISOR_RUN_UIDS: each attempt runs as a uid of its own from here (run_user unused).
+    run_uids: UidPool | None = None
 
 
 class RunActor(pykka.ThreadingActor):
@@ -73,12 +77,19 @@ class RunActor(pykka.ThreadingActor):
         deps: RunDeps,
         supervisor: pykka.ActorRef[Any],
         adopt: Attempt | None = None,
+        uid: int | None = None,
     ) -> None:
         super().__init__()
         self.run = run
         self.deps = deps
         self.supervisor = supervisor
         self.adopt = adopt
+        # With RUNVISOR_RUN_UIDS, the attempt's own uid (the Supervisor took or held it).
+        # None there: an adopted attempt started without one; never a new spawn (see _spawn).
+        self.uid = uid
+        self.run_user: RunUser | None = deps.run_user
+        if deps.run_uids is not None:
+            self.run_user = deps.run_uids.user(uid) if uid is not None else None
         self.spool_dir = deps.settings.spool_dir / str(run.id)
         self.work_dir = deps.settings.work_dir / str(run.id)
         self.status_path = self.spool_dir / f"{run.attempt}.status"
@@ -147,11 +158,20 @@ class RunActor(pykka.ThreadingActor):
     def _make_work_dir(self) -> None:
         """The run's working directory: the run user's own (0700), in the service's work dir."""
         self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        user = self.deps.run_user
-        if user is not None and user.switches:
+        user = self.run_user
+        if user is None or not user.switches:
+            return
+        uids = self.deps.run_uids
+        if uids is not None and self.adopt is None:
+            # What earlier attempts of the run left there belongs to their uids: this one's now.
+            uids.hand_over_work_dir(self.work_dir, user.uid)
+        else:
             os.chown(self.work_dir, user.uid, user.gid)
 
     def _spawn(self, spool_path: Path) -> None:
+        if self.deps.run_uids is not None and self.uid is None:
+            # Never as root, nor as a uid another attempt holds: the Supervisor hands one out.
+            raise RuntimeError("no uid of RUNVISOR_RUN_UIDS was handed to this attempt")
         base_offset = self.run.output_bytes
         env = run_environment(
             run_id=self.run.id,
@@ -159,11 +179,14 @@ class RunActor(pykka.ThreadingActor):
             node_id=self.deps.journal.node_id,
             marker=self.marker,
             requested=self.run.env,
-            run_user=self.deps.run_user,
+            run_user=self.run_user,
             work_dir=self.work_dir,
         )
         ref = self.actor_ref
         try:
+            if self.deps.run_uids is not None and self.uid is not None:
+                # Before the spawn: after a restart, adoption holds this uid again from here.
+                self.deps.run_uids.record(self.run.id, self.run.attempt)
             self.procs.create_cgroup()
             self.procs.identity = self.deps.watcher.spawn_watched(
                 lambda: spawn_attempt(
@@ -172,7 +195,7 @@ class RunActor(pykka.ThreadingActor):
                     spool_path=spool_path,
                     status_path=self.status_path,
                     cwd=self.work_dir,
-                    run_user=self.deps.run_user,
+                    run_user=self.run_user,
                     prepare=self.procs.prepare,
                 ),
                 lambda: _tell_quietly(ref, m.ProcessExited()),
@@ -297,6 +320,7 @@ class RunActor(pykka.ThreadingActor):
         if self.procs.identity is not None:
             self.procs.kill()
         self._release_cgroup()
+        self._release_uid()
         self._remove_attempt_files()
         self.actor_ref.stop(block=False)
 
@@ -441,6 +465,11 @@ class RunActor(pykka.ThreadingActor):
 
     def _end(self) -> None:
         assert self.exit is not None and self.end_reason is not None
+        # Its processes are gone: before the end is shown, what its uid left is gone too
+        # (processes included, which a /proc scan by marker can miss: counted as leftovers).
+        swept = self._release_uid()
+        if swept is not None:
+            self.procs.killed += swept.processes
         exit_status = self.exit
         succeeded = self.spawn_error is None and exit_status.succeeded
         decision = self._decide(succeeded)
@@ -509,8 +538,14 @@ class RunActor(pykka.ThreadingActor):
         except OSError as exc:  # a leftover empty directory is harmless; cleaned at next start
             self.log.warning("attempt cgroup not removed", error=str(exc))
 
+    def _release_uid(self) -> Swept | None:
+        """RUNVISOR_RUN_UIDS: remove what the attempt's uid left and free it (once)."""
+        if self.deps.run_uids is None or self.uid is None:
+            return None
+        return self.deps.run_uids.release(self.run.id, self.run.attempt)
+
     def _remove_attempt_files(self) -> None:
-        for suffix in (".out", ".status"):
+        for suffix in (".out", ".status", ".uid"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.spool_dir / f"{self.run.attempt}{suffix}")
 

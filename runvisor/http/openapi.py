@@ -110,9 +110,15 @@ _RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
             "description": 'each store (postgres, redis): "ok", or "down: why"',
         },
         "runs": _obj({
-            "user": {**_STR, "description": "the user runs execute as (RUNVISOR_RUN_AS)"},
-            "uid": _INT,
-            "gid": _INT,
+            "user": _n("string", description="the user runs execute as (RUNVISOR_RUN_AS); "
+                                             "null when each attempt has a uid of its own"),
+            "uid": _NINT,
+            "gid": _NINT,
+            "uids": {
+                "oneOf": [{"type": "null"}, _obj({"first": _INT, "last": _INT, "in_use": _INT})],
+                "description": "RUNVISOR_RUN_UIDS: the range each attempt gets a uid of its "
+                               "own from, and how many of it attempts hold now; else null",
+            },
             "process_tracking": {
                 "type": "string", "enum": ["cgroup", "scan"],
                 "description": "cgroup: one cgroup v2 per attempt; scan: /proc scans",
