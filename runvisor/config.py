@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from runvisor.actors.limits import parse_run_limits
-from runvisor.actors.run_uids import UidRange, parse_uid_range
+from runvisor.actors.uid_range import UidRange, parse_uid_range
 from runvisor.errors import SettingsError
 
 T = TypeVar("T")

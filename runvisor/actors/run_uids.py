@@ -22,54 +22,18 @@ import pwd
 import shutil
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runvisor.actors import uid_sweep
 from runvisor.actors.run_user import SETPRIV_SEARCH_PATH, RunUser
+from runvisor.actors.uid_range import SETTING, UidRange
 from runvisor.errors import SettingsError
 from runvisor.logs import get_logger
 
 log = get_logger(__name__)
 
-SETTING = "RUNVISOR_RUN_UIDS"
-MAX_UID = 2**32 - 2  # (uid_t)-1 means "unchanged" to setresuid
 UID_FILE_SUFFIX = ".uid"
-
-
-@dataclass(frozen=True, slots=True)
-class UidRange:
-    first: int
-    last: int
-
-    def __contains__(self, uid: object) -> bool:
-        return isinstance(uid, int) and self.first <= uid <= self.last
-
-    @property
-    def size(self) -> int:
-        return self.last - self.first + 1
-
-    def __str__(self) -> str:
-        return f"{self.first}-{self.last}"
-
-
-def parse_uid_range(name: str, raw: str) -> UidRange:
-    """`START-END`, an inclusive range of uids (syntax only; the machine is checked later)."""
-    text = raw.strip()
-    first, sep, last = text.partition("-")
-    if not sep or not all(part.isascii() and part.isdigit() for part in (first, last)):
-        raise SettingsError(
-            f"{name}={raw!r}: expected START-END, an inclusive range of uids (e.g. 200000-265535)"
-        )
-    start, end = int(first), int(last)
-    if start > end:
-        raise SettingsError(f"{name}={raw!r}: the range is empty (START is above END)")
-    if start == 0:
-        raise SettingsError(f"{name}={raw!r}: the range includes uid 0 (root)")
-    if end > MAX_UID:
-        raise SettingsError(f"{name}={raw!r}: uids go up to {MAX_UID}")
-    return UidRange(start, end)
 
 
 def check_uid_range(
@@ -173,12 +137,14 @@ class UidPool:
         work_root: Path,
         spool_root: Path,
         sweep_dirs: tuple[Path, ...] = uid_sweep.SHARED_DIRS,
+        max_entries: int = uid_sweep.MAX_ENTRIES,
     ) -> None:
         self.range = uids
         self.setpriv = setpriv
         self.work_root = work_root
         self.spool_root = spool_root
         self.sweep_dirs = sweep_dirs
+        self.max_entries = max_entries
         self._lock = threading.Lock()
         self._held: dict[tuple[int, int], int] = {}  # (run id, attempt) -> uid
         # Not free: held, being swept, or swept with a process left (retried by resweep).
@@ -276,7 +242,7 @@ class UidPool:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.record_path(run_id, attempt))
         started = time.monotonic()
-        swept = uid_sweep.sweep(uid.__eq__, dirs=self.sweep_dirs)
+        swept = self._sweep(uid.__eq__)
         took_back = uid_sweep.take_back(self.work_root / str(run_id), uid.__eq__)
         self._settle(uid, swept)
         log.info(
@@ -302,7 +268,7 @@ class UidPool:
         def unheld(uid: int) -> bool:
             return uid in self.range and uid not in taken
 
-        swept = uid_sweep.sweep(unheld, dirs=self.sweep_dirs)
+        swept = self._sweep(unheld)
         with contextlib.suppress(OSError):  # no work dir yet
             for entry in os.scandir(self.work_root):
                 if entry.name.isdigit():
@@ -323,13 +289,23 @@ class UidPool:
         with self._lock:
             dirty = list(self._dirty)
         for uid in dirty:
-            self._settle(uid, uid_sweep.sweep(uid.__eq__, dirs=self.sweep_dirs))
+            self._settle(uid, self._sweep(uid.__eq__))
+
+    def _sweep(self, owned: uid_sweep.UidMatch) -> uid_sweep.Swept:
+        return uid_sweep.sweep(owned, dirs=self.sweep_dirs, max_entries=self.max_entries)
 
     def _settle(self, uid: int, swept: uid_sweep.Swept) -> None:
         with self._lock:
-            if swept.processes_left:
+            if swept.processes_left or (swept.entries_exhausted and swept.files):
+                # Not all gone: a process stuck in the kernel, or more files than one pass
+                # looks at. Not reused until a later pass (each tick) finds nothing more.
                 self._dirty.add(uid)
-                log.warning("a process of the uid survived SIGKILL; uid not reused yet", uid=uid)
+                log.warning(
+                    "something of the uid is left; uid not reused yet",
+                    uid=uid,
+                    processes_left=swept.processes_left,
+                    files_removed=swept.files,
+                )
             else:
                 self._dirty.discard(uid)
                 self._taken.discard(uid)

@@ -68,10 +68,12 @@ class Swept:
         return bool(self.processes or self.processes_left or self.files or self.ipc)
 
 
-def sweep(owned: UidMatch, *, dirs: tuple[Path, ...] = SHARED_DIRS) -> Swept:
+def sweep(
+    owned: UidMatch, *, dirs: tuple[Path, ...] = SHARED_DIRS, max_entries: int = MAX_ENTRIES
+) -> Swept:
     """Kill the processes of the matching uids, then remove their files and IPC objects."""
     killed, left = kill_processes_of(owned)
-    files, exhausted = remove_files_of(owned, dirs)
+    files, exhausted = remove_files_of(owned, dirs, max_entries)
     ipc = remove_ipc_of(owned)
     return Swept(killed, left, files, ipc, exhausted)
 

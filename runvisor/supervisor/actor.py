@@ -188,7 +188,8 @@ class Supervisor(pykka.ThreadingActor):
             # Taken here, in the Supervisor's thread, where the free slots were counted; an
             # adopted attempt's uid was held again by _recover_run.
             uids = self.deps.run_uids
-            uid = uids.uid_of(run.id, run.attempt) if adopt else uids.take(run.id, run.attempt)
+            held = adopt is not None
+            uid = uids.uid_of(run.id, run.attempt) if held else uids.take(run.id, run.attempt)
         ref = RunActor.start(
             run=run, deps=self.deps, supervisor=self.actor_ref, adopt=adopt, uid=uid
         )

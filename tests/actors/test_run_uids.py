@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from runvisor.actors import uid_sweep
-from runvisor.actors.run_uids import UidPool, UidRange, check_uid_range, read_uid_file
+from runvisor.actors.run_uids import UidPool, check_uid_range, read_uid_file
+from runvisor.actors.uid_range import UidRange
 from runvisor.errors import SettingsError
 from tests.polling import wait_until
 
@@ -113,6 +114,30 @@ def test_concurrent_takes_and_releases_never_share_a_uid(roots) -> None:
     for thread in threads:
         thread.join()
     assert not errors and pool.in_use() == 0
+
+
+@ROOT_ONLY
+def test_a_uid_whose_files_a_pass_could_not_all_reach_is_not_reused_yet(roots) -> None:
+    work, spool, shared = roots
+    uid = BASE + 70
+    pool = UidPool(
+        UidRange(uid, uid),
+        setpriv="x",
+        work_root=work,
+        spool_root=spool,
+        sweep_dirs=(shared,),
+        max_entries=3,
+    )
+    pool.open()
+    assert pool.take(1, 1) == uid
+    for n in range(5):
+        (shared / f"f{n}").write_text("x")
+        os.chown(shared / f"f{n}", uid, uid)
+    swept = pool.release(1, 1)
+    assert swept is not None and swept.files == 3 and swept.entries_exhausted
+    assert not pool.available() and pool.take(2, 1) is None  # two of its files are left
+    pool.resweep()
+    assert os.listdir(shared) == [] and pool.available() and pool.take(2, 1) == uid
 
 
 # ---- start-up checks ------------------------------------------------------------------------

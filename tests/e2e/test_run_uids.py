@@ -226,6 +226,7 @@ echo "uid $(id -u)"
     assert not left, left
     assert keep.read_text() == "not the run's\n"
     assert not _ipc_objects_of(uid)
+    assert '"event": "attempt uid released"' in service.log_path.read_text()  # JSON, as set
     # Killed with the attempt, even where /proc scans by marker cannot find it (scan): its
     # uid gives it away.
     assert final["attempts"][0]["leftovers_killed"] == 1
