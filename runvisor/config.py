@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from runvisor.errors import SettingsError
 from runvisor.procs.limits import parse_run_limits
+from runvisor.procs.uid_range import UidRange, parse_uid_range
 
 T = TypeVar("T")
 
@@ -148,6 +149,13 @@ def _parse_run_limits(raw: str) -> dict[str, int | str]:
         raise _Refused(reason, show_value=False) from None
 
 
+def _parse_run_uids(raw: str) -> UidRange:
+    try:
+        return parse_uid_range(env_name("run_uids"), raw)
+    except SettingsError as exc:  # "RUNVISOR_RUN_UIDS='…': why": keep the why
+        raise _Refused(str(exc).split(": ", 1)[-1]) from None
+
+
 def _text(parse: Callable[[str], T]) -> BeforeValidator:
     """Validate a value as the text it is given in, whichever Python type it arrives as."""
 
@@ -233,6 +241,8 @@ class Settings(BaseSettings):
         default_factory=dict
     )
     process_tracking: Annotated[ProcessTracking, _choice(PROCESS_TRACKING)] = "auto"
+    # One uid per attempt from this range; checked against the machine at start-up.
+    run_uids: Annotated[UidRange | None, _text(_parse_run_uids)] = None
 
     @classmethod
     def settings_customise_sources(

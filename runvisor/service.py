@@ -29,6 +29,7 @@ from runvisor.logs import get_logger
 from runvisor.procs.exit_watcher import ExitWatcher
 from runvisor.procs.isolation import RunIsolation, choose_process_tracking
 from runvisor.procs.proctree import enable_child_subreaper
+from runvisor.procs.run_uids import UidPool, check_uid_range
 from runvisor.procs.run_user import RunUser, resolve_run_user
 from runvisor.store.journal import open_journal
 from runvisor.store.live import LiveState, redis_client
@@ -120,9 +121,23 @@ def check_listen_address(settings: Settings) -> None:
 
 
 def isolate_runs(settings: Settings) -> RunIsolation:
-    """Who runs execute as (RUNVISOR_RUN_AS) and whether each attempt gets a cgroup."""
-    run_user = resolve_run_user(settings.run_as)
-    if run_user.uid == 0:
+    """Who runs execute as (RUNVISOR_RUN_AS, or a uid per attempt with RUNVISOR_RUN_UIDS) and
+    whether each attempt gets a cgroup."""
+    run_uids: UidPool | None = None
+    if settings.run_uids is not None:
+        setpriv = check_uid_range(settings.run_uids, run_as=settings.run_as)
+        run_uids = UidPool(
+            settings.run_uids,
+            setpriv=setpriv,
+            work_root=settings.work_dir,
+            spool_root=settings.spool_dir,
+        )
+        run_user = run_uids.user(settings.run_uids.first)
+    else:
+        run_user = resolve_run_user(settings.run_as)
+    if run_uids is not None:
+        log.info("each attempt runs as a uid of its own", uids=str(settings.run_uids))
+    elif run_user.uid == 0:
         level = log.warning if settings.run_as else log.info
         level(
             "runs execute as root: a run can read the service's tokens and data and stop it",
@@ -139,7 +154,9 @@ def isolate_runs(settings: Settings) -> RunIsolation:
             "runs have no resource limits: a fork bomb or a memory hog reaches the whole "
             "machine; set RUNVISOR_RUN_LIMITS (e.g. nproc=1024,as=4G)"
         )
-    isolation = RunIsolation(run_user=run_user, cgroups=cgroups, no_cgroup_reason=reason)
+    isolation = RunIsolation(
+        run_user=run_user, cgroups=cgroups, no_cgroup_reason=reason, run_uids=run_uids
+    )
     log.info("run isolation", **isolation.describe())
     return isolation
 
@@ -311,6 +328,7 @@ def start_run_services(
         store_waits=store_waits,
         run_user=isolation.run_user,
         cgroups=isolation.cgroups,
+        run_uids=isolation.run_uids,
     )
 
 

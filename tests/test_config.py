@@ -54,6 +54,12 @@ def test_environment_and_flags() -> None:
     assert settings.spool_dir == Path("/tmp/rv/spool")
 
 
+def test_a_uid_range_is_read_inclusively() -> None:
+    uids = load_settings({"RUNVISOR_RUN_UIDS": " 200000-265535 "}).run_uids
+    assert uids is not None and (uids.first, uids.last, uids.size) == (200000, 265535, 65536)
+    assert 265535 in uids and 265536 not in uids and load_settings({}).run_uids is None
+
+
 def test_libpq_connection_strings_are_accepted() -> None:
     settings = load_settings({"RUNVISOR_DATABASE_URL": "host=/tmp dbname=x user=postgres"})
     assert settings.database_url == "host=/tmp dbname=x user=postgres"
@@ -76,6 +82,10 @@ def test_libpq_connection_strings_are_accepted() -> None:
         ("RUNVISOR_MAX_CODE_BYTES", "200000"),
         ("RUNVISOR_LEGACY_RESULT_BYTES", "1023"),
         ("RUNVISOR_LEGACY_RESULT_BYTES", "1MiB"),
+        ("RUNVISOR_RUN_UIDS", "0-10"),
+        ("RUNVISOR_RUN_UIDS", "9-1"),
+        ("RUNVISOR_RUN_UIDS", "200000"),
+        ("RUNVISOR_RUN_UIDS", "1-4294967295"),
     ],
 )
 def test_a_bad_setting_is_named(name: str, value: str) -> None:

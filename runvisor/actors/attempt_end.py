@@ -13,6 +13,7 @@ from pathlib import Path
 
 from structlog.stdlib import BoundLogger
 
+from runvisor.actors.deps import RunDeps
 from runvisor.models import AttemptEndReason, Run, RunStatus
 from runvisor.policy import Decision, attempt_history, decide
 from runvisor.procs.attempt_processes import AttemptProcesses
@@ -80,6 +81,15 @@ def release_cgroup(procs: AttemptProcesses, log: BoundLogger) -> None:
         log.warning("attempt cgroup not removed", error=str(exc))
 
 
+def release_uid(deps: RunDeps, run: Run, uid: int | None) -> int:
+    """RUNVISOR_RUN_UIDS: remove what the attempt's uid left and free it (once); how many of
+    its processes were killed (a /proc scan by marker can miss them: counted as leftovers)."""
+    if deps.run_uids is None or uid is None:
+        return 0
+    swept = deps.run_uids.release(run.id, run.attempt)
+    return swept.processes if swept is not None else 0
+
+
 def remove_files(spool_dir: Path, work_dir: Path, attempt: int, *, run_ended: bool) -> None:
     """Once the run has ended, its spool and working directories; else the attempt's spool
     files (the next attempt writes its own, in the same working directory)."""
@@ -87,6 +97,30 @@ def remove_files(spool_dir: Path, work_dir: Path, attempt: int, *, run_ended: bo
         shutil.rmtree(spool_dir, ignore_errors=True)
         shutil.rmtree(work_dir, ignore_errors=True)
         return
-    for suffix in (".out", ".status"):
+    for suffix in (".out", ".status", ".uid"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(spool_dir / f"{attempt}{suffix}")
+
+
+def publish_state(
+    deps: RunDeps,
+    run: Run,
+    pid: int | None,
+    output_bytes: int,
+    status: RunStatus,
+    exit_status: ExitStatus | None,
+) -> None:
+    """The attempt's live state in Redis (best effort), as a RunActor sees it."""
+    deps.live.publish_state(
+        run.id,
+        {
+            "status": str(status),
+            "node": deps.journal.node_id,
+            "pid": pid,
+            "attempt": run.attempt,
+            "exit_code": exit_status.exit_code if exit_status else None,
+            "signal": exit_status.signal if exit_status else None,
+            "output_bytes": output_bytes,
+        },
+        terminal=status.is_terminal,
+    )

@@ -43,10 +43,30 @@ def attempt_processes(
     )
 
 
-def make_work_dir(work_dir: Path, run_user: RunUser | None) -> None:
-    """The run's working directory: the run user's own (0700), in the service's work dir."""
+def run_user_of(deps: RunDeps, uid: int | None) -> RunUser | None:
+    """Who the attempt runs as: the node's run user, or with RUNVISOR_RUN_UIDS its own uid
+    (None there: an adopted attempt started without one; never a new spawn)."""
+    if deps.run_uids is None:
+        return deps.run_user
+    return deps.run_uids.user(uid) if uid is not None else None
+
+
+def make_dirs(
+    spool_dir: Path, work_dir: Path, deps: RunDeps, uid: int | None, adopt: Attempt | None
+) -> None:
+    """The run's spool directory (the service's alone) and working directory: the run user's
+    own (0700), in the service's work dir.
+
+    With one uid per attempt, for a new spawn, what earlier attempts of the run left there
+    belongs to their uids: it is handed over to this attempt's."""
+    spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if run_user is not None and run_user.switches:
+    run_user = run_user_of(deps, uid)
+    if run_user is None or not run_user.switches:
+        return
+    if deps.run_uids is not None and adopt is None:
+        deps.run_uids.hand_over_work_dir(work_dir, run_user.uid)
+    else:
         os.chown(work_dir, run_user.uid, run_user.gid)
 
 
@@ -57,19 +77,26 @@ def spawn(
     owner: pykka.ActorRef[Any],
     spool_path: Path,
     work_dir: Path,
+    *,
+    uid: int | None = None,
 ) -> OutputPump:
     """Spawn the attempt's process in its cgroup, with its limits and a clean environment;
     `owner` is told ProcessExited when it exits. Raises OSError or ValueError if it cannot
     start."""
+    run_user = run_user_of(deps, uid)
     env = run_environment(
         run_id=run.id,
         attempt=run.attempt,
         node_id=deps.journal.node_id,
         marker=procs.marker,
         requested=run.env,
-        run_user=deps.run_user,
+        run_user=run_user,
         work_dir=work_dir,
     )
+    if deps.run_uids is not None:
+        if uid is None:  # never as root, nor as a uid another attempt holds
+            raise RuntimeError("no uid of RUNVISOR_RUN_UIDS was handed to this attempt")
+        deps.run_uids.record(run.id, run.attempt)  # before the spawn: adoption holds it again
     procs.create_cgroup()
     procs.identity = deps.watcher.spawn_watched(
         lambda: spawn_attempt(
@@ -78,7 +105,7 @@ def spawn(
             spool_path=spool_path,
             status_path=procs.status_path,
             cwd=work_dir,
-            run_user=deps.run_user,
+            run_user=run_user,
             prepare=procs.prepare,
         ),
         lambda: tell_quietly(owner, m.ProcessExited()),

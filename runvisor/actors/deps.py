@@ -9,6 +9,7 @@ from runvisor.actors.timer import TimerService
 from runvisor.config import Settings
 from runvisor.procs.cgroups import CgroupTree
 from runvisor.procs.exit_watcher import ExitWatcher
+from runvisor.procs.run_uids import UidPool
 from runvisor.procs.run_user import RunUser
 from runvisor.store.journal import RunJournal
 from runvisor.store.live import LiveState
@@ -30,3 +31,5 @@ class RunDeps:
     run_user: RunUser | None = None
     # One cgroup per attempt under this tree; None: processes are found by /proc scans.
     cgroups: CgroupTree | None = None
+    # RUNVISOR_RUN_UIDS: each attempt runs as a uid of its own from here (run_user unused).
+    run_uids: UidPool | None = None

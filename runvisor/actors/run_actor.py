@@ -15,9 +15,8 @@ from typing import Any
 
 import pykka
 
-from runvisor.actors import attempt_start
+from runvisor.actors import attempt_end, attempt_start
 from runvisor.actors import messages as m
-from runvisor.actors.attempt_end import Outcome, record_end, release_cgroup, remove_files
 from runvisor.actors.deps import RunDeps
 from runvisor.actors.fault_injection import inject_faults
 from runvisor.actors.output_pump import OutputPump
@@ -42,12 +41,14 @@ class RunActor(pykka.ThreadingActor):
         deps: RunDeps,
         supervisor: pykka.ActorRef[Any],
         adopt: Attempt | None = None,
+        uid: int | None = None,
     ) -> None:
         super().__init__()
         self.run = run
         self.deps = deps
         self.supervisor = supervisor
         self.adopt = adopt
+        self.uid = uid  # with RUNVISOR_RUN_UIDS: the attempt's own (the Supervisor's choice)
         self.spool_dir = deps.settings.spool_dir / str(run.id)
         self.work_dir = deps.settings.work_dir / str(run.id)
         self.spool_path = self.spool_dir / f"{run.attempt}.out"
@@ -81,8 +82,7 @@ class RunActor(pykka.ThreadingActor):
             self.actor_ref.stop(block=False)
 
     def _start(self) -> None:
-        self.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        attempt_start.make_work_dir(self.work_dir, self.deps.run_user)
+        attempt_start.make_dirs(self.spool_dir, self.work_dir, self.deps, self.uid, self.adopt)
         if self.adopt is not None:
             self._adopt(self.adopt)
         else:
@@ -105,9 +105,15 @@ class RunActor(pykka.ThreadingActor):
 
     def _spawn(self) -> None:
         try:
-            self.pump = attempt_start.spawn(
-                self.run, self.deps, self.procs, self.actor_ref, self.spool_path, self.work_dir
+            where = (
+                self.run,
+                self.deps,
+                self.procs,
+                self.actor_ref,
+                self.spool_path,
+                self.work_dir,
             )
+            self.pump = attempt_start.spawn(*where, uid=self.uid)
         except (OSError, ValueError) as exc:
             self.log.error("spawn failed", error=str(exc))
             self.exit = ExitStatus(exit_code=None, signal=None)
@@ -194,8 +200,9 @@ class RunActor(pykka.ThreadingActor):
         self.finished = True
         if self.procs.identity is not None:
             self.procs.kill()
-        release_cgroup(self.procs, self.log)
-        remove_files(self.spool_dir, self.work_dir, self.run.attempt, run_ended=False)
+        attempt_end.release_cgroup(self.procs, self.log)
+        attempt_end.release_uid(self.deps, self.run, self.uid)
+        attempt_end.remove_files(self.spool_dir, self.work_dir, self.run.attempt, run_ended=False)
         self.actor_ref.stop(block=False)
 
     def _on_flush_tick(self) -> None:
@@ -328,7 +335,9 @@ class RunActor(pykka.ThreadingActor):
 
     def _end(self) -> None:
         assert self.exit is not None and self.end_reason is not None
-        outcome = Outcome(
+        # Before the end is shown, what its uid left (processes included) is gone too.
+        self.procs.killed += attempt_end.release_uid(self.deps, self.run, self.uid)
+        outcome = attempt_end.Outcome(
             exit=self.exit,
             reason=self.end_reason,
             started_at=self.started_at,
@@ -337,7 +346,7 @@ class RunActor(pykka.ThreadingActor):
             spawn_error=self.spawn_error,
         )
         try:
-            recorded = record_end(self.deps.journal, self.run, outcome)
+            recorded = attempt_end.record_end(self.deps.journal, self.run, outcome)
         except StoreUnavailable as exc:
             self.log.warning("outcome not stored yet; will retry", error=exc.message)
             self.timers.schedule("flush", RETRY_S, m.FlushTick())
@@ -359,9 +368,11 @@ class RunActor(pykka.ThreadingActor):
         self.supervisor.tell(
             m.AttemptEnded(self.run.id, self.run.attempt, recorded.restart_delay_s)
         )
-        release_cgroup(self.procs, self.log)
+        attempt_end.release_cgroup(self.procs, self.log)
         self._publish_state(stored, outcome.exit)
-        remove_files(self.spool_dir, self.work_dir, self.run.attempt, run_ended=stored.is_terminal)
+        attempt_end.remove_files(
+            self.spool_dir, self.work_dir, self.run.attempt, run_ended=stored.is_terminal
+        )
         self.actor_ref.stop(block=False)
 
     def _detach(self) -> None:
@@ -380,16 +391,5 @@ class RunActor(pykka.ThreadingActor):
     def _publish_state(
         self, status: RunStatus = RunStatus.RUNNING, exit_status: ExitStatus | None = None
     ) -> None:
-        self.deps.live.publish_state(
-            self.run.id,
-            {
-                "status": str(status),
-                "node": self.deps.journal.node_id,
-                "pid": self.procs.pid,
-                "attempt": self.run.attempt,
-                "exit_code": exit_status.exit_code if exit_status else None,
-                "signal": exit_status.signal if exit_status else None,
-                "output_bytes": self.pump.stored_bytes if self.pump else self.run.output_bytes,
-            },
-            terminal=status.is_terminal,
-        )
+        stored = self.pump.stored_bytes if self.pump else self.run.output_bytes
+        attempt_end.publish_state(self.deps, self.run, self.procs.pid, stored, status, exit_status)

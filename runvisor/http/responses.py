@@ -283,12 +283,31 @@ class Health(ResponseModel):
     status: Literal["ok"]
 
 
+class UidsInUse(ResponseModel):
+    first: int
+    last: int
+    in_use: int
+
+
 class Isolation(ResponseModel):
     """Who runs execute as on this node, and how their processes are tracked."""
 
-    user: Annotated[str, Field(description="the user runs execute as (RUNVISOR_RUN_AS)")]
-    uid: int
-    gid: int
+    user: Annotated[
+        str | None,
+        Field(
+            description="the user runs execute as (RUNVISOR_RUN_AS); null when each attempt "
+            "has a uid of its own"
+        ),
+    ]
+    uid: int | None
+    gid: int | None
+    uids: Annotated[
+        UidsInUse | None,
+        Field(
+            description="RUNVISOR_RUN_UIDS: the range each attempt gets a uid of its own "
+            "from, and how many of it attempts hold now; else null"
+        ),
+    ]
     process_tracking: Annotated[
         Literal["cgroup", "scan"],
         Field(description="cgroup: one cgroup v2 per attempt; scan: /proc scans"),

@@ -9,6 +9,7 @@ from typing import Any
 from runvisor.errors import SettingsError
 from runvisor.logs import get_logger
 from runvisor.procs.cgroups import CgroupTree, CgroupUnavailable, open_cgroup_tree
+from runvisor.procs.run_uids import UidPool
 from runvisor.procs.run_user import RunUser
 
 log = get_logger(__name__)
@@ -16,10 +17,13 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class RunIsolation:
+    # With run_uids: the range's first uid, standing for any of them (checks of the data dir).
     run_user: RunUser
     cgroups: CgroupTree | None
     # Why there are no cgroups (None when there are).
     no_cgroup_reason: str | None = None
+    # RUNVISOR_RUN_UIDS: each attempt runs as a uid of its own from this pool.
+    run_uids: UidPool | None = None
 
     @property
     def process_tracking(self) -> str:
@@ -27,11 +31,15 @@ class RunIsolation:
         return "cgroup" if self.cgroups is not None else "scan"
 
     def describe(self) -> dict[str, Any]:
-        """For /readyz: who runs execute as and how their processes are tracked."""
+        """For /readyz: who runs execute as (`user`, `uid`, `gid` when they share one; `uids`,
+        the range and how many of it are in use, when each attempt has its own) and how their
+        processes are tracked."""
+        shared = self.run_uids is None  # one user for every run; else a uid per attempt
         return {
-            "user": self.run_user.name,
-            "uid": self.run_user.uid,
-            "gid": self.run_user.gid,
+            "user": self.run_user.name if shared else None,
+            "uid": self.run_user.uid if shared else None,
+            "gid": self.run_user.gid if shared else None,
+            "uids": self.run_uids.describe() if self.run_uids is not None else None,
             "process_tracking": self.process_tracking,
             "cgroup": str(self.cgroups.root) if self.cgroups else None,
             "cgroup_controllers": sorted(self.cgroups.controllers) if self.cgroups else [],

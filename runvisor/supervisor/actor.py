@@ -171,6 +171,8 @@ class Supervisor(pykka.ThreadingActor):
                 self._recover()
             for run_id, unended in list(self.unended.items()):
                 self._close(run_id, unended)
+            if self.deps.run_uids is not None:
+                self.deps.run_uids.resweep()
             self._ping_run_actors()
             if time.monotonic() >= self.next_slow_check:
                 self.next_slow_check = time.monotonic() + SLOW_CHECK_S
@@ -183,7 +185,16 @@ class Supervisor(pykka.ThreadingActor):
     # The table of RunActors
 
     def _spawn(self, run: Run, adopt: Attempt | None = None) -> None:
-        ref = RunActor.start(run=run, deps=self.deps, supervisor=self.actor_ref, adopt=adopt)
+        uid = None
+        if self.deps.run_uids is not None:
+            # Taken here, in the Supervisor's thread, where the free slots were counted; an
+            # adopted attempt's uid was held again by _recover_run.
+            uids = self.deps.run_uids
+            held = adopt is not None
+            uid = uids.uid_of(run.id, run.attempt) if held else uids.take(run.id, run.attempt)
+        ref = RunActor.start(
+            run=run, deps=self.deps, supervisor=self.actor_ref, adopt=adopt, uid=uid
+        )
         marker = next(a.process_marker for a in run.attempts if a.attempt == run.attempt)
         self.live[run.id] = LiveAttempt(ref=ref, attempt=run.attempt, marker=marker)
 
@@ -209,6 +220,9 @@ class Supervisor(pykka.ThreadingActor):
         if not closed.recorded:
             return False
         del self.unended[run_id]
+        if self.deps.run_uids is not None:
+            # Its processes were killed by the closer: now what else its uid left, if it held one.
+            self.deps.run_uids.release(run_id, unended.attempt)
         if closed.restart_delay_s is not None:
             self._schedule_restart(run_id, closed.restart_delay_s)
         return True
@@ -217,7 +231,10 @@ class Supervisor(pykka.ThreadingActor):
 
     def _has_free_slot(self) -> bool:
         limit = self.deps.settings.max_running
-        return limit <= 0 or len(self.live) < limit
+        if limit > 0 and len(self.live) >= limit:
+            return False
+        # With RUNVISOR_RUN_UIDS, a free uid too: a run never shares a uid; it waits, queued.
+        return self.deps.run_uids is None or self.deps.run_uids.available()
 
     def _claim_args(self) -> dict[str, str]:
         return {"marker": uuid.uuid4().hex, "boot_id": boot_id()}
@@ -277,11 +294,19 @@ class Supervisor(pykka.ThreadingActor):
         except StoreUnavailable as exc:
             log.warning("recovery waits for PostgreSQL", error=exc.message)
             return
+        if self.deps.run_uids is not None:
+            # Adopted attempts hold their uids again: clean up after every other uid of the
+            # range, then hand uids out.
+            self.deps.run_uids.sweep_unheld()
+            self.deps.run_uids.open()
         self.recovered = True
 
     def _recover_run(self, run: Run) -> None:
         if run.id in self.live or run.id in self.restarts or run.id in self.unended:
             return
+        if self.deps.run_uids is not None and run.status is RunStatus.RUNNING:
+            # Before anything new starts: its uid is not free while its processes may run.
+            self.deps.run_uids.hold_recorded(run.id, run.attempt)
         match plan_recovery(run, time.time()):
             case RestartLater(delay_s=delay_s):
                 self._schedule_restart(run.id, delay_s)

@@ -386,7 +386,7 @@ def test_legacy_error_json() -> None:
 # ---- the models read back what they send, and nothing else ---------------------------------
 
 
-ISOLATION = {"user": "nobody", "uid": 65534, "gid": 65534, "process_tracking": "scan",
+ISOLATION = {"user": "nobody", "uid": 65534, "gid": 65534, "uids": None, "process_tracking": "scan",
              "cgroup": None, "cgroup_controllers": [], "no_cgroup_reason": "no v2"}  # fmt: skip
 
 
