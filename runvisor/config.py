@@ -49,6 +49,9 @@ class Settings:
     max_output_bytes: int = 64 * 1024 * 1024
     max_page_limit: int = 1000
     legacy_result_bytes: int = 1024 * 1024
+    max_output_streams: int = 64
+    max_output_streams_per_token: int = 16
+    output_write_timeout_s: float = 30.0
     ping_timeout_s: float = 10.0
     lease_ttl_s: float = 15.0
     test_hooks: bool = False
@@ -174,6 +177,11 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_output_bytes": lambda name, raw: _parse_int(name, raw, minimum=1),
     "max_page_limit": lambda name, raw: _parse_int(name, raw, minimum=1),
     "legacy_result_bytes": lambda name, raw: _parse_int(name, raw, minimum=1024),
+    "max_output_streams": lambda name, raw: _parse_int(name, raw, minimum=1),
+    "max_output_streams_per_token": lambda name, raw: _parse_int(name, raw, minimum=1),
+    "output_write_timeout_s": lambda name, raw: _parse_float(
+        name, raw, minimum=0.1, exclusive=False
+    ),
     "ping_timeout_s": lambda name, raw: _parse_float(name, raw, minimum=0.1, exclusive=False),
     "lease_ttl_s": lambda name, raw: _parse_float(name, raw, minimum=2.0, exclusive=False),
     "test_hooks": _parse_bool,

@@ -30,6 +30,8 @@ def test_defaults() -> None:
     assert settings.database_url is None and settings.redis_url is None
     assert settings.tokens is None and settings.max_running == 0
     assert settings.legacy_result_bytes == 1048576
+    assert settings.max_output_streams == 64 and settings.max_output_streams_per_token == 16
+    assert settings.output_write_timeout_s == 30.0
 
 
 def test_environment_and_flags() -> None:
@@ -44,6 +46,9 @@ def test_environment_and_flags() -> None:
         "RUNVISOR_MAX_RUNNING": "4",
         "RUNVISOR_LEGACY_RESULT_BYTES": "4096",
         "RUNVISOR_TEST_HOOKS": "yes",
+        "RUNVISOR_MAX_OUTPUT_STREAMS": "100",
+        "RUNVISOR_MAX_OUTPUT_STREAMS_PER_TOKEN": "5",
+        "RUNVISOR_OUTPUT_WRITE_TIMEOUT_S": "2.5",
     }
     settings = load_settings(env, port=9100, node_id=None)
     assert settings.port == 9100  # a flag wins over the environment
@@ -51,6 +56,8 @@ def test_environment_and_flags() -> None:
     assert settings.log_format == "json" and settings.data_dir == Path("/tmp/rv")
     assert settings.max_running == 4 and settings.test_hooks is True
     assert settings.legacy_result_bytes == 4096
+    assert settings.max_output_streams == 100 and settings.max_output_streams_per_token == 5
+    assert settings.output_write_timeout_s == 2.5
     assert settings.spool_dir == Path("/tmp/rv/spool")
 
 
@@ -76,6 +83,10 @@ def test_libpq_connection_strings_are_accepted() -> None:
         ("RUNVISOR_MAX_CODE_BYTES", "200000"),
         ("RUNVISOR_LEGACY_RESULT_BYTES", "1023"),
         ("RUNVISOR_LEGACY_RESULT_BYTES", "1MiB"),
+        ("RUNVISOR_MAX_OUTPUT_STREAMS", "0"),
+        ("RUNVISOR_MAX_OUTPUT_STREAMS_PER_TOKEN", "0"),
+        ("RUNVISOR_OUTPUT_WRITE_TIMEOUT_S", "0"),
+        ("RUNVISOR_OUTPUT_WRITE_TIMEOUT_S", "inf"),
     ],
 )
 def test_a_bad_setting_is_named(name: str, value: str) -> None:

@@ -19,11 +19,13 @@ from runvisor.http.keys import (
     ISOLATION,
     REDIS,
     SETTINGS,
+    STREAMS,
     SUPERVISOR,
     TOKENS,
 )
 from runvisor.http.middleware import OPERATION_ID, authenticate, errors, request_log
 from runvisor.http.openapi import ROUTES
+from runvisor.http.streams import StreamSlots
 from runvisor.store.history import open_history
 from runvisor.store.keys import RedisKeys
 from runvisor.supervisor.control import RunControl
@@ -48,6 +50,10 @@ def create_app(
     app[TOKENS] = tokens
     app[SUPERVISOR] = supervisor
     app[ISOLATION] = isolation
+    app[STREAMS] = StreamSlots(
+        max_streams=settings.max_output_streams,
+        max_per_token=settings.max_output_streams_per_token,
+    )
     app.cleanup_ctx.append(_stores(database_url, redis_url))
     add_routes(app)
     return app

@@ -11,6 +11,7 @@ from aiohttp import web
 from runvisor.actors.isolation import RunIsolation
 from runvisor.config import Settings
 from runvisor.http.auth import Principal, TokenTable
+from runvisor.http.streams import StreamSlots
 from runvisor.store.history import History
 from runvisor.supervisor.control import RunControl
 
@@ -21,6 +22,7 @@ HISTORY = web.AppKey("history", History)
 REDIS = web.AppKey("redis", aioredis.Redis)
 CONTROL = web.AppKey("control", RunControl)
 ISOLATION = web.AppKey("isolation", RunIsolation)
+STREAMS = web.AppKey("streams", StreamSlots)
 
 # Per request (request[...]): who is asking.
 PRINCIPAL = "runvisor.principal"

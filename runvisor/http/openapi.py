@@ -165,6 +165,8 @@ _ERRORS = {
     413: "The request body is too large (RUNVISOR_MAX_BODY_BYTES)",
     415: "The body is not application/json",
     422: "The body is valid JSON but not a valid request; error.details lists each field",
+    429: "Too many output reads at once, on this node (RUNVISOR_MAX_OUTPUT_STREAMS) or for this"
+    " token (RUNVISOR_MAX_OUTPUT_STREAMS_PER_TOKEN); retry after Retry-After seconds",
     503: "PostgreSQL or Redis cannot be reached; retry later",
 }
 
@@ -224,7 +226,7 @@ _TABLE: tuple[_Route, ...] = (
     _Route("GET", "/api/v1/runs/{id}", "getRun", _V, "Read a run",
            {200: _json(_ref("Run"), "The run")}),
     _Route("GET", "/api/v1/runs/{id}/output", "getRunOutput", _V, "Read a run's output bytes",
-           {200: _OUTPUT}, query=("output_offset", "output_limit")),
+           {200: _OUTPUT}, query=("output_offset", "output_limit"), extra_errors=(429,)),
     _Route("POST", "/api/v1/runs/{id}/stop", "stopRun", _O,
            "Stop a run: SIGTERM to all its processes, SIGKILL after grace_s; 409 if finished",
            {202: _json(_ref("Run"), "Accepted: the run is stopping")}, body=StopIn,
@@ -245,7 +247,7 @@ _TABLE: tuple[_Route, ...] = (
            body_required=True),
     _Route("GET", "/command/{id}", "legacyGetCommand", _V,
            "Read a command, with its latest run's output (legacy)",
-           {200: _json(_ref("LegacyCommand"), "The command")}),
+           {200: _json(_ref("LegacyCommand"), "The command")}, extra_errors=(429,)),
     _Route("GET", "/commands", "legacyListCommands", _V,
            "List commands by created_at (legacy; offset counts rows, not pages)",
            {200: _json({"type": "array", "items": _ref("LegacyCommand")}, "The commands")},
@@ -254,7 +256,8 @@ _TABLE: tuple[_Route, ...] = (
            "Start a run of the command {id} (legacy)",
            {200: _json(_ref("LegacyRun"), "The run, normally RUNNING")}),
     _Route("GET", "/command/result/{id}", "legacyGetResult", _V, "Read the run {id} (legacy)",
-           {200: _json(_ref("LegacyRun"), "The run; result is the output so far")}),
+           {200: _json(_ref("LegacyRun"), "The run; result is the output so far")},
+           extra_errors=(429,)),
     _Route("GET", "/command/stop/{id}", "legacyStopRun", _O,
            "Stop the run {id} (legacy); 409 if it has finished",
            {200: _json(_ref("LegacyRun"), "The run, normally STOPPED")}, extra_errors=(409,)),
@@ -352,6 +355,10 @@ def build_openapi(*, version: str, max_page_limit: int = 1000) -> dict[str, Any]
         if code == 400:  # aiohttp's own answer to a request it cannot parse: text/plain
             for name in (f"Error{code}", f"LegacyError{code}"):
                 responses[name]["content"]["text/plain"] = {"schema": _STR}
+        if code == 429:
+            retry = {"description": "seconds to wait before retrying", "schema": _INT}
+            for name in (f"Error{code}", f"LegacyError{code}"):
+                responses[name]["headers"] = {"Retry-After": retry}
     return {
         "openapi": "3.1.0",
         "info": {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from runvisor.http.bodies import read_model
-from runvisor.http.keys import CONTROL, HISTORY, SETTINGS, principal_of
+from runvisor.http.keys import CONTROL, HISTORY, SETTINGS, STREAMS, principal_of
 from runvisor.http.schemas import (
     AUDIT_ROLES,
     DEFAULT_PAGE_LIMIT,
@@ -21,6 +21,7 @@ from runvisor.http.schemas import (
     parse_text_param,
 )
 from runvisor.http.serialize import audit_json, command_json, page_json, run_json
+from runvisor.http.streams import finish_within, write_within
 from runvisor.models import RunSpec
 
 
@@ -81,7 +82,8 @@ async def get_run(request: web.Request) -> web.Response:
 
 
 async def get_run_output(request: web.Request) -> web.StreamResponse:
-    """The output bytes, streamed: a run may have stored gigabytes."""
+    """The output bytes, streamed: a run may have stored gigabytes. A stream holds one chunk at
+    a time and one of the node's RUNVISOR_MAX_OUTPUT_STREAMS slots (429 when none is free)."""
     run_id = parse_id(request.match_info["id"], "run")
     offset, limit = parse_output_range(request.query)
     history = request.app[HISTORY]
@@ -97,11 +99,14 @@ async def get_run_output(request: web.Request) -> web.StreamResponse:
         }
     )
     response.content_length = max(end - offset, 0)
-    await response.prepare(request)
-    if end > offset:
-        async for piece in history.iter_output(run_id, offset=offset, end=end):
-            await response.write(piece)
-    await response.write_eof()
+    write_timeout_s = request.app[SETTINGS].output_write_timeout_s
+    with request.app[STREAMS].hold(principal_of(request).name):
+        await response.prepare(request)
+        if end > offset:
+            async for piece in history.iter_output(run_id, offset=offset, end=end):
+                await write_within(request, response, piece, write_timeout_s)
+                del piece  # not held while the next chunk is fetched
+        await finish_within(request, response, write_timeout_s)
     return response
 
 
