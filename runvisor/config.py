@@ -231,6 +231,9 @@ class Settings(BaseSettings):
     max_output_bytes: Annotated[int, _integer(1)] = 64 * 1024 * 1024
     max_page_limit: Annotated[int, _integer(1)] = 1000
     legacy_result_bytes: Annotated[int, _integer(1024)] = 1024 * 1024
+    max_output_streams: Annotated[int, _integer(1)] = 64
+    max_output_streams_per_token: Annotated[int, _integer(1)] = 16
+    output_write_timeout_s: Annotated[float, _number(0.1)] = 30.0
     ping_timeout_s: Annotated[float, _number(0.1)] = 10.0
     lease_ttl_s: Annotated[float, _number(2.0)] = 15.0
     test_hooks: Annotated[bool, _text(_parse_bool)] = False

@@ -50,6 +50,7 @@ class Unprocessable(RunvisorError):
 
 class TooManyRequests(RunvisorError):
     status, code = 429, "too_many_requests"
+    retry_after_s = 1  # sent as Retry-After
 
 
 class ServiceUnavailable(RunvisorError):

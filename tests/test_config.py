@@ -275,3 +275,24 @@ def test_the_tokens_are_not_in_the_repr() -> None:
     settings = load_settings({"RUNVISOR_TOKENS": "admin:hunter2-secret"})
     assert settings.tokens == "admin:hunter2-secret"
     assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)
+
+
+def test_output_stream_settings() -> None:
+    assert load_settings({}).max_output_streams == 64
+    settings = load_settings(
+        {
+            "RUNVISOR_MAX_OUTPUT_STREAMS": "100",
+            "RUNVISOR_MAX_OUTPUT_STREAMS_PER_TOKEN": "5",
+            "RUNVISOR_OUTPUT_WRITE_TIMEOUT_S": "2.5",
+        }
+    )
+    assert settings.max_output_streams == 100 and settings.max_output_streams_per_token == 5
+    assert settings.output_write_timeout_s == 2.5
+    for name, value in (
+        ("RUNVISOR_MAX_OUTPUT_STREAMS", "0"),
+        ("RUNVISOR_MAX_OUTPUT_STREAMS_PER_TOKEN", "0"),
+        ("RUNVISOR_OUTPUT_WRITE_TIMEOUT_S", "0"),
+        ("RUNVISOR_OUTPUT_WRITE_TIMEOUT_S", "inf"),
+    ):
+        with pytest.raises(SettingsError, match=name):
+            load_settings({name: value})

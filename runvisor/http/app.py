@@ -18,6 +18,7 @@ from runvisor.http.appkeys import (
     OPENAPI,
     REDIS,
     SETTINGS,
+    STREAMS,
     SUPERVISOR,
     TOKENS,
 )
@@ -26,6 +27,7 @@ from runvisor.http.control import RunControl
 from runvisor.http.middleware import OPERATION_ID, authenticate, errors, request_log
 from runvisor.http.openapi import build_openapi
 from runvisor.http.routes import ROUTE_TABLE
+from runvisor.http.streams import StreamSlots
 from runvisor.procs.isolation import RunIsolation
 from runvisor.store.history import open_history
 from runvisor.store.redis_keys import RedisKeys
@@ -48,6 +50,10 @@ def create_app(
     app[TOKENS] = tokens
     app[SUPERVISOR] = supervisor
     app[ISOLATION] = isolation
+    app[STREAMS] = StreamSlots(
+        max_streams=settings.max_output_streams,
+        max_per_token=settings.max_output_streams_per_token,
+    )
     app[OPENAPI] = build_openapi(version=__version__, max_page_limit=settings.max_page_limit)
     app.cleanup_ctx.append(_stores(database_url, redis_url))
     add_routes(app)

@@ -11,6 +11,7 @@ from aiohttp import web
 from runvisor.config import Settings
 from runvisor.http.auth import Principal, TokenTable
 from runvisor.http.control import RunControl
+from runvisor.http.streams import StreamSlots
 from runvisor.procs.isolation import RunIsolation
 from runvisor.store.history import History
 
@@ -21,6 +22,7 @@ HISTORY = web.AppKey("history", History)
 REDIS = web.AppKey("redis", aioredis.Redis)
 CONTROL = web.AppKey("control", RunControl)
 ISOLATION = web.AppKey("isolation", RunIsolation)
+STREAMS = web.AppKey("streams", StreamSlots)
 OPENAPI = web.AppKey("openapi", dict[str, Any])  # the document, built once per app
 
 # Per request (request[...]): who is asking.

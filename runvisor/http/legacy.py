@@ -14,16 +14,18 @@ import functools
 import json
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from aiohttp import web
 
-from runvisor.http.appkeys import CONTROL, HISTORY, SETTINGS, principal_of
+from runvisor.http.appkeys import CONTROL, HISTORY, SETTINGS, STREAMS, principal_of
 from runvisor.http.bodies import read_model
 from runvisor.http.legacy_responses import LegacyCommand, LegacyRun, character_start
 from runvisor.http.params import LEGACY_PAGE_LIMIT, parse_id, parse_pagination
 from runvisor.http.request_models import LegacyCommandIn
 from runvisor.http.responses import ResponseModel
+from runvisor.http.streams import finish_within, write_within
 from runvisor.models import Run, RunSpec
 
 STOP_WAIT_MAX_S = 15.0  # the original answered STOPPED: wait a while for the run to end
@@ -50,15 +52,16 @@ async def get_command(request: web.Request) -> web.StreamResponse:
     history = request.app[HISTORY]
     command = await history.get_command(command_id)
     latest = await history.latest_run(command_id)
-    output, skipped = await _result_output(request, latest) if latest is not None else (b"", 0)
-    build = functools.partial(
-        LegacyCommand.of,
-        command,
-        latest_run=latest,
-        latest_output=output,
-        latest_skipped=skipped,
-    )
-    return await _json_with_result(request, build, len(output))
+    with _read_slot(request):
+        output, skipped = await _result_output(request, latest) if latest else (b"", 0)
+        build = functools.partial(
+            LegacyCommand.of,
+            command,
+            latest_run=latest,
+            latest_output=output,
+            latest_skipped=skipped,
+        )
+        return await _json_with_result(request, build, len(output))
 
 
 async def list_commands(request: web.Request) -> web.Response:
@@ -81,7 +84,9 @@ async def exec_command(request: web.Request) -> web.StreamResponse:
 
 async def get_result(request: web.Request) -> web.StreamResponse:
     run_id = parse_id(request.match_info["id"], "run")
-    return await _run_response(request, await request.app[HISTORY].get_run(run_id))
+    run = await request.app[HISTORY].get_run(run_id)
+    with _read_slot(request):
+        return await _run_response(request, run)
 
 
 async def stop_run(request: web.Request) -> web.StreamResponse:
@@ -101,6 +106,13 @@ async def _run_response(request: web.Request, run: Run) -> web.StreamResponse:
     output, skipped = await _result_output(request, run)
     build = functools.partial(LegacyRun.of, run, command, output, skipped=skipped)
     return await _json_with_result(request, build, len(output))
+
+
+def _read_slot(request: web.Request) -> AbstractContextManager[None]:
+    """A slot of RUNVISOR_MAX_OUTPUT_STREAMS (429 when none is free) for a viewer's read of a
+    result, held until it is written. Exec and stop take none: they must not be refused after
+    acting, and their results are of runs just started or stopped by an operator."""
+    return request.app[STREAMS].hold(principal_of(request).name)
 
 
 async def _result_output(request: web.Request, run: Run) -> tuple[bytes, int]:
@@ -129,15 +141,16 @@ async def _json_with_result(
     response = web.StreamResponse()
     response.content_type = "application/json"
     response.charset = "utf-8"
+    timeout_s = request.app[SETTINGS].output_write_timeout_s
     await response.prepare(request)
-    try:
-        await response.write(before)
-        for start in range(0, len(text), ENCODE_SLICE_CHARS):
-            await response.write(await asyncio.to_thread(_encode_slice, text, start))
-        await response.write(after)
-        await response.write_eof()
-    except ConnectionResetError:
-        pass  # the client went away mid-answer: there is no one left to tell
+    # A client that goes away, or takes nothing for timeout_s, ends this with a ConnectionError:
+    # the errors middleware logs it as one line.
+    await write_within(request, response, before, timeout_s)
+    for start in range(0, len(text), ENCODE_SLICE_CHARS):
+        encoded = await asyncio.to_thread(_encode_slice, text, start)
+        await write_within(request, response, encoded, timeout_s)
+    await write_within(request, response, after, timeout_s)
+    await finish_within(request, response, timeout_s)
     return response
 
 

@@ -14,6 +14,7 @@ from runvisor.errors import (
     NotFound,
     PayloadTooLarge,
     RunvisorError,
+    TooManyRequests,
     UnsupportedMediaType,
 )
 from runvisor.http.appkeys import PRINCIPAL, SETTINGS, TOKENS
@@ -25,6 +26,7 @@ from runvisor.logs import get_logger
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = get_logger("runvisor.http")
 OPERATION_ID = "operation_id"  # set on each route's handler by the app factory
+CLIENT_GONE_STATUS = 499  # logged for a request whose client went away before its answer ended
 
 
 @web.middleware
@@ -93,7 +95,12 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         )
         problem.status = exc.status
         return _error_response(request, problem)
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, ConnectionError) and _client_gone(request):
+            # Routine for a download: one line, no traceback. Nothing can be sent any more; the
+            # request log shows the status nginx uses for it.
+            log.info("client went away", path=request.path, reason=str(exc) or type(exc).__name__)
+            return web.Response(status=CLIENT_GONE_STATUS)
         log.exception("unhandled error", path=request.path)
         return _error_response(request, RunvisorError("internal error; see the service log"))
 
@@ -117,4 +124,12 @@ def _error_response(request: web.Request, exc: RunvisorError) -> web.Response:
     response = web.json_response(body.to_json(), status=exc.status)
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="runvisor"'
+    if isinstance(exc, TooManyRequests):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
     return response
+
+
+def _client_gone(request: web.Request) -> bool:
+    """The request's connection is closed (by the client, or cut off as too slow)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()

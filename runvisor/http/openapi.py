@@ -38,6 +38,8 @@ _ERRORS = {
     413: "The request body is too large (RUNVISOR_MAX_BODY_BYTES)",
     415: "The body is not application/json",
     422: "The body is valid JSON but not a valid request; error.details lists each field",
+    429: "Too many output reads at once, on this node (RUNVISOR_MAX_OUTPUT_STREAMS) or for this"
+    " token (RUNVISOR_MAX_OUTPUT_STREAMS_PER_TOKEN); retry after Retry-After seconds",
     503: "PostgreSQL or Redis cannot be reached; retry later",
 }
 
@@ -182,6 +184,12 @@ def build_openapi(*, version: str, max_page_limit: int = 1000) -> dict[str, Any]
             responses[name] = _reply(Reply(text, model), bodies)
             if code == 400:  # aiohttp's own answer to a request it cannot parse: text/plain
                 responses[name]["content"]["text/plain"] = {"schema": _schema_of(str)}
+            if code == 429:
+                retry = {
+                    "description": "seconds to wait before retrying",
+                    "schema": {"type": "integer"},
+                }
+                responses[name]["headers"] = {"Retry-After": retry}
     return {
         "openapi": "3.1.0",
         "info": {

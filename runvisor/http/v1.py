@@ -6,7 +6,7 @@ import dataclasses
 
 from aiohttp import web
 
-from runvisor.http.appkeys import CONTROL, HISTORY, SETTINGS, principal_of
+from runvisor.http.appkeys import CONTROL, HISTORY, SETTINGS, STREAMS, principal_of
 from runvisor.http.auth import Role
 from runvisor.http.bodies import read_model
 from runvisor.http.params import (
@@ -22,6 +22,7 @@ from runvisor.http.params import (
 )
 from runvisor.http.request_models import CommandIn, RunIn, StopIn
 from runvisor.http.responses import AuditEntry, AuditEntryPage, Command, CommandPage, Run, RunPage
+from runvisor.http.streams import finish_within, write_within
 from runvisor.models import RunSpec
 
 
@@ -86,7 +87,8 @@ async def get_run(request: web.Request) -> web.Response:
 
 
 async def get_run_output(request: web.Request) -> web.StreamResponse:
-    """The output bytes, streamed: a run may have stored gigabytes."""
+    """The output bytes, streamed: a run may have stored gigabytes. A stream holds one piece at
+    a time and one of the node's RUNVISOR_MAX_OUTPUT_STREAMS slots (429 when none is free)."""
     run_id = parse_id(request.match_info["id"], "run")
     offset, limit = parse_output_range(request.query)
     history = request.app[HISTORY]
@@ -102,11 +104,14 @@ async def get_run_output(request: web.Request) -> web.StreamResponse:
         }
     )
     response.content_length = max(end - offset, 0)
-    await response.prepare(request)
-    if end > offset:
-        async for piece in history.iter_output(run_id, offset=offset, end=end):
-            await response.write(piece)
-    await response.write_eof()
+    write_timeout_s = request.app[SETTINGS].output_write_timeout_s
+    with request.app[STREAMS].hold(principal_of(request).name):
+        await response.prepare(request)
+        if end > offset:
+            async for piece in history.iter_output(run_id, offset=offset, end=end):
+                await write_within(request, response, piece, write_timeout_s)
+                del piece  # not held while the next piece is fetched
+        await finish_within(request, response, write_timeout_s)
     return response
 
 

@@ -1,4 +1,4 @@
-"""A run's stored output as the HTTP side reads it: a byte range, in batches of chunks, with
+"""A run's stored output as the HTTP side reads it: a byte range, in pieces of 64 KiB, with
 a bound on the memory all readers of a node take together."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import psycopg
 
 from runvisor.errors import NotFound
 
-OUTPUT_READ_BATCH = 8  # chunks (up to 256 KiB each) fetched per round trip of an output read
-# Output batches fetched at once per node, by all readers together: however many viewers read
-# output, at most this many batches (OUTPUT_READ_BATCH chunks each) are in memory being fetched.
+# Output is read a piece at a time (part of one chunk of up to 256 KiB): what a reader holds
+# while a client takes it.
+OUTPUT_PIECE_BYTES = 64 * 1024
+# Pieces fetched at once per node, by all readers together.
 OUTPUT_READS_AT_ONCE = 4
 MAX_BYTE_OFFSET = 2**63 - 1  # PostgreSQL bigint
 
@@ -39,15 +40,16 @@ class OutputReads:
         return b"".join([piece async for piece in self.iter(run_id, offset=offset, end=end)])
 
     async def iter(self, run_id: int, *, offset: int, end: int | None) -> AsyncIterator[bytes]:
-        """The run's output in [offset, end), a batch of chunks at a time.
+        """The run's output in [offset, end), OUTPUT_PIECE_BYTES at a time.
 
-        Each batch takes a connection of its own, so a slow reader holds none while it writes;
-        batches are fetched OUTPUT_READS_AT_ONCE at a time per node, so readers cannot
-        multiply the memory they take.
+        A reader holds one piece while it writes it, and no connection: each fetch takes a
+        connection of its own, and fetches run OUTPUT_READS_AT_ONCE at a time per node, so
+        readers cannot multiply the memory they take. The consumer must drop each piece before
+        asking for the next.
         """
         async with self._conn() as conn:
             # Start at the chunk holding `offset`: an index scan on (run_id, byte_offset).
-            cursor_at = await _scalar(
+            chunk_at = await _scalar(
                 conn,
                 "SELECT coalesce(max(byte_offset), 0) FROM run_output"
                 " WHERE run_id = %s AND byte_offset <= %s",
@@ -55,31 +57,41 @@ class OutputReads:
             )
         # Chunks that begin at or past `end` are not fetched at all.
         below = MAX_BYTE_OFFSET if end is None else min(end, MAX_BYTE_OFFSET)
-        while end is None or cursor_at < end:
-            async with self._output_reads, self._conn() as conn:
-                # Binary: bytea comes as its bytes, not as hex text twice their size.
-                cur = await conn.execute(
-                    "SELECT byte_offset, data FROM run_output"
+        at = offset  # the next byte to yield
+        while end is None or at < end:
+            size = OUTPUT_PIECE_BYTES if end is None else min(OUTPUT_PIECE_BYTES, end - at)
+            # Binary: bytea comes as its bytes, not as hex text twice their size. Only the piece
+            # leaves PostgreSQL (substring of a chunk), and closing the cursor frees libpq's
+            # copy of it before it is written.
+            async with (
+                self._output_reads,
+                self._conn() as conn,
+                conn.cursor(binary=True) as cur,
+            ):
+                await cur.execute(
+                    "SELECT byte_offset, octet_length(data), substring(data"
+                    " FROM least(greatest(%s - byte_offset, 0), octet_length(data))::int + 1"
+                    " FOR %s)"
+                    " FROM run_output"
                     " WHERE run_id = %s AND byte_offset >= %s AND byte_offset < %s"
-                    " ORDER BY byte_offset LIMIT %s",
-                    (run_id, cursor_at, below, OUTPUT_READ_BATCH),
-                    binary=True,
+                    " ORDER BY byte_offset LIMIT 1",
+                    (at, size, run_id, chunk_at, below),
                 )
-                rows = await cur.fetchall()
-            more = len(rows) == OUTPUT_READ_BATCH
-            parts: list[memoryview] = []
-            for chunk_offset, data in rows:
-                lo = max(offset - chunk_offset, 0)
-                hi = len(data) if end is None else min(len(data), end - chunk_offset)
-                if hi > lo:
-                    parts.append(memoryview(data)[lo:hi])
-                cursor_at = chunk_offset + len(data)
-            piece = b"".join(parts)  # one copy of the batch; the rows are not kept while it is read
-            del rows, parts
+                row = await cur.fetchone()
+            if row is None:
+                return
+            chunk_offset, chunk_size, piece = row
+            del row
+            start = max(at, chunk_offset)
+            if end is not None and start + len(piece) > end:
+                piece = piece[: end - start]  # only past a gap between chunks
+            at = start + len(piece)
+            # On to the next chunk once this one is read to its end.
+            chunk_end = chunk_offset + chunk_size
+            chunk_at = chunk_end if at >= chunk_end else chunk_offset
             if piece:
                 yield piece
-            if not more:
-                return
+            del piece  # not held while the next piece is fetched
 
 
 async def _scalar(conn: psycopg.AsyncConnection[Any], query: Any, params: Any = None) -> Any:

@@ -114,6 +114,9 @@ def test_status_codes(doc: dict[str, Any]) -> None:
             assert {"400", "413", "415", "422"} <= codes, op_id
         if op_id in ("deleteCommand", "stopRun", "legacyStopRun"):
             assert "409" in codes
+        # The reads that stream output share a cap: 429 past it (RUNVISOR_MAX_OUTPUT_STREAMS).
+        expensive = op_id in ("getRunOutput", "legacyGetCommand", "legacyGetResult")
+        assert ("429" in codes) == expensive, op_id
         ok = [c for c in codes if c.startswith("2")]
         assert len(ok) == 1, op_id
         legacy = op["tags"] == ["legacy"]
@@ -129,6 +132,10 @@ def test_status_codes(doc: dict[str, Any]) -> None:
     assert set(by_id["deleteCommand"][2]["responses"]) >= {"204"}
     assert "202" in by_id["stopRun"][2]["responses"]
     assert "503" in by_id["readyz"][2]["responses"]
+    for name in ("Error429", "LegacyError429"):
+        too_many = doc["components"]["responses"][name]
+        assert too_many["headers"]["Retry-After"]["schema"] == {"type": "integer"}
+        assert "RUNVISOR_MAX_OUTPUT_STREAMS" in too_many["description"]
     output = by_id["getRunOutput"][2]["responses"]["200"]
     assert "text/plain" in output["content"]
     assert {"X-Output-Bytes", "X-Output-Offset", "X-Run-Status"} <= set(output["headers"])
