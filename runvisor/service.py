@@ -31,6 +31,7 @@ from runvisor.procs.isolation import RunIsolation, choose_process_tracking
 from runvisor.procs.proctree import enable_child_subreaper
 from runvisor.procs.run_uids import UidPool, check_uid_range
 from runvisor.procs.run_user import RunUser, resolve_run_user
+from runvisor.protocol import SupervisorProxy, supervisor_proxy
 from runvisor.store.journal import open_journal
 from runvisor.store.live import LiveState, redis_client
 from runvisor.store.migrate import apply_migrations
@@ -65,7 +66,7 @@ def serve(settings: Settings) -> None:
             log.warning("not a child subreaper: orphaned grandchildren may escape a stop")
         deps = start_run_services(settings, database_url, redis_url, isolation, stack)
         supervisor = start_supervisor(deps, stack)
-        start_control_listener(settings, redis_url, supervisor, stack)
+        start_control_listener(settings, deps.live, supervisor, stack)
         app = create_app(
             settings,
             supervisor=supervisor,
@@ -332,34 +333,27 @@ def start_run_services(
     )
 
 
-def start_supervisor(deps: RunDeps, stack: contextlib.ExitStack) -> pykka.ActorProxy[Supervisor]:
+def start_supervisor(deps: RunDeps, stack: contextlib.ExitStack) -> SupervisorProxy:
     ref = Supervisor.start(deps=deps)
 
     def stop() -> None:
         with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-            detached = ref.proxy().detach_all().get(timeout=15)
+            detached = supervisor_proxy(ref).detach_all().get(timeout=15)
             log.info("run actors detached", runs=detached)
         ref.stop(block=True, timeout=10)
 
     stack.callback(stop)
-    proxy = ref.proxy()
+    proxy = supervisor_proxy(ref)
     proxy.running_count().get(timeout=10)  # a ping: the Supervisor is up and has recovered
     return proxy
 
 
 def start_control_listener(
     settings: Settings,
-    redis_url: str,
-    supervisor: pykka.ActorProxy[Supervisor],
+    live: LiveState,
+    supervisor: SupervisorProxy,
     stack: contextlib.ExitStack,
 ) -> None:
-    client = redis_client(redis_url)
-    stack.callback(client.close)
-    listener = ControlListener(
-        client=client,
-        keys=RedisKeys(settings.redis_prefix),
-        node_id=settings.node_id,
-        supervisor=supervisor,
-    )
+    listener = ControlListener(live=live, node_id=settings.node_id, supervisor=supervisor)
     listener.start()
     stack.callback(listener.stop)

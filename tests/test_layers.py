@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "runvisor.models",
             "runvisor.env_names",
             "runvisor.policy",
+            "runvisor.protocol",
         ],
     ),
     ("operating-system side", ["runvisor.procs"]),
@@ -131,7 +132,8 @@ def test_an_upward_import_is_found(module: str, source: str) -> None:
     [
         ("runvisor.supervisor.actor", "from runvisor.actors.run_actor import RunActor"),
         ("runvisor.actors.run_actor", "from runvisor.policy import decide"),
-        ("runvisor.actors.run_actor", "from . import messages"),
+        ("runvisor.actors.run_actor", "from runvisor import protocol as m"),
+        ("runvisor.store.live", "from runvisor.protocol import StopRequest"),
         ("runvisor.config", "from runvisor.procs.limits import parse_run_limits"),
         ("runvisor.cli", "from runvisor import __version__"),
     ],

@@ -13,7 +13,7 @@ from typing import Any
 import pykka
 from structlog.stdlib import BoundLogger
 
-from runvisor.actors import messages as m
+from runvisor import protocol as m
 from runvisor.actors.deps import RunDeps
 from runvisor.actors.output_pump import OutputPump
 from runvisor.errors import StoreUnavailable

@@ -12,7 +12,7 @@ from typing import Any
 
 import pykka
 
-from runvisor.actors import messages as m
+from runvisor import protocol as m
 
 PENDING_BYTES = 256 * 1024
 LOOK_EVERY_S = 0.05

@@ -15,8 +15,8 @@ from typing import Any
 
 import pykka
 
+from runvisor import protocol as m
 from runvisor.actors import attempt_end, attempt_start
-from runvisor.actors import messages as m
 from runvisor.actors.deps import RunDeps
 from runvisor.actors.fault_injection import inject_faults
 from runvisor.actors.output_pump import OutputPump

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import pykka
 import redis.asyncio as aioredis
 from aiohttp import web
 
@@ -29,14 +28,16 @@ from runvisor.http.openapi import build_openapi
 from runvisor.http.routes import ROUTE_TABLE
 from runvisor.http.streams import StreamSlots
 from runvisor.procs.isolation import RunIsolation
+from runvisor.protocol import SupervisorProxy
 from runvisor.store.history import open_history
+from runvisor.store.live import LiveState, redis_client
 from runvisor.store.redis_keys import RedisKeys
 
 
 def create_app(
     settings: Settings,
     *,
-    supervisor: pykka.ActorProxy[Any],
+    supervisor: SupervisorProxy,
     tokens: TokenTable,
     database_url: str,
     redis_url: str,
@@ -71,6 +72,8 @@ def _stores(database_url: str, redis_url: str) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         redis = aioredis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        # Stops for runs of other nodes go through LiveState, as the receiving end reads them.
+        live = LiveState(redis_client(redis_url), RedisKeys(settings.redis_prefix))
         try:
             async with open_history(
                 database_url, default_max_output_bytes=settings.max_output_bytes
@@ -80,13 +83,13 @@ def _stores(database_url: str, redis_url: str) -> Any:
                 app[CONTROL] = RunControl(
                     history=history,
                     supervisor=app[SUPERVISOR],
-                    redis=redis,
-                    keys=RedisKeys(settings.redis_prefix),
+                    live=live,
                     node_id=settings.node_id,
                     default_grace_s=settings.default_grace_s,
                 )
                 yield
         finally:
+            live.close()
             await redis.aclose()
 
     return ctx

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pykka
 import redis.asyncio as aioredis
 from aiohttp import web
 
@@ -13,11 +12,12 @@ from runvisor.http.auth import Principal, TokenTable
 from runvisor.http.control import RunControl
 from runvisor.http.streams import StreamSlots
 from runvisor.procs.isolation import RunIsolation
+from runvisor.protocol import SupervisorProxy
 from runvisor.store.history import History
 
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenTable)
-SUPERVISOR = web.AppKey("supervisor", pykka.ActorProxy[Any])
+SUPERVISOR = web.AppKey("supervisor", SupervisorProxy)
 HISTORY = web.AppKey("history", History)
 REDIS = web.AppKey("redis", aioredis.Redis)
 CONTROL = web.AppKey("control", RunControl)

@@ -7,20 +7,20 @@ in a worker thread with a timeout (awaiting it directly would block the loop).
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any
+from typing import TypeVar
 
 import pykka
-import redis.asyncio as aioredis
 
 from runvisor.errors import Conflict, RunvisorError, ServiceUnavailable
 from runvisor.logs import get_logger
 from runvisor.models import Run, RunSpec, RunStatus
+from runvisor.protocol import StopRequest, SupervisorProxy
 from runvisor.store.history import History
-from runvisor.store.redis_keys import RedisKeys
+from runvisor.store.live import LiveState
 
 ASK_TIMEOUT_S = 10.0
 log = get_logger(__name__)
+T = TypeVar("T")
 
 
 class RunControl:
@@ -28,16 +28,14 @@ class RunControl:
         self,
         *,
         history: History,
-        supervisor: pykka.ActorProxy[Any],
-        redis: aioredis.Redis,
-        keys: RedisKeys,
+        supervisor: SupervisorProxy,
+        live: LiveState,
         node_id: str,
         default_grace_s: float,
     ) -> None:
         self.history = history
         self.supervisor = supervisor
-        self.redis = redis
-        self.keys = keys
+        self.live = live
         self.node_id = node_id
         self.default_grace_s = default_grace_s
 
@@ -67,19 +65,18 @@ class RunControl:
         if requested.node in (None, self.node_id):
             await _ask(self.supervisor.stop_run(run_id, grace, actor))
         else:
-            message = json.dumps({"type": "stop", "run_id": run_id, "grace_s": grace, "by": actor})
-            try:
-                await self.redis.publish(self.keys.node_control(requested.node), message)
-            except aioredis.RedisError as exc:
+            request = StopRequest(run_id=run_id, grace_s=grace, requested_by=actor)
+            # In a worker thread: LiveState's Redis client blocks.
+            if not await asyncio.to_thread(self.live.send_stop, requested.node, request):
                 # The stop is recorded: the owning node re-delivers it to itself within seconds.
-                log.warning("stop not sent through Redis; the owner will find it", error=str(exc))
+                log.warning("stop not sent through Redis; the owner will find it")
         return await self.history.get_run(run_id)
 
     async def running_count(self) -> int:
-        return int(await _ask(self.supervisor.running_count()))
+        return await _ask(self.supervisor.running_count())
 
 
-async def _ask(future: pykka.Future[Any]) -> Any:
+async def _ask(future: pykka.Future[T]) -> T:
     try:
         return await asyncio.to_thread(future.get, timeout=ASK_TIMEOUT_S)
     except pykka.Timeout:

@@ -11,9 +11,11 @@ import time
 from typing import Any
 
 import redis
+from redis.client import PubSub
 from redis.typing import EncodableT, FieldT
 
 from runvisor.logs import get_logger
+from runvisor.protocol import StopRequest
 from runvisor.store.redis_keys import RedisKeys
 from runvisor.store.waits import StoreWaits
 
@@ -109,6 +111,25 @@ class LiveState:
         except redis.RedisError:
             return None
 
+    def send_stop(self, node_id: str, request: StopRequest) -> bool:
+        """Publish a stop on the control channel of `node_id`, which owns the run. False when
+        Redis did not take it: the stop is recorded in PostgreSQL, where the owner finds it."""
+        channel = self.keys.node_control(node_id)
+        return (
+            self._best_effort("send stop", lambda: self._redis.publish(channel, request.to_json()))
+            is not None
+        )
+
+    def control_channel(self, node_id: str) -> ControlChannel:
+        """Subscribe to the control channel of `node_id` (this node). Raises redis.RedisError."""
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        try:
+            pubsub.subscribe(self.keys.node_control(node_id))
+        except redis.RedisError:
+            pubsub.close()
+            raise
+        return ControlChannel(pubsub)
+
     def _best_effort(self, what: str, write: Any) -> Any:
         try:
             with self._waits.call():
@@ -122,3 +143,26 @@ class LiveState:
             log.info("redis is back", down_s=round(time.monotonic() - self._down_since, 1))
             self._down_since = None
         return result if result is not None else True
+
+
+class ControlChannel:
+    """A node's subscription to its control channel: the stops other nodes send it."""
+
+    def __init__(self, pubsub: PubSub) -> None:
+        self._pubsub = pubsub
+
+    def next_stop(self, timeout_s: float) -> StopRequest | None:
+        """The next stop request, waiting at most `timeout_s`; None if none came. A malformed
+        message is logged and ignored. Raises redis.RedisError when the connection fails."""
+        message = self._pubsub.get_message(timeout=timeout_s)
+        if message is None:
+            return None
+        raw = message["data"]
+        try:
+            return StopRequest.from_json(raw)
+        except ValueError as exc:
+            log.warning("ignored a malformed control message", raw=raw[:200], error=str(exc))
+            return None
+
+    def close(self) -> None:
+        self._pubsub.close()

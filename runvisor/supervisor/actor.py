@@ -19,7 +19,7 @@ from typing import Any
 
 import pykka
 
-from runvisor.actors import messages as m
+from runvisor import protocol as m
 from runvisor.actors.deps import RunDeps
 from runvisor.actors.run_actor import RunActor
 from runvisor.actors.timer import TimerHandle
@@ -54,7 +54,7 @@ class Unended:
     local: bool
 
 
-class Supervisor(pykka.ThreadingActor):
+class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
     def __init__(self, *, deps: RunDeps) -> None:
         super().__init__()
         self.deps = deps
@@ -90,7 +90,7 @@ class Supervisor(pykka.ThreadingActor):
         # The lease is left to expire rather than dropped: a node restarted within the lease
         # time adopts its own runs; only a node that stays away has them taken over.
 
-    # Called through the proxy (from HTTP and the control listener)
+    # Asked through its proxy (m.SupervisorProxy: from HTTP, the control listener, the service)
 
     def start_run(self, run_id: int) -> bool:
         """Start queued runs, oldest first, while slots are free. True if `run_id` runs now."""

@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import threading
-from typing import Any
 
-import pykka
 import redis
 
 from runvisor.logs import get_logger
-from runvisor.store.redis_keys import RedisKeys
+from runvisor.protocol import SupervisorProxy
+from runvisor.store.live import LiveState
 
 log = get_logger(__name__)
 RETRY_S = 1.0
 
 
 class ControlListener:
-    def __init__(
-        self,
-        *,
-        client: redis.Redis,
-        keys: RedisKeys,
-        node_id: str,
-        supervisor: pykka.ActorProxy[Any],
-    ) -> None:
-        self._client = client
-        self._channel = keys.node_control(node_id)
+    def __init__(self, *, live: LiveState, node_id: str, supervisor: SupervisorProxy) -> None:
+        self._live = live
+        self._node_id = node_id
         self._supervisor = supervisor
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="runvisor-control", daemon=True)
@@ -41,23 +32,16 @@ class ControlListener:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-                pubsub.subscribe(self._channel)
+                channel = self._live.control_channel(self._node_id)
                 while not self._stopping.is_set():
-                    message = pubsub.get_message(timeout=0.5)
-                    if message is not None:
-                        self._handle(message["data"])
-                pubsub.close()
+                    # A malformed message comes back as None (LiveState logs it): the listener
+                    # never dies of what another process publishes.
+                    request = channel.next_stop(timeout_s=0.5)
+                    if request is not None:
+                        self._supervisor.stop_run(
+                            request.run_id, request.grace_s, request.requested_by
+                        )
+                channel.close()
             except redis.RedisError as exc:
                 log.warning("control channel unavailable; retrying", error=str(exc))
                 self._stopping.wait(RETRY_S)
-
-    def _handle(self, raw: bytes) -> None:
-        try:
-            message = json.loads(raw)
-            if message.get("type") == "stop":
-                self._supervisor.stop_run(
-                    int(message["run_id"]), float(message["grace_s"]), str(message["by"])
-                )
-        except (ValueError, KeyError, TypeError):
-            log.warning("ignored a malformed control message", raw=raw[:200])

@@ -12,7 +12,7 @@ from typing import Any
 
 import pykka
 
-from runvisor.actors import messages as m
+from runvisor import protocol as m
 from runvisor.actors.run_actor import RunActor
 from runvisor.errors import StoreUnavailable
 from runvisor.logs import get_logger

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import redis
+
+from runvisor.protocol import StopRequest
+from runvisor.store.live import LiveState, redis_client
+from runvisor.store.redis_keys import RedisKeys
 from tests.fix_service import Service
 from tests.polling import wait_until
 
@@ -18,6 +23,34 @@ def test_a_stop_sent_to_another_node_reaches_the_owner(service_factory) -> None:
     assert final["status"] == "stopped" and final["node"] == "node-a"
     assert not node_a.run_processes()
     assert node_b.api.output(run["id"]) == b"started\n"
+
+
+def test_malformed_control_messages_are_logged_and_the_next_stop_still_arrives(
+    service_factory, redis_server_url: str, redis_prefix: str
+) -> None:
+    node_a: Service = service_factory("node-a")
+    run = node_a.api.run_code("echo started; sleep 1000")
+    node_a.api.wait_status(run["id"], "running")
+    keys = RedisKeys(redis_prefix)
+    channel = keys.node_control("node-a")
+    raw = redis.Redis.from_url(redis_server_url)
+    other_node = LiveState(redis_client(redis_server_url), keys)
+    garbage = [b"[1]", b"5", b"\xff", b'{"type": "stop", "run_id": "x"}', b'{"type": "other"}']
+    try:
+        # Redis drops what is published to nobody: wait for node-a's listener to subscribe.
+        wait_until(lambda: raw.pubsub_numsub(channel)[0][1] >= 1, 10, "node-a to listen")
+        for message in garbage:
+            raw.publish(channel, message)
+        # Not recorded in PostgreSQL, so node-a's own re-delivery (which reads the stops
+        # recorded there) cannot stop the run: only its listener can.
+        assert other_node.send_stop("node-a", StopRequest(run["id"], 1.0, "admin:elsewhere"))
+        final = node_a.api.wait_finished(run["id"], timeout_s=10)
+    finally:
+        other_node.close()
+        raw.close()
+    assert final["status"] == "stopped" and final["reason"] == "stopped by admin:elsewhere"
+    log = node_a.log_path.read_text(errors="replace")
+    assert log.count("ignored a malformed control message") == len(garbage)
 
 
 def test_the_runs_of_a_node_that_stays_away_are_taken_over_and_restarted(

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import threading
 
+import pytest
 import redis
+from structlog.testing import capture_logs
 
+from runvisor.protocol import StopRequest
 from runvisor.store.live import LiveState, redis_client
 from runvisor.store.redis_keys import RedisKeys
 from runvisor.store.waits import StoreWaits
@@ -89,4 +92,60 @@ def test_a_write_to_a_paused_redis_is_a_store_wait_until_it_returns(
         assert after.waiting_since is None and after.left_at is not None and after.left_at > since
     finally:
         redis_proxy.resume()
+        live.close()
+
+
+def test_a_stop_sent_through_live_state_is_read_at_the_other_end(
+    redis_server_url: str, redis_prefix: str
+) -> None:
+    keys = RedisKeys(redis_prefix)
+    sender = LiveState(redis_client(redis_server_url), keys)
+    receiver = LiveState(redis_client(redis_server_url), keys)
+    channel = receiver.control_channel("node-a")
+    try:
+        assert channel.next_stop(timeout_s=0.2) is None  # nothing sent yet
+        request = StopRequest(run_id=5, grace_s=1.5, requested_by="operator:0123abcd")
+        assert sender.send_stop("node-a", request)
+        assert sender.send_stop("node-b", StopRequest(6, 0.0, "admin:x"))  # another node's
+        received = wait_until(lambda: channel.next_stop(timeout_s=0.5), 5, "the stop")
+        assert received == request
+        assert channel.next_stop(timeout_s=0.3) is None  # node-b's stop is not node-a's
+    finally:
+        channel.close()
+        sender.close()
+        receiver.close()
+
+
+def test_a_malformed_control_message_is_logged_and_ignored(
+    redis_server_url: str, redis_prefix: str
+) -> None:
+    keys = RedisKeys(redis_prefix)
+    live = LiveState(redis_client(redis_server_url), keys)
+    raw = redis.Redis.from_url(redis_server_url)
+    channel = live.control_channel("node-a")
+    garbage = [b"[1]", b"5", b"\xff", b'{"type": "stop", "run_id": "x", "grace_s": 1, "by": "a"}']
+    try:
+        with capture_logs() as logs:
+            for message in garbage:
+                raw.publish(keys.node_control("node-a"), message)
+            raw.publish(keys.node_control("node-a"), StopRequest(8, 2.0, "admin:y").to_json())
+            # None for each ignored message (and for the subscription's confirmation).
+            received = wait_until(lambda: channel.next_stop(timeout_s=0.5), 5, "the good stop")
+        assert received == StopRequest(8, 2.0, "admin:y")
+        ignored = [e for e in logs if e["event"] == "ignored a malformed control message"]
+        assert [e["raw"] for e in ignored] == garbage
+        assert all(e["log_level"] == "warning" and e["error"] for e in ignored)
+    finally:
+        channel.close()
+        live.close()
+        raw.close()
+
+
+def test_a_stop_redis_does_not_take_is_reported_not_raised() -> None:
+    live = LiveState(redis_client("redis://127.0.0.1:1/0"), RedisKeys("nowhere"))
+    try:
+        assert live.send_stop("node-a", StopRequest(1, 1.0, "admin:x")) is False
+        with pytest.raises(redis.RedisError):
+            live.control_channel("node-a")  # the listener retries on this
+    finally:
         live.close()

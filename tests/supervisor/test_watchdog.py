@@ -13,7 +13,7 @@ import psycopg
 import pykka
 import pytest
 
-from runvisor.actors import messages as m
+from runvisor import protocol as m
 from runvisor.models import Run
 from runvisor.store.journal import RunJournal, open_journal
 from runvisor.store.waits import StoreWaits

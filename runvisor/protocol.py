@@ -1,0 +1,172 @@
+"""The actor protocol, in one place: what is told to a RunActor and to the Supervisor, what the
+Supervisor is asked (through its typed proxy), and the stop one node sends another over Redis.
+
+Told messages are plain frozen dataclasses, dispatched by type in on_receive. Who sends which,
+and when, is in docs/architecture.md ("The actor protocol"). This module sits below the actors
+and the Supervisor, so that both sides (and the stores, for `StopRequest`) import it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+import pykka
+from pykka.typing import ActorMemberMixin, proxy_method
+
+# Told to a RunActor
+
+
+@dataclass(frozen=True, slots=True)
+class FlushTick:
+    """Read new spool output, store it, publish it; check for a stuck attempt."""
+
+
+@dataclass(frozen=True, slots=True)
+class FlushSoon:
+    """256 KiB or more are waiting in the spool: flush now, not at the next tick."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessExited:
+    """The attempt's main process has exited (told by the exit watcher)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StopRun:
+    """An operator asked to stop the run: SIGTERM now, SIGKILL after `grace_s`."""
+
+    grace_s: float
+    requested_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class KillDeadline:
+    """The grace period is over: SIGKILL whatever of the attempt is left."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutDeadline:
+    """The attempt ran for its whole `timeout_s`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Detach:
+    """The service is shutting down: store what is pending and let the process run on."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Asked by the Supervisor: a RunActor that does not answer in time is wedged."""
+
+
+# Told to the Supervisor
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptEnded:
+    run_id: int
+    attempt: int
+    restart_delay_s: float | None  # seconds until the next attempt; None: the run ended
+
+
+@dataclass(frozen=True, slots=True)
+class RunActorFailed:
+    run_id: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorTick:
+    """Renew the node lease, poll the queue, ping RunActors, retry pending work."""
+
+
+@dataclass(frozen=True, slots=True)
+class RestartDue:
+    run_id: int
+
+
+# Asked of the Supervisor (by the HTTP side, the control listener and the service)
+
+
+class SupervisorCalls(Protocol):
+    """What the Supervisor answers when asked through its proxy. The Supervisor subclasses this,
+    so a type checker holds it to these signatures."""
+
+    def start_run(self, run_id: int) -> bool:
+        """Start queued runs, oldest first, while slots are free. True if `run_id` runs now."""
+        ...
+
+    def stop_run(self, run_id: int, grace_s: float, requested_by: str) -> bool:
+        """Stop a run this node owns. False if it is not (or no longer) here."""
+        ...
+
+    def running_count(self) -> int:
+        """How many RunActors this node runs."""
+        ...
+
+    def detach_all(self, timeout_s: float = 10.0) -> int:
+        """Shutdown: every RunActor stores its output and stops; the processes go on."""
+        ...
+
+
+class SupervisorProxy(ActorMemberMixin, pykka.ActorProxy[Any]):
+    """The Supervisor's proxy, typed: each call returns a pykka Future of the call's result.
+    Never instantiated: `supervisor_proxy` casts a plain proxy to it."""
+
+    start_run = proxy_method(SupervisorCalls.start_run)
+    stop_run = proxy_method(SupervisorCalls.stop_run)
+    running_count = proxy_method(SupervisorCalls.running_count)
+    detach_all = proxy_method(SupervisorCalls.detach_all)
+
+
+def supervisor_proxy(ref: pykka.ActorRef[Any]) -> SupervisorProxy:
+    return cast(SupervisorProxy, ref.proxy())
+
+
+# Sent from one node to another over Redis (through LiveState)
+
+
+@dataclass(frozen=True, slots=True)
+class StopRequest:
+    """Stop a run that another node owns: published on the owner's control channel, whose
+    listener asks its Supervisor's `stop_run`. The stop is recorded in PostgreSQL first, so a
+    message lost on the way is re-delivered by the owner itself."""
+
+    run_id: int
+    grace_s: float
+    requested_by: str
+
+    def to_json(self) -> str:
+        # The keys are the wire format: nodes of different versions must understand each other.
+        message = {"run_id": self.run_id, "grace_s": self.grace_s, "by": self.requested_by}
+        return json.dumps({"type": "stop", **message})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> StopRequest:
+        """Parse a control message; ValueError, saying why, for anything but a valid stop."""
+        try:
+            message = json.loads(raw)
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors; deep nesting is a RecursionError.
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+        if not isinstance(message, dict):
+            raise ValueError("not a JSON object")
+        if message.get("type") != "stop":
+            raise ValueError(f"unknown type {message.get('type')!r}")
+        run_id, grace_s, by = message.get("run_id"), message.get("grace_s"), message.get("by")
+        # bool is an int to Python, never a run id or a grace period here.
+        if not isinstance(run_id, int) or isinstance(run_id, bool) or run_id < 1:
+            raise ValueError("run_id: must be a positive integer")
+        if (
+            not isinstance(grace_s, int | float)
+            or isinstance(grace_s, bool)
+            or not math.isfinite(grace_s)
+            or grace_s < 0
+        ):
+            raise ValueError("grace_s: must be a finite number of seconds, 0 or more")
+        if not isinstance(by, str) or not by:
+            raise ValueError("by: must be a non-empty string")
+        return cls(run_id=run_id, grace_s=float(grace_s), requested_by=by)
