@@ -30,12 +30,13 @@ def attempt_processes(
     run: Run, deps: RunDeps, *, status_path: Path, adopt: Attempt | None
 ) -> AttemptProcesses:
     # The attempt's row (and its marker) was written when the run was claimed.
-    marker = next(a for a in run.attempts if a.attempt == run.attempt).process_marker
+    attempt = run.current_attempt
+    assert attempt is not None
     cgroup = deps.cgroups.attempt(run.id, run.attempt) if deps.cgroups else None
     if adopt is not None and cgroup is not None and not cgroup.exists():
         cgroup = None  # started before this node had cgroups: found by /proc scans
     return AttemptProcesses(
-        marker=marker,
+        marker=attempt.process_marker,
         status_path=status_path,
         adopted=adopt is not None,
         cgroup=cgroup,

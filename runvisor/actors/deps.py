@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runvisor.actors.flush_nudger import FlushNudger
+from runvisor.actors.spool import SpoolLayout
 from runvisor.actors.timer import TimerService
 from runvisor.config import Settings
 from runvisor.procs.cgroups import CgroupTree
@@ -30,3 +31,8 @@ class RunDeps:
     run_user: RunUser | None = None
     # One cgroup per attempt under this tree; None: processes are found by /proc scans.
     cgroups: CgroupTree | None = None
+
+    @property
+    def spool(self) -> SpoolLayout:
+        """Where the runs' output, status files and working directories are."""
+        return SpoolLayout(self.settings.spool_dir, self.settings.work_dir)

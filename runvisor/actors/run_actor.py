@@ -17,7 +17,7 @@ import pykka
 
 from runvisor.actors import attempt_start
 from runvisor.actors import messages as m
-from runvisor.actors.attempt_end import Outcome, record_end, release_cgroup, remove_files
+from runvisor.actors.attempt_end import Outcome, Recorded, end_attempt, release_cgroup
 from runvisor.actors.deps import RunDeps
 from runvisor.actors.fault_injection import inject_faults
 from runvisor.actors.output_pump import OutputPump
@@ -48,10 +48,10 @@ class RunActor(pykka.ThreadingActor):
         self.deps = deps
         self.supervisor = supervisor
         self.adopt = adopt
-        self.spool_dir = deps.settings.spool_dir / str(run.id)
-        self.work_dir = deps.settings.work_dir / str(run.id)
-        self.spool_path = self.spool_dir / f"{run.attempt}.out"
-        self.status_path = self.spool_dir / f"{run.attempt}.status"
+        self.spool_dir = deps.spool.run_spool(run.id)
+        self.work_dir = deps.spool.run_work(run.id)
+        self.spool_path = deps.spool.output(run.id, run.attempt)
+        self.status_path = deps.spool.status(run.id, run.attempt)
         self.procs = attempt_start.attempt_processes(
             run, deps, status_path=self.status_path, adopt=adopt
         )
@@ -89,7 +89,8 @@ class RunActor(pykka.ThreadingActor):
             self._spawn()
         if self.finished:
             return
-        self._publish_state()
+        state = self._live_state(RunStatus.RUNNING, None)
+        self.deps.live.publish_state(self.run.id, state, terminal=False)
         self.timers.schedule("flush", self.deps.settings.flush_interval_s, m.FlushTick())
         if self.run.timeout_s:
             elapsed = time.time() - self.started_at
@@ -195,7 +196,7 @@ class RunActor(pykka.ThreadingActor):
         if self.procs.identity is not None:
             self.procs.kill()
         release_cgroup(self.procs, self.log)
-        remove_files(self.spool_dir, self.work_dir, self.run.attempt, run_ended=False)
+        self.deps.spool.remove_attempt(self.run.id, self.run.attempt)
         self.actor_ref.stop(block=False)
 
     def _on_flush_tick(self) -> None:
@@ -337,7 +338,17 @@ class RunActor(pykka.ThreadingActor):
             spawn_error=self.spawn_error,
         )
         try:
-            recorded = record_end(self.deps.journal, self.run, outcome)
+            recorded = end_attempt(
+                self.deps.journal,
+                self.deps.live,
+                self.deps.spool,
+                self.run,
+                outcome,
+                procs=self.procs,
+                live_state=lambda status: self._live_state(status, outcome.exit),
+                log=self.log,
+                on_recorded=lambda recorded: self._on_end_recorded(recorded, outcome),
+            )
         except StoreUnavailable as exc:
             self.log.warning("outcome not stored yet; will retry", error=exc.message)
             self.timers.schedule("flush", RETRY_S, m.FlushTick())
@@ -345,6 +356,9 @@ class RunActor(pykka.ThreadingActor):
         if recorded is None:
             self._stand_down()
             return
+        self.actor_ref.stop(block=False)
+
+    def _on_end_recorded(self, recorded: Recorded, outcome: Outcome) -> None:
         self.finished = True
         stored = recorded.status
         self.log.info(
@@ -359,10 +373,6 @@ class RunActor(pykka.ThreadingActor):
         self.supervisor.tell(
             m.AttemptEnded(self.run.id, self.run.attempt, recorded.restart_delay_s)
         )
-        release_cgroup(self.procs, self.log)
-        self._publish_state(stored, outcome.exit)
-        remove_files(self.spool_dir, self.work_dir, self.run.attempt, run_ended=stored.is_terminal)
-        self.actor_ref.stop(block=False)
 
     def _detach(self) -> None:
         """Service shutdown: store a batch more and leave the process running.
@@ -377,19 +387,13 @@ class RunActor(pykka.ThreadingActor):
 
     # Helpers
 
-    def _publish_state(
-        self, status: RunStatus = RunStatus.RUNNING, exit_status: ExitStatus | None = None
-    ) -> None:
-        self.deps.live.publish_state(
-            self.run.id,
-            {
-                "status": str(status),
-                "node": self.deps.journal.node_id,
-                "pid": self.procs.pid,
-                "attempt": self.run.attempt,
-                "exit_code": exit_status.exit_code if exit_status else None,
-                "signal": exit_status.signal if exit_status else None,
-                "output_bytes": self.pump.stored_bytes if self.pump else self.run.output_bytes,
-            },
-            terminal=status.is_terminal,
-        )
+    def _live_state(self, status: RunStatus, exit_status: ExitStatus | None) -> dict[str, Any]:
+        return {
+            "status": str(status),
+            "node": self.deps.journal.node_id,
+            "pid": self.procs.pid,
+            "attempt": self.run.attempt,
+            "exit_code": exit_status.exit_code if exit_status else None,
+            "signal": exit_status.signal if exit_status else None,
+            "output_bytes": self.pump.stored_bytes if self.pump else self.run.output_bytes,
+        }
