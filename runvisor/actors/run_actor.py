@@ -21,6 +21,7 @@ from runvisor.actors.attempt_end import Outcome, Recorded, end_attempt, release_
 from runvisor.actors.deps import RunDeps
 from runvisor.actors.fault_injection import inject_faults
 from runvisor.actors.output_pump import OutputPump
+from runvisor.actors.phase import Phase
 from runvisor.actors.timer import ActorTimers
 from runvisor.errors import Fenced, StoreUnavailable
 from runvisor.logs import get_logger
@@ -48,12 +49,10 @@ class RunActor(pykka.ThreadingActor):
         self.deps = deps
         self.supervisor = supervisor
         self.adopt = adopt
-        self.spool_dir = deps.spool.run_spool(run.id)
         self.work_dir = deps.spool.run_work(run.id)
         self.spool_path = deps.spool.output(run.id, run.attempt)
-        self.status_path = deps.spool.status(run.id, run.attempt)
         self.procs = attempt_start.attempt_processes(
-            run, deps, status_path=self.status_path, adopt=adopt
+            run, deps, status_path=deps.spool.status(run.id, run.attempt), adopt=adopt
         )
         self.exit: ExitStatus | None = None
         self.end_reason: AttemptEndReason | None = None
@@ -62,7 +61,7 @@ class RunActor(pykka.ThreadingActor):
         self.started_at = time.time()
         self.pump: OutputPump | None = None
         self.timers = ActorTimers(deps.timers, self.actor_ref)
-        self.finished = False
+        self.phase = Phase.RUNNING
         self.spawn_error: str | None = None
         self.log = get_logger("runvisor.run", run_id=run.id, attempt=run.attempt)
 
@@ -77,17 +76,17 @@ class RunActor(pykka.ThreadingActor):
             self._start()
         except Exception as exc:
             self.on_failure(type(exc), exc, exc.__traceback__)
-            self.finished = True
+            self.phase = Phase.DONE
             self.actor_ref.stop(block=False)
 
     def _start(self) -> None:
-        self.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.deps.spool.run_spool(self.run.id).mkdir(mode=0o700, parents=True, exist_ok=True)
         attempt_start.make_work_dir(self.work_dir, self.deps.run_user)
         if self.adopt is not None:
             self._adopt(self.adopt)
         else:
             self._spawn()
-        if self.finished:
+        if self.phase.done:
             return
         state = self._live_state(RunStatus.RUNNING, None)
         self.deps.live.publish_state(self.run.id, state, terminal=False)
@@ -113,6 +112,7 @@ class RunActor(pykka.ThreadingActor):
             self.log.error("spawn failed", error=str(exc))
             self.exit = ExitStatus(exit_code=None, signal=None)
             self.end_reason = AttemptEndReason.EXITED
+            self.phase = Phase.EXITED
             self.spawn_error = f"could not start: {exc}"
             self._end()
             return
@@ -143,7 +143,7 @@ class RunActor(pykka.ThreadingActor):
     ) -> None:
         self.log.error("run actor failed", error=repr(exception_value))
         self._release()
-        if not self.finished and self.procs.identity is not None:
+        if not self.phase.done and self.procs.identity is not None:
             with contextlib.suppress(Exception):
                 self.procs.kill()
         with contextlib.suppress(pykka.ActorDeadError):
@@ -169,7 +169,7 @@ class RunActor(pykka.ThreadingActor):
             case m.FlushTick():
                 self._on_flush_tick()
             case m.FlushSoon():
-                if not self.finished and self.exit is None:
+                if self.phase.awaits_exit:
                     self._flush()
             case m.ProcessExited():
                 self._on_process_exited()
@@ -192,7 +192,7 @@ class RunActor(pykka.ThreadingActor):
         Its processes must not run on beside the attempt that replaced it.
         """
         self.log.warning("attempt superseded; this actor stands down")
-        self.finished = True
+        self.phase = Phase.DONE
         if self.procs.identity is not None:
             self.procs.kill()
         release_cgroup(self.procs, self.log)
@@ -201,19 +201,19 @@ class RunActor(pykka.ThreadingActor):
 
     def _on_flush_tick(self) -> None:
         self.timers.fired("flush")
-        if self.finished:
+        if self.phase.done:
             return
         if self.pump is not None:
             self.pump.observe()
         drained = self._flush()
-        if self.finished:
+        if self.phase.done:
             return
         if self.deps.settings.test_hooks and self.pump is not None:
             inject_faults(self.pump, ping_timeout_s=self.deps.settings.ping_timeout_s, log=self.log)
-        if self.exit is None and self.procs.identity and not self.procs.leader_alive():
+        if self.phase.awaits_exit and self.procs.identity and not self.procs.leader_alive():
             self._on_process_exited()  # a safety net: the exit watcher tells at once, normally
             return
-        if self.exit is not None:
+        if self.phase is Phase.EXITED:
             if self._leftovers_may_finish():
                 self.timers.schedule("flush", self.deps.settings.flush_interval_s, m.FlushTick())
             else:
@@ -222,7 +222,7 @@ class RunActor(pykka.ThreadingActor):
         stuck_after = self.run.stuck_after_s
         if (
             stuck_after
-            and self.end_reason is None
+            and self.phase is Phase.RUNNING
             and self.pump is not None
             and self.pump.silent_for(stuck_after)
         ):
@@ -260,6 +260,8 @@ class RunActor(pykka.ThreadingActor):
         if status is None and self.end_reason is not None:
             status = ExitStatus(exit_code=None, signal=signal.SIGKILL)  # killed before recording
         self.exit = status or ExitStatus(exit_code=None, signal=None)
+        if not self.phase.done:  # a detached or stood-down actor does nothing more
+            self.phase = Phase.EXITED
         if self.end_reason is None:
             self.end_reason = (
                 AttemptEndReason.EXITED if status is not None else AttemptEndReason.LOST
@@ -276,15 +278,15 @@ class RunActor(pykka.ThreadingActor):
         return self.procs.any_left()
 
     def _terminate(self, reason: AttemptEndReason, grace_s: float, by: str | None = None) -> None:
-        if self.finished or self.procs.identity is None:
+        if self.phase.done or self.procs.identity is None:
             return
         if reason is AttemptEndReason.STOPPED and self.end_reason not in (None, reason):
             # An operator's stop outranks a timeout or a stuck verdict already under way: it
             # is never restarted. (PostgreSQL enforces it too, see RunJournal.end_attempt.)
             self.end_reason, self.stop_by = reason, by
-        if self.end_reason is None and self.exit is None:
-            self.end_reason = reason
-            self.stop_by = by
+        if self.phase is Phase.RUNNING:
+            self.phase = Phase.STOPPING
+            self.end_reason, self.stop_by = reason, by
             self.timers.cancel("timeout")
             sent, sent_more = self.procs.terminate()
             self.log.info(
@@ -295,8 +297,6 @@ class RunActor(pykka.ThreadingActor):
                 group_signalled=sent,
                 signalled=sent_more,
             )
-        elif self.end_reason is None:
-            return  # it exited on its own already; its exit status tells the outcome
         if grace_s <= 0:
             self._kill_now()
             return
@@ -306,23 +306,23 @@ class RunActor(pykka.ThreadingActor):
 
     def _kill_now(self) -> None:
         self.timers.cancel("kill")
-        if self.procs.identity is None or self.finished:
+        if self.procs.identity is None or self.phase.done:
             return
         killed = self.procs.kill()
         self.log.info("killed after grace period", processes=killed)
-        if self.exit is not None:
+        if self.phase is Phase.EXITED:
             self._try_end()
 
     def _try_end(self) -> None:
         """End the attempt once its process tree is gone and all output is stored."""
-        if self.finished:
+        if self.phase.done:
             return
         if self.procs.identity is not None:
             leftovers = self.procs.kill()
             if leftovers:
                 self.log.info("killed leftover processes", processes=leftovers)
         if self._flush(to_eof=True) is None:
-            if not self.finished:
+            if not self.phase.done:
                 self.timers.schedule("flush", RETRY_S, m.FlushTick())
             return
         self._end()
@@ -359,11 +359,10 @@ class RunActor(pykka.ThreadingActor):
         self.actor_ref.stop(block=False)
 
     def _on_end_recorded(self, recorded: Recorded, outcome: Outcome) -> None:
-        self.finished = True
-        stored = recorded.status
+        self.phase = Phase.DONE
         self.log.info(
-            "run ended" if stored.is_terminal else "attempt ended",
-            status=str(stored),
+            "run ended" if recorded.is_terminal else "attempt ended",
+            status=str(recorded.status),
             reason=recorded.reason,
             exit_code=outcome.exit.exit_code,
             signal=outcome.exit.signal,
@@ -382,7 +381,7 @@ class RunActor(pykka.ThreadingActor):
         """
         self._flush()
         self.log.info("detached; the run goes on and is adopted at the next start")
-        self.finished = True
+        self.phase = Phase.DONE
         self.actor_ref.stop(block=False)
 
     # Helpers
