@@ -152,6 +152,12 @@ class Run:
     def restart_policy(self) -> RestartPolicy:
         return RestartPolicy.from_json(self.restart)
 
+    @property
+    def current_attempt(self) -> Attempt | None:
+        """The row of attempt number `attempt` in `attempts`; None if not read with the run
+        (or before its first claim)."""
+        return next((a for a in self.attempts if a.attempt == self.attempt), None)
+
 
 @dataclass(frozen=True, slots=True)
 class CommandSpec:

@@ -1,29 +1,31 @@
-"""The end of an attempt, as its RunActor records it: the restart policy decides what becomes
-of the run, PostgreSQL records the attempt's end and the run's status (fenced by node and
-attempt), and the attempt's files are removed."""
+"""The end of an attempt, one way for its RunActor and for the Supervisor (which ends an
+attempt whose RunActor cannot): the restart policy decides what becomes of the run, PostgreSQL
+records the attempt's end and the run's status (fenced by node and attempt), then the state is
+published and the attempt's files are removed. Killing what is left and storing the spool come
+before, each caller its own way; see docs/architecture.md (The life of an attempt)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from structlog.stdlib import BoundLogger
 
 from runvisor.actors.deps import RunDeps
+from runvisor.actors.spool import SpoolLayout
 from runvisor.models import AttemptEndReason, Run, RunStatus
 from runvisor.policy import Decision, attempt_history, decide
 from runvisor.procs.attempt_processes import AttemptProcesses
 from runvisor.procs.spawn import ExitStatus
 from runvisor.store.journal import RunJournal
+from runvisor.store.live import LiveState
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How an attempt ended, as its RunActor saw it."""
+    """How an attempt ended, as its RunActor (or the Supervisor, in its stead) saw it."""
 
     exit: ExitStatus
     reason: AttemptEndReason
@@ -40,6 +42,42 @@ class Recorded:
     status: RunStatus  # terminal, or RESTARTING
     reason: str | None  # the run's reason
     restart_delay_s: float | None  # set when RESTARTING
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+
+def end_attempt(
+    journal: RunJournal,
+    live: LiveState,
+    spool: SpoolLayout,
+    run: Run,
+    outcome: Outcome,
+    *,
+    procs: AttemptProcesses | None,
+    live_state: Callable[[RunStatus], dict[str, Any]],
+    log: BoundLogger,
+    on_recorded: Callable[[Recorded], None],
+) -> Recorded | None:
+    """End the attempt `run.attempt`: decide and record (record_end), then `on_recorded`
+    (the RunActor tells the Supervisor there, before a stop can look for the run), release
+    the attempt's cgroup (`procs`; None when the caller removed it already), publish
+    `live_state(status)`, and remove the run's directories if it ended, else the attempt's
+    spool files. None if this node lost the run meanwhile: nothing else is done. Raises
+    StoreUnavailable, and then nothing is recorded and nothing deleted."""
+    recorded = record_end(journal, run, outcome)
+    if recorded is None:
+        return None
+    on_recorded(recorded)
+    if procs is not None:
+        release_cgroup(procs, log)
+    live.publish_state(run.id, live_state(recorded.status), terminal=recorded.is_terminal)
+    if recorded.is_terminal:
+        spool.remove_run(run.id)
+    else:
+        spool.remove_attempt(run.id, run.attempt)
+    return recorded
 
 
 def record_end(journal: RunJournal, run: Run, outcome: Outcome) -> Recorded | None:
@@ -90,37 +128,21 @@ def release_uid(deps: RunDeps, run: Run, uid: int | None) -> int:
     return swept.processes if swept is not None else 0
 
 
-def remove_files(spool_dir: Path, work_dir: Path, attempt: int, *, run_ended: bool) -> None:
-    """Once the run has ended, its spool and working directories; else the attempt's spool
-    files (the next attempt writes its own, in the same working directory)."""
-    if run_ended:
-        shutil.rmtree(spool_dir, ignore_errors=True)
-        shutil.rmtree(work_dir, ignore_errors=True)
-        return
-    for suffix in (".out", ".status", ".uid"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(spool_dir / f"{attempt}{suffix}")
-
-
-def publish_state(
+def live_state(
     deps: RunDeps,
     run: Run,
     pid: int | None,
     output_bytes: int,
     status: RunStatus,
     exit_status: ExitStatus | None,
-) -> None:
-    """The attempt's live state in Redis (best effort), as a RunActor sees it."""
-    deps.live.publish_state(
-        run.id,
-        {
-            "status": str(status),
-            "node": deps.journal.node_id,
-            "pid": pid,
-            "attempt": run.attempt,
-            "exit_code": exit_status.exit_code if exit_status else None,
-            "signal": exit_status.signal if exit_status else None,
-            "output_bytes": output_bytes,
-        },
-        terminal=status.is_terminal,
-    )
+) -> dict[str, Any]:
+    """The attempt's live state for Redis, as its RunActor sees it."""
+    return {
+        "status": str(status),
+        "node": deps.journal.node_id,
+        "pid": pid,
+        "attempt": run.attempt,
+        "exit_code": exit_status.exit_code if exit_status else None,
+        "signal": exit_status.signal if exit_status else None,
+        "output_bytes": output_bytes,
+    }

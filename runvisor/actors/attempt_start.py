@@ -30,12 +30,13 @@ def attempt_processes(
     run: Run, deps: RunDeps, *, status_path: Path, adopt: Attempt | None
 ) -> AttemptProcesses:
     # The attempt's row (and its marker) was written when the run was claimed.
-    marker = next(a for a in run.attempts if a.attempt == run.attempt).process_marker
+    attempt = run.current_attempt
+    assert attempt is not None
     cgroup = deps.cgroups.attempt(run.id, run.attempt) if deps.cgroups else None
     if adopt is not None and cgroup is not None and not cgroup.exists():
         cgroup = None  # started before this node had cgroups: found by /proc scans
     return AttemptProcesses(
-        marker=marker,
+        marker=attempt.process_marker,
         status_path=status_path,
         adopted=adopt is not None,
         cgroup=cgroup,
@@ -51,15 +52,14 @@ def run_user_of(deps: RunDeps, uid: int | None) -> RunUser | None:
     return deps.run_uids.user(uid) if uid is not None else None
 
 
-def make_dirs(
-    spool_dir: Path, work_dir: Path, deps: RunDeps, uid: int | None, adopt: Attempt | None
-) -> None:
+def make_dirs(run: Run, deps: RunDeps, uid: int | None, adopt: Attempt | None) -> None:
     """The run's spool directory (the service's alone) and working directory: the run user's
     own (0700), in the service's work dir.
 
     With one uid per attempt, for a new spawn, what earlier attempts of the run left there
     belongs to their uids: it is handed over to this attempt's."""
-    spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    deps.spool.run_spool(run.id).mkdir(mode=0o700, parents=True, exist_ok=True)
+    work_dir = deps.spool.run_work(run.id)
     work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     run_user = run_user_of(deps, uid)
     if run_user is None or not run_user.switches:
@@ -75,14 +75,14 @@ def spawn(
     deps: RunDeps,
     procs: AttemptProcesses,
     owner: pykka.ActorRef[Any],
-    spool_path: Path,
-    work_dir: Path,
     *,
     uid: int | None = None,
 ) -> OutputPump:
     """Spawn the attempt's process in its cgroup, with its limits and a clean environment;
     `owner` is told ProcessExited when it exits. Raises OSError or ValueError if it cannot
     start."""
+    spool_path = deps.spool.output(run.id, run.attempt)
+    work_dir = deps.spool.run_work(run.id)
     run_user = run_user_of(deps, uid)
     env = run_environment(
         run_id=run.id,
@@ -119,11 +119,11 @@ def adopt(
     procs: AttemptProcesses,
     owner: pykka.ActorRef[Any],
     attempt: Attempt,
-    spool_path: Path,
 ) -> tuple[OutputPump, bool]:
     """Take over the recorded process of `attempt`, and the pump of its output from the last
     stored byte. True if it still runs and is watched now; False: it has exited already, and
     its exit is to be handled at once."""
+    spool_path = deps.spool.output(run.id, attempt.attempt)
     assert attempt.pid is not None
     alive = procs.adopt(attempt.pid, attempt.pid_start_ticks, attempt.boot_id)
     pump = _pump(

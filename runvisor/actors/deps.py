@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runvisor.actors.flush_nudger import FlushNudger
+from runvisor.actors.spool import SpoolLayout
 from runvisor.actors.timer import TimerService
 from runvisor.config import Settings
 from runvisor.procs.cgroups import CgroupTree
@@ -33,3 +34,8 @@ class RunDeps:
     cgroups: CgroupTree | None = None
     # RUNVISOR_RUN_UIDS: each attempt runs as a uid of its own from here (run_user unused).
     run_uids: UidPool | None = None
+
+    @property
+    def spool(self) -> SpoolLayout:
+        """Where the runs' output, status files and working directories are."""
+        return SpoolLayout(self.settings.spool_dir, self.settings.work_dir)

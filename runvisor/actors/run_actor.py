@@ -16,10 +16,19 @@ from typing import Any
 import pykka
 
 from runvisor import protocol as m
-from runvisor.actors import attempt_end, attempt_start
+from runvisor.actors import attempt_start
+from runvisor.actors.attempt_end import (
+    Outcome,
+    Recorded,
+    end_attempt,
+    live_state,
+    release_cgroup,
+    release_uid,
+)
 from runvisor.actors.deps import RunDeps
 from runvisor.actors.fault_injection import inject_faults
 from runvisor.actors.output_pump import OutputPump
+from runvisor.actors.phase import Phase
 from runvisor.actors.timer import ActorTimers
 from runvisor.errors import Fenced, StoreUnavailable
 from runvisor.logs import get_logger
@@ -49,12 +58,8 @@ class RunActor(pykka.ThreadingActor):
         self.supervisor = supervisor
         self.adopt = adopt
         self.uid = uid  # with RUNVISOR_RUN_UIDS: the attempt's own (the Supervisor's choice)
-        self.spool_dir = deps.settings.spool_dir / str(run.id)
-        self.work_dir = deps.settings.work_dir / str(run.id)
-        self.spool_path = self.spool_dir / f"{run.attempt}.out"
-        self.status_path = self.spool_dir / f"{run.attempt}.status"
         self.procs = attempt_start.attempt_processes(
-            run, deps, status_path=self.status_path, adopt=adopt
+            run, deps, status_path=deps.spool.status(run.id, run.attempt), adopt=adopt
         )
         self.exit: ExitStatus | None = None
         self.end_reason: AttemptEndReason | None = None
@@ -63,7 +68,7 @@ class RunActor(pykka.ThreadingActor):
         self.started_at = time.time()
         self.pump: OutputPump | None = None
         self.timers = ActorTimers(deps.timers, self.actor_ref)
-        self.finished = False
+        self.phase = Phase.RUNNING
         self.spawn_error: str | None = None
         self.log = get_logger("runvisor.run", run_id=run.id, attempt=run.attempt)
 
@@ -78,18 +83,19 @@ class RunActor(pykka.ThreadingActor):
             self._start()
         except Exception as exc:
             self.on_failure(type(exc), exc, exc.__traceback__)
-            self.finished = True
+            self.phase = Phase.DONE
             self.actor_ref.stop(block=False)
 
     def _start(self) -> None:
-        attempt_start.make_dirs(self.spool_dir, self.work_dir, self.deps, self.uid, self.adopt)
+        attempt_start.make_dirs(self.run, self.deps, self.uid, self.adopt)
         if self.adopt is not None:
             self._adopt(self.adopt)
         else:
             self._spawn()
-        if self.finished:
+        if self.phase.done:
             return
-        self._publish_state()
+        state = self._live_state(RunStatus.RUNNING, None)
+        self.deps.live.publish_state(self.run.id, state, terminal=False)
         self.timers.schedule("flush", self.deps.settings.flush_interval_s, m.FlushTick())
         if self.run.timeout_s:
             elapsed = time.time() - self.started_at
@@ -105,19 +111,13 @@ class RunActor(pykka.ThreadingActor):
 
     def _spawn(self) -> None:
         try:
-            where = (
-                self.run,
-                self.deps,
-                self.procs,
-                self.actor_ref,
-                self.spool_path,
-                self.work_dir,
-            )
-            self.pump = attempt_start.spawn(*where, uid=self.uid)
+            owner = self.actor_ref
+            self.pump = attempt_start.spawn(self.run, self.deps, self.procs, owner, uid=self.uid)
         except (OSError, ValueError) as exc:
             self.log.error("spawn failed", error=str(exc))
             self.exit = ExitStatus(exit_code=None, signal=None)
             self.end_reason = AttemptEndReason.EXITED
+            self.phase = Phase.EXITED
             self.spawn_error = f"could not start: {exc}"
             self._end()
             return
@@ -129,7 +129,7 @@ class RunActor(pykka.ThreadingActor):
 
     def _adopt(self, attempt: Attempt) -> None:
         self.pump, watched = attempt_start.adopt(
-            self.run, self.deps, self.procs, self.actor_ref, attempt, self.spool_path
+            self.run, self.deps, self.procs, self.actor_ref, attempt
         )
         self.started_at = attempt.started_at.timestamp()
         self.log = self.log.bind(pid=attempt.pid)
@@ -148,7 +148,7 @@ class RunActor(pykka.ThreadingActor):
     ) -> None:
         self.log.error("run actor failed", error=repr(exception_value))
         self._release()
-        if not self.finished and self.procs.identity is not None:
+        if not self.phase.done and self.procs.identity is not None:
             with contextlib.suppress(Exception):
                 self.procs.kill()
         with contextlib.suppress(pykka.ActorDeadError):
@@ -174,7 +174,7 @@ class RunActor(pykka.ThreadingActor):
             case m.FlushTick():
                 self._on_flush_tick()
             case m.FlushSoon():
-                if not self.finished and self.exit is None:
+                if self.phase.awaits_exit:
                     self._flush()
             case m.ProcessExited():
                 self._on_process_exited()
@@ -197,29 +197,29 @@ class RunActor(pykka.ThreadingActor):
         Its processes must not run on beside the attempt that replaced it.
         """
         self.log.warning("attempt superseded; this actor stands down")
-        self.finished = True
+        self.phase = Phase.DONE
         if self.procs.identity is not None:
             self.procs.kill()
-        attempt_end.release_cgroup(self.procs, self.log)
-        attempt_end.release_uid(self.deps, self.run, self.uid)
-        attempt_end.remove_files(self.spool_dir, self.work_dir, self.run.attempt, run_ended=False)
+        release_cgroup(self.procs, self.log)
+        release_uid(self.deps, self.run, self.uid)
+        self.deps.spool.remove_attempt(self.run.id, self.run.attempt)
         self.actor_ref.stop(block=False)
 
     def _on_flush_tick(self) -> None:
         self.timers.fired("flush")
-        if self.finished:
+        if self.phase.done:
             return
         if self.pump is not None:
             self.pump.observe()
         drained = self._flush()
-        if self.finished:
+        if self.phase.done:
             return
         if self.deps.settings.test_hooks and self.pump is not None:
             inject_faults(self.pump, ping_timeout_s=self.deps.settings.ping_timeout_s, log=self.log)
-        if self.exit is None and self.procs.identity and not self.procs.leader_alive():
+        if self.phase.awaits_exit and self.procs.identity and not self.procs.leader_alive():
             self._on_process_exited()  # a safety net: the exit watcher tells at once, normally
             return
-        if self.exit is not None:
+        if self.phase is Phase.EXITED:
             if self._leftovers_may_finish():
                 self.timers.schedule("flush", self.deps.settings.flush_interval_s, m.FlushTick())
             else:
@@ -228,7 +228,7 @@ class RunActor(pykka.ThreadingActor):
         stuck_after = self.run.stuck_after_s
         if (
             stuck_after
-            and self.end_reason is None
+            and self.phase is Phase.RUNNING
             and self.pump is not None
             and self.pump.silent_for(stuck_after)
         ):
@@ -266,6 +266,8 @@ class RunActor(pykka.ThreadingActor):
         if status is None and self.end_reason is not None:
             status = ExitStatus(exit_code=None, signal=signal.SIGKILL)  # killed before recording
         self.exit = status or ExitStatus(exit_code=None, signal=None)
+        if not self.phase.done:  # a detached or stood-down actor does nothing more
+            self.phase = Phase.EXITED
         if self.end_reason is None:
             self.end_reason = (
                 AttemptEndReason.EXITED if status is not None else AttemptEndReason.LOST
@@ -282,15 +284,15 @@ class RunActor(pykka.ThreadingActor):
         return self.procs.any_left()
 
     def _terminate(self, reason: AttemptEndReason, grace_s: float, by: str | None = None) -> None:
-        if self.finished or self.procs.identity is None:
+        if self.phase.done or self.procs.identity is None:
             return
         if reason is AttemptEndReason.STOPPED and self.end_reason not in (None, reason):
             # An operator's stop outranks a timeout or a stuck verdict already under way: it
             # is never restarted. (PostgreSQL enforces it too, see RunJournal.end_attempt.)
             self.end_reason, self.stop_by = reason, by
-        if self.end_reason is None and self.exit is None:
-            self.end_reason = reason
-            self.stop_by = by
+        if self.phase is Phase.RUNNING:
+            self.phase = Phase.STOPPING
+            self.end_reason, self.stop_by = reason, by
             self.timers.cancel("timeout")
             sent, sent_more = self.procs.terminate()
             self.log.info(
@@ -301,8 +303,6 @@ class RunActor(pykka.ThreadingActor):
                 group_signalled=sent,
                 signalled=sent_more,
             )
-        elif self.end_reason is None:
-            return  # it exited on its own already; its exit status tells the outcome
         if grace_s <= 0:
             self._kill_now()
             return
@@ -312,23 +312,23 @@ class RunActor(pykka.ThreadingActor):
 
     def _kill_now(self) -> None:
         self.timers.cancel("kill")
-        if self.procs.identity is None or self.finished:
+        if self.procs.identity is None or self.phase.done:
             return
         killed = self.procs.kill()
         self.log.info("killed after grace period", processes=killed)
-        if self.exit is not None:
+        if self.phase is Phase.EXITED:
             self._try_end()
 
     def _try_end(self) -> None:
         """End the attempt once its process tree is gone and all output is stored."""
-        if self.finished:
+        if self.phase.done:
             return
         if self.procs.identity is not None:
             leftovers = self.procs.kill()
             if leftovers:
                 self.log.info("killed leftover processes", processes=leftovers)
         if self._flush(to_eof=True) is None:
-            if not self.finished:
+            if not self.phase.done:
                 self.timers.schedule("flush", RETRY_S, m.FlushTick())
             return
         self._end()
@@ -336,8 +336,8 @@ class RunActor(pykka.ThreadingActor):
     def _end(self) -> None:
         assert self.exit is not None and self.end_reason is not None
         # Before the end is shown, what its uid left (processes included) is gone too.
-        self.procs.killed += attempt_end.release_uid(self.deps, self.run, self.uid)
-        outcome = attempt_end.Outcome(
+        self.procs.killed += release_uid(self.deps, self.run, self.uid)
+        outcome = Outcome(
             exit=self.exit,
             reason=self.end_reason,
             started_at=self.started_at,
@@ -346,7 +346,17 @@ class RunActor(pykka.ThreadingActor):
             spawn_error=self.spawn_error,
         )
         try:
-            recorded = attempt_end.record_end(self.deps.journal, self.run, outcome)
+            recorded = end_attempt(
+                self.deps.journal,
+                self.deps.live,
+                self.deps.spool,
+                self.run,
+                outcome,
+                procs=self.procs,
+                live_state=lambda status: self._live_state(status, outcome.exit),
+                log=self.log,
+                on_recorded=lambda recorded: self._on_end_recorded(recorded, outcome),
+            )
         except StoreUnavailable as exc:
             self.log.warning("outcome not stored yet; will retry", error=exc.message)
             self.timers.schedule("flush", RETRY_S, m.FlushTick())
@@ -354,11 +364,13 @@ class RunActor(pykka.ThreadingActor):
         if recorded is None:
             self._stand_down()
             return
-        self.finished = True
-        stored = recorded.status
+        self.actor_ref.stop(block=False)
+
+    def _on_end_recorded(self, recorded: Recorded, outcome: Outcome) -> None:
+        self.phase = Phase.DONE
         self.log.info(
-            "run ended" if stored.is_terminal else "attempt ended",
-            status=str(stored),
+            "run ended" if recorded.is_terminal else "attempt ended",
+            status=str(recorded.status),
             reason=recorded.reason,
             exit_code=outcome.exit.exit_code,
             signal=outcome.exit.signal,
@@ -368,12 +380,6 @@ class RunActor(pykka.ThreadingActor):
         self.supervisor.tell(
             m.AttemptEnded(self.run.id, self.run.attempt, recorded.restart_delay_s)
         )
-        attempt_end.release_cgroup(self.procs, self.log)
-        self._publish_state(stored, outcome.exit)
-        attempt_end.remove_files(
-            self.spool_dir, self.work_dir, self.run.attempt, run_ended=stored.is_terminal
-        )
-        self.actor_ref.stop(block=False)
 
     def _detach(self) -> None:
         """Service shutdown: store a batch more and leave the process running.
@@ -383,13 +389,11 @@ class RunActor(pykka.ThreadingActor):
         """
         self._flush()
         self.log.info("detached; the run goes on and is adopted at the next start")
-        self.finished = True
+        self.phase = Phase.DONE
         self.actor_ref.stop(block=False)
 
     # Helpers
 
-    def _publish_state(
-        self, status: RunStatus = RunStatus.RUNNING, exit_status: ExitStatus | None = None
-    ) -> None:
+    def _live_state(self, status: RunStatus, exit_status: ExitStatus | None) -> dict[str, Any]:
         stored = self.pump.stored_bytes if self.pump else self.run.output_bytes
-        attempt_end.publish_state(self.deps, self.run, self.procs.pid, stored, status, exit_status)
+        return live_state(self.deps, self.run, self.procs.pid, stored, status, exit_status)

@@ -195,8 +195,9 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
         ref = RunActor.start(
             run=run, deps=self.deps, supervisor=self.actor_ref, adopt=adopt, uid=uid
         )
-        marker = next(a.process_marker for a in run.attempts if a.attempt == run.attempt)
-        self.live[run.id] = LiveAttempt(ref=ref, attempt=run.attempt, marker=marker)
+        attempt = run.current_attempt
+        assert attempt is not None  # a claim writes the attempt's row and returns it with the run
+        self.live[run.id] = LiveAttempt(ref=ref, attempt=run.attempt, marker=attempt.process_marker)
 
     def _forget(self, run_id: int, attempt: int) -> LiveAttempt | None:
         """Drop the RunActor of `attempt`; None if the table holds another attempt (or none)."""
@@ -283,11 +284,10 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
 
     def _recover(self) -> None:
         """Adopt the runs this node owned before; restart or end the ones that are gone."""
-        settings = self.deps.settings
         try:
             runs = self.deps.journal.active_runs_of_node()
             keep = {run.id for run in runs}
-            clear_leftover_spools(self.deps.journal, settings.spool_dir, settings.work_dir, keep)
+            clear_leftover_spools(self.deps.journal, self.deps.spool, keep)
             clear_leftover_cgroups(self.deps.cgroups, self.closer, self.node_id, runs)
             for run in runs:
                 self._recover_run(run)
@@ -386,7 +386,7 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
                     # When the dead node ran on this machine too, its cgroup of the attempt
                     # holds every process, even those the marker no longer finds.
                     self.closer.kill_cgroup(run.id, run.attempt, node)
-                    attempt = next((a for a in run.attempts if a.attempt == run.attempt), None)
+                    attempt = run.current_attempt
                     marker = attempt.process_marker if attempt else None
                     self._close(
                         run.id, Unended(run.attempt, AttemptEndReason.LOST, marker, False), run

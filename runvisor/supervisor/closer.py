@@ -1,22 +1,23 @@
 """Ending an attempt whose RunActor cannot: it failed, it is wedged, its process was lost, or
-its node is gone. Kill what is left of it, store the output its spool still holds, decide by
-the restart policy, record the end."""
+its node is gone. Kill what is left of it and store the output its spool still holds; then
+the attempt ends as a RunActor's does (actors/attempt_end.py): the restart policy decides, the
+end is recorded, the state published, the files removed."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
+from typing import Any
 
+from runvisor.actors.attempt_end import Outcome, Recorded, end_attempt
 from runvisor.actors.deps import RunDeps
 from runvisor.actors.output_pump import OutputPump
 from runvisor.errors import Fenced, StoreUnavailable
 from runvisor.logs import get_logger
 from runvisor.models import Attempt, AttemptEndReason, Run, RunStatus
-from runvisor.policy import attempt_history, decide
 from runvisor.procs.cgroups import AttemptCgroup
 from runvisor.procs.proctree import kill_attempt_tree
-from runvisor.procs.spawn import ProcessIdentity, is_alive
+from runvisor.procs.spawn import ExitStatus, ProcessIdentity, is_alive
 
 log = get_logger("runvisor.supervisor")
 
@@ -53,7 +54,7 @@ class AttemptCloser:
             return Closed(recorded=False)
         if run is None or run.attempt != attempt_no or run.status is not RunStatus.RUNNING:
             return Closed(recorded=True)  # ended meanwhile, or another attempt runs now
-        attempt = next((a for a in run.attempts if a.attempt == attempt_no), None)
+        attempt = run.current_attempt
         if attempt is not None:
             killed += self._kill(
                 attempt.pid, attempt.pid_start_ticks, attempt.process_marker, local=local
@@ -69,47 +70,45 @@ class AttemptCloser:
                 return Closed(recorded=False)
             except Fenced:
                 return Closed(recorded=True)  # ended meanwhile (by its woken RunActor, say)
-        started = attempt.started_at.timestamp() if attempt else time.time()
-        history = attempt_history(run, started_at=started, ended_at=time.time(), succeeded=False)
-        decision = decide(
-            run.restart_policy, reason=reason, succeeded=False, attempts=history, now=time.time()
+        outcome = Outcome(
+            exit=ExitStatus(exit_code=None, signal=None),
+            reason=reason,
+            started_at=attempt.started_at.timestamp() if attempt else time.time(),
+            leftovers_killed=killed,
         )
-        try:
-            stored = self.deps.journal.end_attempt(
-                run,
-                exit_code=None,
-                signal=None,
+
+        def announce(recorded: Recorded) -> None:
+            log.warning(
+                "attempt ended by the supervisor",
+                run_id=run_id,
+                attempt=attempt_no,
                 reason=str(reason),
-                leftovers_killed=killed,
-                run_status=decision.status,
-                run_reason=decision.reason,
-                restart_delay_s=decision.restart_delay_s,
+                status=str(recorded.status),
+                killed=killed,
+                output_stored=output_stored,
+            )
+
+        def live_state(status: RunStatus) -> dict[str, Any]:
+            return {"status": str(status), "node": self.deps.journal.node_id, "attempt": attempt_no}
+
+        try:
+            # Its cgroup is gone already (kill_cgroup): nothing for the end to release.
+            recorded = end_attempt(
+                self.deps.journal,
+                self.deps.live,
+                self.deps.spool,
+                run,
+                outcome,
+                procs=None,
+                live_state=live_state,
+                log=log,
+                on_recorded=announce,
             )
         except StoreUnavailable:
             return Closed(recorded=False)
-        if stored is None:
+        if recorded is None:
             return Closed(recorded=True)  # another node has it now
-        log.warning(
-            "attempt ended by the supervisor",
-            run_id=run_id,
-            attempt=attempt_no,
-            reason=str(reason),
-            status=str(stored),
-            killed=killed,
-            output_stored=output_stored,
-        )
-        self.deps.live.publish_state(
-            run_id,
-            {"status": str(stored), "node": self.deps.journal.node_id, "attempt": attempt_no},
-            terminal=stored.is_terminal,
-        )
-        if stored.is_terminal:
-            shutil.rmtree(self.deps.settings.spool_dir / str(run_id), ignore_errors=True)
-            shutil.rmtree(self.deps.settings.work_dir / str(run_id), ignore_errors=True)
-        restarting = stored is RunStatus.RESTARTING
-        return Closed(
-            recorded=True, restart_delay_s=decision.restart_delay_s if restarting else None
-        )
+        return Closed(recorded=True, restart_delay_s=recorded.restart_delay_s)
 
     def kill_cgroup(self, run_id: int, attempt_no: int, node: str | None) -> int:
         """Kill and remove the attempt's cgroup, if `node` made one on this machine (the other
@@ -137,7 +136,7 @@ class AttemptCloser:
         pump = OutputPump(
             run_id=run.id,
             attempt=attempt.attempt,
-            spool_path=self.deps.settings.spool_dir / str(run.id) / f"{attempt.attempt}.out",
+            spool_path=self.deps.spool.output(run.id, attempt.attempt),
             base_offset=attempt.output_offset,
             stored_in_spool=max(run.output_bytes - attempt.output_offset, 0),
             max_output_bytes=run.max_output_bytes,

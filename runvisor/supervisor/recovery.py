@@ -7,10 +7,9 @@ the table of RunActors, so it carries out the plan for each run itself.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
+from runvisor.actors.spool import SpoolLayout
 from runvisor.logs import get_logger
 from runvisor.models import Attempt, Run, RunStatus
 from runvisor.procs.cgroups import CgroupTree
@@ -51,20 +50,16 @@ def plan_recovery(run: Run, now: float) -> RecoveryPlan:
     if run.status is RunStatus.RESTARTING:
         due = run.next_attempt_at.timestamp() - now if run.next_attempt_at else 0
         return RestartLater(max(due, 0.0))
-    attempt = next((a for a in run.attempts if a.attempt == run.attempt), None)
+    attempt = run.current_attempt
     if attempt is None or attempt.pid is None:
         return NeverRecorded(attempt.process_marker if attempt else None)
     return Adopt(attempt)
 
 
-def clear_leftover_spools(
-    journal: RunJournal, spool_dir: Path, work_dir: Path, keep: set[int]
-) -> None:
+def clear_leftover_spools(journal: RunJournal, spool: SpoolLayout, keep: set[int]) -> None:
     """Spool directories of runs this node no longer owns (they ended, or another node took
     them over while this one was away): kill what of them still runs here, remove them."""
-    stale = [
-        int(p.name) for p in spool_dir.iterdir() if p.name.isdigit() and int(p.name) not in keep
-    ]
+    stale = [run_id for run_id in spool.spooled_runs() if run_id not in keep]
     if not stale:
         return
     markers = journal.attempt_markers(stale)
@@ -77,8 +72,7 @@ def clear_leftover_spools(
                 processes=killed,
             )
             journal.audit("run.orphans_killed", run_id=run_id, detail={"processes": killed})
-        shutil.rmtree(spool_dir / str(run_id), ignore_errors=True)
-        shutil.rmtree(work_dir / str(run_id), ignore_errors=True)
+        spool.remove_run(run_id)
 
 
 def clear_leftover_cgroups(

@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from runvisor.actors.spool import SpoolLayout
 from runvisor.models import Run, RunStatus
 from runvisor.store.journal import RunJournal, open_journal
 from runvisor.supervisor.recovery import (
@@ -101,7 +102,7 @@ def test_leftover_spools_of_runs_no_longer_owned_are_killed_and_removed(
     )
     procs.wait_tree(orphan, lambda tree: len(tree) >= 2)
 
-    clear_leftover_spools(journal, spool_dir, work_dir, keep={kept.id})
+    clear_leftover_spools(journal, SpoolLayout(spool_dir, work_dir), keep={kept.id})
 
     assert live_tree(stale_marker) == {}
     procs.wait_exit(orphan)
