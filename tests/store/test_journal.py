@@ -4,7 +4,6 @@ by a timeout, and calls blocked on a locked row or a paused server marked as sto
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 
 import psycopg
@@ -12,9 +11,9 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from runvisor.errors import StoreUnavailable
-from runvisor.models import Run
 from runvisor.store.journal import RunJournal, open_journal
 from runvisor.store.waits import StoreWaits
+from tests.fix_journal import claimed_run
 from tests.fix_proxy import TcpProxy, proxied_database_url
 from tests.polling import wait_until
 
@@ -27,22 +26,6 @@ def journal(database_url: str) -> Iterator[RunJournal]:
     journal = open_journal(database_url, node_id=NODE)
     yield journal
     journal.close()
-
-
-def claimed_run(database_url: str, journal: RunJournal) -> Run:
-    """A run claimed by NODE: running, attempt 1 open."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        row = conn.execute(
-            "INSERT INTO commands (code, max_output_bytes) VALUES ('true', 1000000) RETURNING id"
-        ).fetchone()
-        assert row is not None
-        conn.execute(
-            "INSERT INTO runs (command_id, code, max_output_bytes) VALUES (%s, 'true', 1000000)",
-            (row[0],),
-        )
-    run = journal.claim_next_queued(marker=uuid.uuid4().hex, boot_id="test")
-    assert run is not None and run.attempt == 1
-    return run
 
 
 def stored(database_url: str, run_id: int) -> tuple[int, bytes]:
@@ -59,7 +42,7 @@ def stored(database_url: str, run_id: int) -> tuple[int, bytes]:
 def test_a_late_writer_of_a_stored_range_neither_shrinks_output_bytes_nor_repeats_bytes(
     database_url: str, journal: RunJournal
 ) -> None:
-    run = claimed_run(database_url, journal)
+    run = claimed_run(database_url, journal, max_output_bytes=1_000_000)
     assert journal.append_output(run.id, 1, offset=0, chunks=[DATA[:100]], truncated=False)
     # A second writer that is behind: part of the stored range again...
     assert journal.append_output(run.id, 1, offset=0, chunks=[DATA[:60]], truncated=False)
@@ -75,7 +58,7 @@ def test_a_late_writer_of_a_stored_range_neither_shrinks_output_bytes_nor_repeat
 def test_a_statement_cancelled_by_a_timeout_is_unavailable_and_changes_nothing(
     database_url: str, journal: RunJournal, setting: str
 ) -> None:
-    run = claimed_run(database_url, journal)
+    run = claimed_run(database_url, journal, max_output_bytes=1_000_000)
     options = {"options": f"-c {setting}=300"}
     with ConnectionPool(database_url, min_size=1, max_size=1, kwargs=options, open=True) as pool:
         impatient = RunJournal(pool, node_id=NODE)
@@ -92,7 +75,7 @@ def test_a_statement_cancelled_by_a_timeout_is_unavailable_and_changes_nothing(
 def test_a_call_blocked_on_a_locked_row_is_a_store_wait_until_it_returns(
     database_url: str, journal: RunJournal
 ) -> None:
-    run = claimed_run(database_url, journal)
+    run = claimed_run(database_url, journal, max_output_bytes=1_000_000)
     waits = StoreWaits()
     waiting_journal = open_journal(database_url, node_id=NODE, store_waits=waits)
     results: list[bool] = []

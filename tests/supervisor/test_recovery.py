@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +16,7 @@ import psycopg
 import pytest
 
 from runvisor.actors.spool import SpoolLayout
-from runvisor.models import Run, RunStatus
+from runvisor.models import RunStatus
 from runvisor.store.journal import RunJournal, open_journal
 from runvisor.supervisor.recovery import (
     Adopt,
@@ -26,6 +25,7 @@ from runvisor.supervisor.recovery import (
     clear_leftover_spools,
     plan_recovery,
 )
+from tests.fix_journal import claimed_run
 from tests.procs.fix_processes import MARKER_ENV, Procs, leak_guard, live_tree, marker, procs  # noqa: F401
 
 NODE = "recovery-test-node"
@@ -36,22 +36,6 @@ def journal(database_url: str) -> Iterator[RunJournal]:
     journal = open_journal(database_url, node_id=NODE)
     yield journal
     journal.close()
-
-
-def claimed_run(database_url: str, journal: RunJournal) -> Run:
-    """A run claimed by NODE: running, attempt 1 open, its process not recorded yet."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        row = conn.execute(
-            "INSERT INTO commands (code, max_output_bytes) VALUES ('true', 1000) RETURNING id"
-        ).fetchone()
-        assert row is not None
-        conn.execute(
-            "INSERT INTO runs (command_id, code, max_output_bytes) VALUES (%s, 'true', 1000)",
-            (row[0],),
-        )
-    run = journal.claim_next_queued(marker=uuid.uuid4().hex, boot_id="test")
-    assert run is not None and run.status is RunStatus.RUNNING
-    return run
 
 
 def test_a_claimed_attempt_whose_process_was_never_recorded_is_lost_by_its_marker(

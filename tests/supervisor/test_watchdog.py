@@ -9,15 +9,14 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pykka
 import pytest
 
 from runvisor import protocol as m
-from runvisor.models import Run
 from runvisor.store.journal import RunJournal, open_journal
 from runvisor.store.waits import StoreWaits
 from runvisor.supervisor.watchdog import DEAD_GRACE_S, Finding, LiveAttempt, Verdict, Watchdog
+from tests.fix_journal import claimed_run
 from tests.polling import wait_until
 
 NODE = "watchdog-test-node"
@@ -77,22 +76,6 @@ def watchdog(journal: RunJournal, store_waits: StoreWaits) -> Watchdog:
 def entry(store_waits: StoreWaits, release: threading.Event) -> LiveAttempt:
     ref: Any = StandIn.start(store_waits, release)
     return LiveAttempt(ref=ref, attempt=1, marker=uuid.uuid4().hex)
-
-
-def claimed_run(database_url: str, journal: RunJournal) -> Run:
-    """A run claimed by NODE: running, attempt 1."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        row = conn.execute(
-            "INSERT INTO commands (code, max_output_bytes) VALUES ('true', 1000) RETURNING id"
-        ).fetchone()
-        assert row is not None
-        conn.execute(
-            "INSERT INTO runs (command_id, code, max_output_bytes) VALUES (%s, 'true', 1000)",
-            (row[0],),
-        )
-    run = journal.claim_next_queued(marker=uuid.uuid4().hex, boot_id="test")
-    assert run is not None
-    return run
 
 
 def test_a_run_actor_that_does_not_answer_is_wedged_after_the_ping_timeout(

@@ -1,0 +1,29 @@
+"""A run as the actors' journal sees it once claimed, for tests of the store, the recovery and
+the watchdog (real PostgreSQL, the test's own database)."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+
+from runvisor.models import Run, RunStatus
+from runvisor.store.journal import RunJournal
+
+
+def claimed_run(database_url: str, journal: RunJournal, *, max_output_bytes: int = 1000) -> Run:
+    """A queued run of `true`, claimed by the journal's node: running, attempt 1 open, its
+    process not recorded yet."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO commands (code, max_output_bytes) VALUES ('true', %s) RETURNING id",
+            (max_output_bytes,),
+        ).fetchone()
+        assert row is not None
+        conn.execute(
+            "INSERT INTO runs (command_id, code, max_output_bytes) VALUES (%s, 'true', %s)",
+            (row[0], max_output_bytes),
+        )
+    run = journal.claim_next_queued(marker=uuid.uuid4().hex, boot_id="test")
+    assert run is not None and run.attempt == 1 and run.status is RunStatus.RUNNING
+    return run
