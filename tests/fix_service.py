@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import requests
 
+from runvisor.procs.cgroups import cgroup2_mount, own_cgroup
 from tests.polling import wait_until
 
 ADMIN, OPERATOR, VIEWER = "admin-secret-token", "operator-secret-token", "viewer-secret-token"
@@ -245,7 +246,20 @@ def service_factory(
         if pids:
             leftovers[service.node_id] = pids
             kill_pids(pids)
+        _remove_node_cgroups(service.node_id)
     assert not leftovers, f"run processes left behind: {leftovers}"
+
+
+def _remove_node_cgroups(node_id: str) -> None:
+    """A node removes its cgroup directory when it stops; one a test killed cannot. Test node ids
+    are unique, so each would stay behind on the machine: remove what is empty now."""
+    mount, own = cgroup2_mount(), own_cgroup()
+    if mount is None or own is None:
+        return
+    root = mount / own.lstrip("/") / f"runvisor-{node_id}"
+    for path in [*root.glob("run-*"), root] if root.is_dir() else []:
+        with contextlib.suppress(OSError):  # not empty: a run still in it fails the test above
+            path.rmdir()
 
 
 def _stop_active_runs(service: Service) -> None:
