@@ -19,7 +19,6 @@ import contextlib
 import grp
 import os
 import pwd
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 from runvisor.errors import SettingsError
 from runvisor.logs import get_logger
 from runvisor.procs import uid_sweep
-from runvisor.procs.run_user import SETPRIV_SEARCH_PATH, RunUser
+from runvisor.procs.run_user import RunUser, find_setpriv
 from runvisor.procs.uid_range import SETTING, UidRange
 
 log = get_logger(__name__)
@@ -77,13 +76,7 @@ def check_uid_range(
             f"{where}: not every uid of the range is mapped in this user namespace "
             f"({uid_map}); choose a range inside the mapping"
         )
-    setpriv = shutil.which("setpriv", path=SETPRIV_SEARCH_PATH)
-    if setpriv is None:
-        raise SettingsError(
-            f"{where}: running runs as other uids needs util-linux's setpriv, which is not "
-            f"installed (looked in {SETPRIV_SEARCH_PATH})"
-        )
-    return setpriv
+    return find_setpriv(where, "running runs as other uids")
 
 
 def _mapped(uids: UidRange, uid_map: str) -> bool:

@@ -60,13 +60,19 @@ def resolve_run_user(raw: str | None, *, euid: int | None = None) -> RunUser:
             f"{SETTING}={raw!r}: the service runs as uid {euid} and cannot switch runs to "
             f"uid {target.uid} (that needs root); leave {SETTING} unset to run them as itself"
         )
+    setpriv = find_setpriv(SETTING, f"running runs as {target.describe()}")
+    return RunUser(target.uid, target.gid, target.name, target.home, setpriv)
+
+
+def find_setpriv(setting: str, what: str) -> str:
+    """util-linux's setpriv, on a fixed path; SettingsError naming `setting` when missing."""
     setpriv = shutil.which("setpriv", path=SETPRIV_SEARCH_PATH)
     if setpriv is None:
         raise SettingsError(
-            f"{SETTING}: running runs as {target.describe()} needs util-linux's setpriv, "
-            f"which is not installed (looked in {SETPRIV_SEARCH_PATH})"
+            f"{setting}: {what} needs util-linux's setpriv, which is not installed "
+            f"(looked in {SETPRIV_SEARCH_PATH})"
         )
-    return RunUser(target.uid, target.gid, target.name, target.home, setpriv)
+    return setpriv
 
 
 def _parse(value: str) -> RunUser:
