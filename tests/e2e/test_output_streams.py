@@ -267,8 +267,12 @@ def test_a_reader_that_never_reads_is_cut_off_after_the_write_timeout(
 
 
 def test_the_caps_hold_per_token_and_per_node_for_v1_and_legacy_reads(service_factory) -> None:
+    # The held readers take nothing; the write timeout must outlast the whole test (two legacy
+    # reads of 64 MiB take seconds on a loaded machine), or their slots free up too early.
     service: Service = service_factory(
-        RUNVISOR_MAX_OUTPUT_STREAMS="3", RUNVISOR_MAX_OUTPUT_STREAMS_PER_TOKEN="2"
+        RUNVISOR_MAX_OUTPUT_STREAMS="3",
+        RUNVISOR_MAX_OUTPUT_STREAMS_PER_TOKEN="2",
+        RUNVISOR_OUTPUT_WRITE_TIMEOUT_S="600",
     )
     api = service.api
     run = finished_run(api, NUL_RUN)
