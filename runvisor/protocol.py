@@ -88,6 +88,16 @@ class RestartDue:
     run_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class RunsQueued:
+    """Told by the HTTP side once a new run is committed as queued: fill the free slots."""
+
+
+@dataclass(frozen=True, slots=True)
+class FillSlots:
+    """Told by the Supervisor to itself: claim queued runs now (coalesces RunsQueued)."""
+
+
 # Asked of the Supervisor (by the HTTP side, the control listener and the service)
 
 

@@ -11,10 +11,10 @@ from typing import TypeVar
 
 import pykka
 
-from runvisor.errors import Conflict, RunvisorError, ServiceUnavailable
+from runvisor.errors import Conflict, ServiceUnavailable
 from runvisor.logs import get_logger
 from runvisor.models import Run, RunSpec, RunStatus
-from runvisor.protocol import StopRequest, SupervisorProxy
+from runvisor.protocol import RunsQueued, StopRequest, SupervisorProxy
 from runvisor.store.history import History
 from runvisor.store.live import LiveState
 
@@ -40,15 +40,16 @@ class RunControl:
         self.default_grace_s = default_grace_s
 
     async def start_run(self, command_id: int, spec: RunSpec, *, actor: str) -> Run:
-        """Create the run (queued, durable first), then ask the Supervisor to start it."""
+        """Create the run (queued, committed: durable), tell the Supervisor, and answer at
+        once: the claim and the spawn happen right after, not while the client waits. Should
+        the message be lost, the Supervisor's tick finds the run in the queue."""
         run = await self.history.create_run(command_id, spec, actor=actor)
         try:
-            await _ask(self.supervisor.start_run(run.id))
-        except RunvisorError as exc:
-            # The run is stored as queued: the Supervisor's next tick starts it. The request
-            # succeeded (202), so its answer must not say otherwise.
-            log.warning("run left queued for the next tick", run_id=run.id, error=exc.message)
-        return await self.history.get_run(run.id)
+            self.supervisor.actor_ref.tell(RunsQueued())
+        except pykka.ActorDeadError:
+            # Shutting down: the run stays queued for this node's next start, or another node.
+            log.warning("run left queued: the supervisor is stopping", run_id=run.id)
+        return run
 
     async def stop_run(self, run_id: int, *, grace_s: float | None, actor: str) -> Run:
         run = await self.history.get_run(run_id)

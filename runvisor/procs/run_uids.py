@@ -155,10 +155,10 @@ class UidPool:
         with self._lock:
             self._open = True
 
-    def available(self) -> bool:
-        """Whether take() would give a uid now."""
+    def available(self) -> int:
+        """How many uids take() would give now."""
         with self._lock:
-            return self._open and len(self._taken) < self.range.size
+            return self.range.size - len(self._taken) if self._open else 0
 
     def take(self, run_id: int, attempt: int) -> int | None:
         """The lowest free uid, now held by this attempt; None if none is free (or not open)."""

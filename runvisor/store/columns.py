@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime
+from typing import Any, cast
 
 from psycopg import sql
 
@@ -26,6 +28,29 @@ RUNS_SELECT = sql.SQL("SELECT {} FROM runs ").format(RUN_COLUMNS)
 ATTEMPTS_OF_RUNS = sql.SQL(
     "SELECT {} FROM run_attempts WHERE run_id = ANY(%s) ORDER BY run_id, attempt"
 ).format(ATTEMPT_COLUMNS)
+
+
+# Runs with their attempts in one statement (one snapshot, one round trip): the attempts come
+# as a JSON array in the `attempts` column, turned into Attempt records by attempts_from_json.
+RUNS_WITH_ATTEMPTS_SELECT = sql.SQL(
+    "SELECT {}, (SELECT coalesce(json_agg(a ORDER BY a.attempt), '[]'::json)"
+    " FROM (SELECT {} FROM run_attempts WHERE run_id = runs.id) AS a) AS attempts FROM runs "
+).format(RUN_COLUMNS, ATTEMPT_COLUMNS)
+GET_RUN = (RUNS_WITH_ATTEMPTS_SELECT + sql.SQL("WHERE id = %s")).as_string(None)
+
+
+def attempts_from_json(runs: list[Run]) -> list[Run]:
+    """Turn the JSON `attempts` of runs read with RUNS_WITH_ATTEMPTS_SELECT into records."""
+    for run in runs:
+        run.attempts = [_attempt_of(row) for row in cast(list[dict[str, Any]], run.attempts)]
+    return runs
+
+
+def _attempt_of(row: dict[str, Any]) -> Attempt:
+    finished = row["finished_at"]
+    row["started_at"] = datetime.fromisoformat(row["started_at"])
+    row["finished_at"] = None if finished is None else datetime.fromisoformat(finished)
+    return Attempt(**row)
 
 
 def attach_attempts(runs: list[Run], attempts: list[Attempt]) -> list[Run]:

@@ -15,7 +15,6 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from runvisor.errors import Conflict, Forbidden, NotFound, StoreUnavailable, Unprocessable
 from runvisor.models import (
     ACTIVE_STATUSES,
-    Attempt,
     AuditEntry,
     Command,
     CommandSpec,
@@ -25,15 +24,19 @@ from runvisor.models import (
 )
 from runvisor.overrides import loosened
 from runvisor.store.columns import (
-    ATTEMPTS_OF_RUNS,
     AUDIT_COLUMNS,
     AUDIT_INSERT,
     COMMAND_COLUMNS,
+    GET_RUN,
     RUN_COLUMNS,
-    RUNS_SELECT,
-    attach_attempts,
+    RUNS_WITH_ATTEMPTS_SELECT,
+    attempts_from_json,
 )
-from runvisor.store.connection import CONNECTION_OPTIONS
+from runvisor.store.connection import (
+    CONNECTION_OPTIONS,
+    check_if_idle_async,
+    note_returned_async,
+)
 from runvisor.store.output_reads import OutputReads
 
 _ACTIVE = [str(s) for s in ACTIVE_STATUSES]
@@ -48,10 +51,14 @@ async def open_history(
         min_size=1,
         max_size=max_size,
         open=False,
-        kwargs=CONNECTION_OPTIONS,
+        # Autocommit: a read is one round trip (no BEGIN, no COMMIT); writes of more than one
+        # statement say conn.transaction().
+        kwargs={**CONNECTION_OPTIONS, "autocommit": True},
         timeout=5.0,
-        # A connection broken by an outage is found and replaced at checkout, not used.
-        check=AsyncConnectionPool.check_connection,
+        # A connection broken by an outage is found and replaced at checkout, not used; one
+        # used a moment ago is given out without a round trip (connection.CHECK_IDLE_AFTER_S).
+        check=check_if_idle_async,
+        reset=note_returned_async,
     )
     # Do not wait for a first connection: the service starts (and /readyz says why) while
     # PostgreSQL is down, and the pool reconnects by itself when it returns.
@@ -204,14 +211,17 @@ class History:
         return run
 
     async def get_run(self, run_id: int) -> Run:
-        async with self._conn() as conn, _snapshot(conn):
-            runs = await _fetch_runs(conn, sql.SQL("WHERE id = %s"), (run_id,))
+        # The hottest read (clients poll it): one statement, one round trip, one snapshot.
+        async with self._conn() as conn:
+            cur = conn.cursor(row_factory=class_row(Run))
+            await cur.execute(GET_RUN, (run_id,))
+            runs = attempts_from_json(await cur.fetchall())
         if not runs:
             raise NotFound(f"run {run_id} not found")
         return runs[0]
 
     async def latest_run(self, command_id: int) -> Run | None:
-        async with self._conn() as conn, _snapshot(conn):
+        async with self._conn() as conn:
             runs = await _fetch_runs(
                 conn, sql.SQL("WHERE command_id = %s ORDER BY id DESC LIMIT 1"), (command_id,)
             )
@@ -336,12 +346,8 @@ async def _fetch_command(
 
 @asynccontextmanager
 async def _snapshot(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
-    """A read-only transaction whose statements all see one snapshot.
-
-    _fetch_runs reads runs, then their attempts: under READ COMMITTED each statement sees its
-    own snapshot, so a run read just before its attempt's pid was recorded (start_attempt
-    writes both in one transaction) came back with `pid` null and its attempt's pid set.
-    """
+    """A read-only transaction whose statements all see one snapshot: a page of runs and
+    their total agree."""
     async with conn.transaction():
         await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         yield
@@ -350,15 +356,10 @@ async def _snapshot(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
 async def _fetch_runs(
     conn: psycopg.AsyncConnection[Any], tail: sql.Composable, params: tuple[Any, ...] | list[Any]
 ) -> list[Run]:
-    """Runs with their attempts; inside _snapshot, so that both agree."""
+    """Runs with their attempts, in one statement (so both agree)."""
     cur = conn.cursor(row_factory=class_row(Run))
-    await cur.execute(RUNS_SELECT + tail, params)
-    runs = await cur.fetchall()
-    if not runs:
-        return runs
-    acur = conn.cursor(row_factory=class_row(Attempt))
-    await acur.execute(ATTEMPTS_OF_RUNS, ([r.id for r in runs],))
-    return attach_attempts(runs, await acur.fetchall())
+    await cur.execute(RUNS_WITH_ATTEMPTS_SELECT + tail, params)
+    return attempts_from_json(await cur.fetchall())
 
 
 async def _scalar(conn: psycopg.AsyncConnection[Any], query: Any, params: Any = None) -> Any:

@@ -22,34 +22,53 @@ from runvisor.store.columns import (
     ATTEMPTS_OF_RUNS,
     AUDIT_INSERT,
     RUN_COLUMNS,
-    RUNS_SELECT,
+    RUNS_WITH_ATTEMPTS_SELECT,
     attach_attempts,
+    attempts_from_json,
 )
-from runvisor.store.connection import CONNECTION_OPTIONS
+from runvisor.store.connection import CONNECTION_OPTIONS, check_if_idle, note_returned
+from runvisor.store.group_commit import BatchObserver, GroupCommit, Write
+from runvisor.store.journal_writes import AppendOutput, EndAttempt, RecordProcess
 from runvisor.store.waits import StoreWaits
+
+JOURNAL_OPTIONS = CONNECTION_OPTIONS["options"] + " -c lock_timeout=2000"
 
 
 def open_journal(
-    conninfo: str, *, node_id: str, max_size: int = 8, store_waits: StoreWaits | None = None
+    conninfo: str,
+    *,
+    node_id: str,
+    max_size: int = 8,
+    store_waits: StoreWaits | None = None,
+    on_batch: BatchObserver | None = None,
 ) -> RunJournal:
     pool = ConnectionPool(
         conninfo,
         min_size=1,
         max_size=max_size,
         open=False,
-        kwargs=CONNECTION_OPTIONS,
+        # A row another transaction holds fails the write in seconds (it is retried) rather
+        # than holding the writer's whole batch: one locked run must not stall the others.
+        # Autocommit: a read is one round trip; writes say conn.transaction().
+        kwargs={**CONNECTION_OPTIONS, "options": JOURNAL_OPTIONS, "autocommit": True},
         # Short: a RunActor waits this long per write while PostgreSQL is down, and between
         # tries it handles stops, exits and timeouts.
         timeout=2.0,
-        check=ConnectionPool.check_connection,  # see history.open_history
+        check=check_if_idle,  # see connection.CHECK_IDLE_AFTER_S
+        reset=note_returned,
     )
     pool.open(wait=False)
-    return RunJournal(pool, node_id=node_id, store_waits=store_waits)
+    return RunJournal(pool, node_id=node_id, store_waits=store_waits, on_batch=on_batch)
 
 
 class RunJournal:
     def __init__(
-        self, pool: ConnectionPool, *, node_id: str, store_waits: StoreWaits | None = None
+        self,
+        pool: ConnectionPool,
+        *,
+        node_id: str,
+        store_waits: StoreWaits | None = None,
+        on_batch: BatchObserver | None = None,
     ) -> None:
         self._pool = pool
         self.node_id = node_id
@@ -57,8 +76,10 @@ class RunJournal:
         # Every call is marked there: the Supervisor does not take a RunActor waiting on
         # PostgreSQL for a wedged one.
         self._waits = store_waits or StoreWaits()
+        self._writer = GroupCommit(pool, on_batch=on_batch)
 
     def close(self) -> None:
+        self._writer.close()  # what is queued is written first
         self._pool.close()
 
     @contextmanager
@@ -84,94 +105,79 @@ class RunJournal:
 
     def claim_run(self, run_id: int, *, marker: str, boot_id: str) -> Run | None:
         """Take a queued (or restarting) run for this node and open its next attempt."""
-        return self._claim(sql.SQL("id = %s"), (run_id,), marker=marker, boot_id=boot_id)
+        runs = self._claim(sql.SQL("id = %s"), (run_id,), markers=[marker], boot_id=boot_id)
+        return runs[0] if runs else None
 
     def claim_next_queued(self, *, marker: str, boot_id: str) -> Run | None:
         """Take the oldest queued run no other node is claiming right now."""
-        return self._claim(sql.SQL("status = 'queued'"), (), marker=marker, boot_id=boot_id)
+        runs = self.claim_queued(markers=[marker], boot_id=boot_id)
+        return runs[0] if runs else None
+
+    def claim_queued(self, *, markers: Sequence[str], boot_id: str) -> list[Run]:
+        """Take up to len(markers) of the oldest queued runs no other node is claiming right
+        now, in one transaction: a burst of starts costs one claim, not one each."""
+        return self._claim(sql.SQL("status = 'queued'"), (), markers=markers, boot_id=boot_id)
 
     def _claim(
-        self, condition: sql.Composable, params: tuple[Any, ...], *, marker: str, boot_id: str
-    ) -> Run | None:
-        """One transaction: the run is ours, with a new attempt number, and the attempt's row
-        holds its process marker before any process exists, so a crash right after the spawn
-        still leaves a way to find (and kill) what was started. A run whose stop was requested
-        is never claimed."""
+        self,
+        condition: sql.Composable,
+        params: tuple[Any, ...],
+        *,
+        markers: Sequence[str],
+        boot_id: str,
+    ) -> list[Run]:
+        """One transaction: the runs are ours, each with a new attempt number, and each
+        attempt's row holds its process marker before any process exists, so a crash right
+        after the spawn still leaves a way to find (and kill) what was started. A run whose
+        stop was requested is never claimed."""
         query = sql.SQL(
             "UPDATE runs SET status = 'running', node = %s, attempt = attempt + 1, pid = NULL,"
             " exit_code = NULL, signal = NULL, reason = NULL, next_attempt_at = NULL,"
             " started_at = coalesce(started_at, now())"
-            " WHERE id = (SELECT id FROM runs WHERE {} AND status IN ('queued', 'restarting')"
-            "             AND stop_requested_at IS NULL"
-            "             ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            " WHERE id IN (SELECT id FROM runs WHERE {} AND status IN ('queued', 'restarting')"
+            "              AND stop_requested_at IS NULL"
+            "              ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)"
             " RETURNING {}"
         ).format(condition, RUN_COLUMNS)
+        if not markers:
+            return []
         with self._conn() as conn, conn.transaction():
             cur = conn.cursor(row_factory=class_row(Run))
-            cur.execute(query, (self.node_id, *params))
-            run = cur.fetchone()
-            if run is None:
-                return None
+            cur.execute(query, (self.node_id, *params, len(markers)))
+            runs = sorted(cur.fetchall(), key=lambda run: run.id)
+            if not runs:
+                return []
             conn.execute(
                 "INSERT INTO run_attempts (run_id, attempt, node, process_marker, boot_id,"
-                " output_offset) VALUES (%s, %s, %s, %s, %s, %s)",
-                (run.id, run.attempt, self.node_id, marker, boot_id, run.output_bytes),
+                " output_offset) SELECT run_id, attempt, %s, marker, %s, output_offset"
+                " FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::bigint[])"
+                "   AS claimed(run_id, attempt, marker, output_offset)",
+                (
+                    self.node_id,
+                    boot_id,
+                    [run.id for run in runs],
+                    [run.attempt for run in runs],
+                    list(markers[: len(runs)]),
+                    [run.output_bytes for run in runs],
+                ),
             )
             acur = conn.cursor(row_factory=class_row(Attempt))
-            acur.execute(ATTEMPTS_OF_RUNS, ([run.id],))
-            return attach_attempts([run], acur.fetchall())[0]
+            acur.execute(ATTEMPTS_OF_RUNS, ([run.id for run in runs],))
+            return attach_attempts(runs, acur.fetchall())
 
     def start_attempt(self, run: Run, *, pid: int, start_ticks: int) -> None:
         """The attempt's process exists: record its identity (pid + start time)."""
-        with self._conn() as conn, conn.transaction():
-            conn.execute(
-                "UPDATE run_attempts SET pid = %s, pid_start_ticks = %s"
-                " WHERE run_id = %s AND attempt = %s AND node = %s",
-                (pid, start_ticks, run.id, run.attempt, self.node_id),
-            )
-            conn.execute(
-                "UPDATE runs SET pid = %s WHERE id = %s AND attempt = %s AND node = %s",
-                (pid, run.id, run.attempt, self.node_id),
-            )
+        self._write(
+            RecordProcess(self.node_id, run.id, run.attempt, pid=pid, start_ticks=start_ticks)
+        )
 
     def append_output(
         self, run_id: int, attempt: int, *, offset: int, chunks: Sequence[bytes], truncated: bool
     ) -> bool:
         """Store output chunks starting at byte `offset`; False if this node lost the run.
-
-        Two writers may store the same spool range (a RunActor woken after the Supervisor took
-        over its attempt's end): under the row lock, bytes below the stored end are skipped, so
-        no byte is stored twice, and `output_bytes` never moves backwards.
-        """
-        total = offset + sum(len(c) for c in chunks)
-        with self._conn() as conn, conn.transaction():
-            row = conn.execute(
-                "SELECT output_bytes FROM runs"
-                " WHERE id = %s AND attempt = %s AND node = %s AND status = 'running' FOR UPDATE",
-                (run_id, attempt, self.node_id),
-            ).fetchone()
-            if row is None:
-                return False
-            stored_end: int = row[0]
-            conn.execute(
-                "UPDATE runs SET output_bytes = GREATEST(output_bytes, %s),"
-                " output_truncated = output_truncated OR %s WHERE id = %s",
-                (total, truncated, run_id),
-            )
-            rows, at = [], offset
-            for chunk in chunks:
-                skip = min(max(stored_end - at, 0), len(chunk))
-                if skip < len(chunk):
-                    rows.append((run_id, at + skip, chunk[skip:]))
-                at += len(chunk)
-            if rows:
-                # A re-flush after a crash may repeat an offset already stored: keep the first.
-                conn.cursor().executemany(
-                    "INSERT INTO run_output (run_id, byte_offset, data) VALUES (%s, %s, %s)"
-                    " ON CONFLICT (run_id, byte_offset) DO NOTHING",
-                    rows,
-                )
-        return True
+        Bytes below what is stored already are skipped (journal_writes.AppendOutput)."""
+        write = AppendOutput(self.node_id, run_id, attempt, offset, chunks, truncated)
+        return bool(self._write(write))
 
     def end_attempt(
         self,
@@ -190,60 +196,26 @@ class RunJournal:
         PostgreSQL has the last word on a stop: if one was requested (whatever the RunActor
         knew), the run ends `stopped` and is not restarted. Returns the status stored.
         """
-        restarting = restart_delay_s is not None and not run_status.is_terminal
-        with self._conn() as conn, conn.transaction():
-            row = conn.execute(
-                "UPDATE runs SET"
-                " status = CASE WHEN stop_requested_at IS NULL THEN %(status)s ELSE 'stopped' END,"
-                " exit_code = %(exit_code)s, signal = %(signal)s,"
-                " reason = CASE WHEN stop_requested_at IS NULL OR %(status)s = 'stopped'"
-                "   THEN %(reason)s ELSE 'stopped by ' || stop_requested_by END,"
-                " finished_at = CASE WHEN stop_requested_at IS NOT NULL OR %(terminal)s"
-                "   THEN now() END,"
-                " next_attempt_at = CASE WHEN stop_requested_at IS NULL AND %(restarting)s"
-                "   THEN now() + make_interval(secs => %(delay)s) END,"
-                " restart_count = restart_count"
-                "   + CASE WHEN stop_requested_at IS NULL AND %(restarting)s THEN 1 ELSE 0 END"
-                " WHERE id = %(run_id)s AND attempt = %(attempt)s AND node = %(node)s"
-                "   AND status = 'running'"
-                " RETURNING status",
-                {
-                    "status": str(run_status),
-                    "exit_code": exit_code,
-                    "signal": signal,
-                    "reason": run_reason,
-                    "terminal": run_status.is_terminal,
-                    "restarting": restarting,
-                    "delay": restart_delay_s or 0.0,
-                    "run_id": run.id,
-                    "attempt": run.attempt,
-                    "node": self.node_id,
-                },
-            ).fetchone()
-            if row is None:
-                return None
-            stored = RunStatus(row[0])
-            conn.execute(
-                "UPDATE run_attempts SET finished_at = coalesce(finished_at, now()),"
-                " exit_code = %s, signal = %s, reason = %s, leftovers_killed = %s"
-                " WHERE run_id = %s AND attempt = %s AND node = %s",
-                (exit_code, signal, reason, leftovers_killed, run.id, run.attempt, self.node_id),
-            )
-            _audit(
-                conn,
-                self.actor,
-                f"run.{stored}",
-                run_id=run.id,
-                detail={
-                    "attempt": run.attempt,
-                    "reason": reason,
-                    "exit_code": exit_code,
-                    "signal": signal,
-                    "leftovers_killed": leftovers_killed,
-                    "restart_delay_s": restart_delay_s if stored is RunStatus.RESTARTING else None,
-                },
-            )
+        write = EndAttempt(
+            self.node_id,
+            self.actor,
+            run.id,
+            run.attempt,
+            exit_code=exit_code,
+            signal=signal,
+            reason=reason,
+            leftovers_killed=leftovers_killed,
+            run_status=run_status,
+            run_reason=run_reason,
+            restart_delay_s=restart_delay_s,
+        )
+        stored: RunStatus | None = self._write(write)
         return stored
+
+    def _write(self, write: Write) -> Any:
+        # Marked as a store call: a RunActor waiting for its batch is not wedged.
+        with self._waits.call():
+            return self._writer.write(write)
 
     def stop_requests(self) -> list[tuple[int, str, float | None, float]]:
         """Active runs of this node whose stop was requested: (run id, by whom, grace_s,
@@ -337,14 +309,10 @@ class RunJournal:
 def _fetch_runs(
     conn: psycopg.Connection[Any], tail: sql.Composable, params: tuple[Any, ...] | list[Any]
 ) -> list[Run]:
+    """Runs with their attempts, in one statement (so both agree)."""
     cur = conn.cursor(row_factory=class_row(Run))
-    cur.execute(RUNS_SELECT + tail, params)
-    runs = cur.fetchall()
-    if not runs:
-        return runs
-    acur = conn.cursor(row_factory=class_row(Attempt))
-    acur.execute(ATTEMPTS_OF_RUNS, ([r.id for r in runs],))
-    return attach_attempts(runs, acur.fetchall())
+    cur.execute(RUNS_WITH_ATTEMPTS_SELECT + tail, params)
+    return attempts_from_json(cur.fetchall())
 
 
 def _audit(

@@ -39,6 +39,7 @@ from runvisor.supervisor.recovery import (
 from runvisor.supervisor.watchdog import LiveAttempt, Verdict, Watchdog
 
 TICK_S = 1.0
+CLAIM_BATCH_MAX = 64  # runs claimed in one transaction at most
 SLOW_CHECK_S = 5.0  # how often to re-deliver stop requests and look for expired leases
 
 log = get_logger("runvisor.supervisor")
@@ -69,6 +70,7 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
         self.restarts: dict[int, TimerHandle] = {}
         self.unended: dict[int, Unended] = {}
         self.recovered = False
+        self.fill_requested = False  # a FillSlots is on its way to this actor
         self.stopping = False
         self.tick: TimerHandle | None = None
         self.next_slow_check = 0.0
@@ -163,6 +165,11 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
                 self._restart(run_id)
             case m.SupervisorTick():
                 self._on_tick()
+            case m.RunsQueued():
+                self._request_fill()
+            case m.FillSlots():
+                if self.fill_requested:
+                    self._fill_slots()
 
     def _on_tick(self) -> None:
         try:
@@ -230,27 +237,42 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
 
     # Slots, the queue and restarts
 
-    def _has_free_slot(self) -> bool:
+    def _free_slots(self) -> int:
         limit = self.deps.settings.max_running
-        if limit > 0 and len(self.live) >= limit:
-            return False
+        free = limit - len(self.live) if limit > 0 else CLAIM_BATCH_MAX
         # With RUNVISOR_RUN_UIDS, a free uid too: a run never shares a uid; it waits, queued.
-        return self.deps.run_uids is None or self.deps.run_uids.available()
+        if self.deps.run_uids is not None:
+            free = min(free, self.deps.run_uids.available())
+        return max(0, min(free, CLAIM_BATCH_MAX))
+
+    def _has_free_slot(self) -> bool:
+        return self._free_slots() > 0
 
     def _claim_args(self) -> dict[str, str]:
         return {"marker": uuid.uuid4().hex, "boot_id": boot_id()}
 
     def _fill_slots(self, *, raise_errors: bool = False) -> None:
+        """Claim queued runs, oldest first, a batch per claim, while slots are free."""
+        self.fill_requested = False
         try:
-            while self._has_free_slot():
-                run = self.deps.journal.claim_next_queued(**self._claim_args())
-                if run is None:
-                    return
-                self._spawn(run)
+            while free := self._free_slots():
+                markers = [uuid.uuid4().hex for _ in range(free)]
+                runs = self.deps.journal.claim_queued(markers=markers, boot_id=boot_id())
+                for run in runs:
+                    self._spawn(run)
+                if len(runs) < free:
+                    return  # the queue is empty (or the rest is being claimed elsewhere)
         except StoreUnavailable:
             if raise_errors:
                 raise
             # the next tick tries again
+
+    def _request_fill(self) -> None:
+        """Fill the free slots once the messages already waiting are handled: a burst of
+        RunsQueued costs one claim, not one each."""
+        if not self.fill_requested:
+            self.fill_requested = True
+            self.actor_ref.tell(m.FillSlots())
 
     def _schedule_restart(self, run_id: int, delay_s: float) -> None:
         log.info("restart scheduled", run_id=run_id, delay_s=round(delay_s, 3))

@@ -1,0 +1,223 @@
+"""The writes a RunActor (or the Supervisor's closer) hands the group-commit writer, each able
+to perform many of its kind in one transaction.
+
+Every write is fenced by (node, attempt) and status `running`: a node that comes back after its
+runs were taken over cannot overwrite the newer attempt's record. Rows of `runs` are locked in
+id order, so two batches (or a batch and a claim) never wait on each other in a cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from runvisor.models import RunStatus
+from runvisor.store.columns import AUDIT_INSERT
+
+
+@dataclass(frozen=True, slots=True)
+class AppendOutput:
+    """Output chunks of one attempt from byte `offset`; answers False if the node lost the run.
+
+    Two writers may store the same spool range (a RunActor woken after the Supervisor took over
+    its attempt's end): under the row lock, bytes below the stored end are skipped, so no byte
+    is stored twice, and `output_bytes` never moves backwards.
+    """
+
+    node: str
+    run_id: int
+    attempt: int
+    offset: int
+    chunks: Sequence[bytes]
+    truncated: bool
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(len(chunk) for chunk in self.chunks)
+
+    @classmethod
+    def write_all(cls, conn: psycopg.Connection[Any], writes: Sequence[AppendOutput]) -> list[Any]:
+        keys = sorted({(w.run_id, w.attempt, w.node) for w in writes})
+        stored_end: dict[tuple[int, int, str], int] = {
+            (run_id, attempt, node): output_bytes
+            for run_id, attempt, node, output_bytes in conn.execute(
+                "SELECT id, attempt, node, output_bytes FROM runs"
+                " WHERE (id, attempt, node) IN"
+                "   (SELECT * FROM unnest(%s::bigint[], %s::int[], %s::text[]))"
+                " AND status = 'running' ORDER BY id FOR UPDATE",
+                ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+            ).fetchall()
+        }
+        answers: list[Any] = []
+        ends: dict[int, tuple[int, bool]] = {}  # run id -> (new output_bytes, truncated)
+        run_ids: list[int] = []
+        offsets: list[int] = []
+        data: list[bytes] = []
+        for write in writes:
+            key = (write.run_id, write.attempt, write.node)
+            if key not in stored_end:
+                answers.append(False)
+                continue
+            at = write.offset
+            for chunk in write.chunks:
+                skip = min(max(stored_end[key] - at, 0), len(chunk))
+                if skip < len(chunk):
+                    run_ids.append(write.run_id)
+                    offsets.append(at + skip)
+                    data.append(chunk[skip:])
+                at += len(chunk)
+            stored_end[key] = max(stored_end[key], at)
+            total, truncated = ends.get(write.run_id, (0, False))
+            ends[write.run_id] = (max(total, at), truncated or write.truncated)
+            answers.append(True)
+        if ends:
+            conn.execute(
+                "UPDATE runs SET output_bytes = GREATEST(runs.output_bytes, v.total),"
+                " output_truncated = runs.output_truncated OR v.truncated"
+                " FROM unnest(%s::bigint[], %s::bigint[], %s::bool[]) AS v(id, total, truncated)"
+                " WHERE runs.id = v.id",
+                (list(ends), [e[0] for e in ends.values()], [e[1] for e in ends.values()]),
+            )
+        if data:
+            # All runs' chunks in one statement. A re-flush after a crash may repeat an offset
+            # already stored: keep the first.
+            conn.execute(
+                "INSERT INTO run_output (run_id, byte_offset, data)"
+                " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %b::bytea[])"
+                " ON CONFLICT (run_id, byte_offset) DO NOTHING",
+                (run_ids, offsets, data),
+            )
+        return answers
+
+
+@dataclass(frozen=True, slots=True)
+class RecordProcess:
+    """The attempt's process exists: its identity (pid + start time)."""
+
+    node: str
+    run_id: int
+    attempt: int
+    pid: int
+    start_ticks: int
+
+    @property
+    def size_bytes(self) -> int:
+        return 0
+
+    @classmethod
+    def write_all(cls, conn: psycopg.Connection[Any], writes: Sequence[RecordProcess]) -> list[Any]:
+        writes = sorted(writes, key=lambda w: w.run_id)
+        columns = (
+            [w.run_id for w in writes],
+            [w.attempt for w in writes],
+            [w.node for w in writes],
+            [w.pid for w in writes],
+            [w.start_ticks for w in writes],
+        )
+        values = "unnest(%s::bigint[], %s::int[], %s::text[], %s::int[], %s::bigint[])"
+        conn.execute(
+            "UPDATE runs SET pid = v.pid FROM " + values + " AS v(id, attempt, node, pid, ticks)"
+            " WHERE runs.id = v.id AND runs.attempt = v.attempt AND runs.node = v.node",
+            columns,
+        )
+        conn.execute(
+            "UPDATE run_attempts SET pid = v.pid, pid_start_ticks = v.ticks FROM "
+            + values
+            + " AS v(id, attempt, node, pid, ticks) WHERE run_attempts.run_id = v.id"
+            " AND run_attempts.attempt = v.attempt AND run_attempts.node = v.node",
+            columns,
+        )
+        return [None] * len(writes)
+
+
+@dataclass(frozen=True, slots=True)
+class EndAttempt:
+    """Close the attempt and set the run's status; answers the status stored, or None if this
+    node lost the run. PostgreSQL has the last word on a stop: if one was requested (whatever
+    the RunActor knew), the run ends `stopped` and is not restarted."""
+
+    node: str
+    actor: str
+    run_id: int
+    attempt: int
+    exit_code: int | None
+    signal: int | None
+    reason: str
+    leftovers_killed: int
+    run_status: RunStatus
+    run_reason: str | None
+    restart_delay_s: float | None
+
+    @property
+    def size_bytes(self) -> int:
+        return 0
+
+    @classmethod
+    def write_all(cls, conn: psycopg.Connection[Any], writes: Sequence[EndAttempt]) -> list[Any]:
+        order = sorted(range(len(writes)), key=lambda i: writes[i].run_id)
+        answers: list[Any] = [None] * len(writes)
+        for i in order:
+            answers[i] = writes[i].perform(conn)
+        return answers
+
+    def perform(self, conn: psycopg.Connection[Any]) -> RunStatus | None:
+        restarting = self.restart_delay_s is not None and not self.run_status.is_terminal
+        row = conn.execute(
+            "UPDATE runs SET"
+            " status = CASE WHEN stop_requested_at IS NULL THEN %(status)s ELSE 'stopped' END,"
+            " exit_code = %(exit_code)s, signal = %(signal)s,"
+            " reason = CASE WHEN stop_requested_at IS NULL OR %(status)s = 'stopped'"
+            "   THEN %(reason)s ELSE 'stopped by ' || stop_requested_by END,"
+            " finished_at = CASE WHEN stop_requested_at IS NOT NULL OR %(terminal)s"
+            "   THEN now() END,"
+            " next_attempt_at = CASE WHEN stop_requested_at IS NULL AND %(restarting)s"
+            "   THEN now() + make_interval(secs => %(delay)s) END,"
+            " restart_count = restart_count"
+            "   + CASE WHEN stop_requested_at IS NULL AND %(restarting)s THEN 1 ELSE 0 END"
+            " WHERE id = %(run_id)s AND attempt = %(attempt)s AND node = %(node)s"
+            "   AND status = 'running'"
+            " RETURNING status",
+            {
+                "status": str(self.run_status),
+                "exit_code": self.exit_code,
+                "signal": self.signal,
+                "reason": self.run_reason,
+                "terminal": self.run_status.is_terminal,
+                "restarting": restarting,
+                "delay": self.restart_delay_s or 0.0,
+                "run_id": self.run_id,
+                "attempt": self.attempt,
+                "node": self.node,
+            },
+        ).fetchone()
+        if row is None:
+            return None
+        stored = RunStatus(row[0])
+        conn.execute(
+            "UPDATE run_attempts SET finished_at = coalesce(finished_at, now()),"
+            " exit_code = %s, signal = %s, reason = %s, leftovers_killed = %s"
+            " WHERE run_id = %s AND attempt = %s AND node = %s",
+            (
+                self.exit_code,
+                self.signal,
+                self.reason,
+                self.leftovers_killed,
+                self.run_id,
+                self.attempt,
+                self.node,
+            ),
+        )
+        detail = {
+            "attempt": self.attempt,
+            "reason": self.reason,
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "leftovers_killed": self.leftovers_killed,
+            "restart_delay_s": self.restart_delay_s if stored is RunStatus.RESTARTING else None,
+        }
+        conn.execute(AUDIT_INSERT, (self.actor, f"run.{stored}", None, self.run_id, Jsonb(detail)))
+        return stored
