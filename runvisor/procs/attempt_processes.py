@@ -101,7 +101,8 @@ class AttemptProcesses:
         if self.cgroup is not None:
             return group, self.cgroup.signal(signal.SIGTERM)
         others = signal_all(
-            find_attempt_processes(leader=leader, marker=self.marker), signal.SIGTERM
+            find_attempt_processes(leader=leader, marker=self.marker, own=not self.adopted),
+            signal.SIGTERM,
         )
         return group, others
 
@@ -110,7 +111,9 @@ class AttemptProcesses:
         if self.cgroup is not None:
             killed = self.cgroup.kill()
         else:
-            killed = kill_attempt_tree(leader=self.leader(), marker=self.marker)
+            killed = kill_attempt_tree(
+                leader=self.leader(), marker=self.marker, own=not self.adopted
+            )
         self.killed += killed
         return killed
 
@@ -118,5 +121,7 @@ class AttemptProcesses:
         """Whether a process of the attempt (not a zombie) still runs."""
         if self.cgroup is not None:
             return self.cgroup.populated()
-        members = find_attempt_processes(leader=self.leader(), marker=self.marker)
+        members = find_attempt_processes(
+            leader=self.leader(), marker=self.marker, own=not self.adopted
+        )
         return any(not is_zombie(member) for member in members)

@@ -1,6 +1,9 @@
 """Finding, signalling and killing every process of an attempt; reaping inherited orphans.
 
-Linux only: one pass over /proc per scan. An attempt's processes are found by session and
+Linux only. An attempt this node spawned is looked for in the node's own tree (as a child
+subreaper it inherits every orphan of its runs), read through /proc/<pid>/task/*/children: the
+cost grows with the node's own processes, not the machine's. An adopted attempt (spawned before
+a restart of the node) takes one pass over all of /proc. An attempt's processes are found by session and
 process group (the wrapper is their leader), by parentage, and by the marker variable every
 process of the attempt inherits, which also catches a grandchild that called setsid and forked
 again. Identities (pid + start ticks) are re-checked right before signalling, through a pidfd, so
@@ -12,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import threading
 import time
 from collections.abc import Collection, Iterable
 
@@ -59,6 +63,56 @@ def _scan() -> dict[int, ProcStat]:
             if st is not None:
                 procs[st.pid] = st
     return procs
+
+
+def _children(pid: int) -> list[int]:
+    """The children of `pid`, zombies included: each thread's list in /proc (the kernel files
+    a child under the thread that forked it)."""
+    found: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                found.extend(int(child) for child in f.read().split())
+        except OSError:  # the thread ended, or no CONFIG_PROC_CHILDREN
+            continue
+    return found
+
+
+_own_tree_complete: bool | None = None  # None: not known yet
+
+
+def _own_tree_is_complete() -> bool:
+    """Whether this process's descendants hold every process it started, orphans included:
+    it is a child subreaper, and the kernel lists children in /proc."""
+    global _own_tree_complete
+    if _own_tree_complete is None:
+        _own_tree_complete = is_child_subreaper() and os.path.exists(
+            f"/proc/self/task/{threading.get_native_id()}/children"
+        )
+    return _own_tree_complete
+
+
+def _descendants() -> dict[int, ProcStat]:
+    """This process's descendants, found through the children lists: O(descendants), not
+    O(every process on the machine)."""
+    procs: dict[int, ProcStat] = {}
+    stack = _children(os.getpid())
+    while stack:
+        st = read_stat(stack.pop())
+        if st is not None and st.pid not in procs:
+            procs[st.pid] = st
+            stack.extend(_children(st.pid))
+    return procs
+
+
+def _candidates(own: bool) -> dict[int, ProcStat]:
+    """Where an attempt's processes can be: this process's own tree for an attempt it spawned
+    (as a subreaper, even orphans stay in it), else every process on the machine."""
+    return _descendants() if own and _own_tree_is_complete() else _scan()
 
 
 def _has_marker(pid: int, entry: bytes) -> bool:
@@ -121,13 +175,16 @@ def _members(
     return members
 
 
-def find_attempt_processes(*, leader: ProcessIdentity | None, marker: str) -> set[ProcessIdentity]:
+def find_attempt_processes(
+    *, leader: ProcessIdentity | None, marker: str, own: bool = False
+) -> set[ProcessIdentity]:
     """Every process of the attempt, the leader included, zombies included (see `.zombie`).
+    `own`: this process spawned the attempt (not adopted), so its tree holds all of it.
 
     A zombie cannot be killed and goes away only when its parent reaps it: never wait for one
     to "die" unless it is your child (reap_children / poll_exit).
     """
-    return {st.identity for st in _members(_scan(), leader, marker).values()}
+    return {st.identity for st in _members(_candidates(own), leader, marker).values()}
 
 
 def is_zombie(identity: ProcessIdentity) -> bool:
@@ -189,10 +246,10 @@ def reap_children(exclude: Collection[int]) -> list[tuple[int, int]]:
     wrappers whose status their RunActor still wants; a pid must be in it from the moment it is
     spawned (hold one lock across spawn + registration and reap_children).
     """
-    me = os.getpid()
     reaped: list[tuple[int, int]] = []
-    for pid, st in _scan().items():
-        if st.ppid != me or st.state not in DEAD_STATES or pid in exclude:
+    for pid in _children(os.getpid()):
+        st = read_stat(pid)
+        if st is None or st.state not in DEAD_STATES or pid in exclude:
             continue
         try:
             waited, status = os.waitpid(pid, os.WNOHANG)
@@ -203,7 +260,9 @@ def reap_children(exclude: Collection[int]) -> list[tuple[int, int]]:
     return reaped
 
 
-def _freeze(leader: ProcessIdentity | None, marker: str, end: float) -> set[ProcessIdentity]:
+def _freeze(
+    leader: ProcessIdentity | None, marker: str, end: float, own: bool
+) -> set[ProcessIdentity]:
     """SIGSTOP members until a scan finds none not yet stopped; return the live members.
 
     Frozen processes cannot fork, and as none dies yet, nobody is re-parented: parentage stays
@@ -214,7 +273,7 @@ def _freeze(leader: ProcessIdentity | None, marker: str, end: float) -> set[Proc
     while True:
         live = {
             st.identity
-            for st in _members(_scan(), leader, marker).values()
+            for st in _members(_candidates(own), leader, marker).values()
             if st.state not in DEAD_STATES
         }
         new = live - stopped
@@ -238,7 +297,7 @@ def _state(identity: ProcessIdentity) -> str:
 
 
 def kill_attempt_tree(
-    *, leader: ProcessIdentity | None, marker: str, deadline_s: float = 2.0
+    *, leader: ProcessIdentity | None, marker: str, deadline_s: float = 2.0, own: bool = False
 ) -> int:
     """SIGKILL every live process of the attempt, the leader included, until none is left or
     `deadline_s` has passed (blocking at most that long). Returns how many distinct processes
@@ -246,7 +305,7 @@ def kill_attempt_tree(
     end = time.monotonic() + deadline_s
     killed: set[ProcessIdentity] = set()
     while True:
-        live = _freeze(leader, marker, end)
+        live = _freeze(leader, marker, end, own)
         if not live:
             return len(killed)
         for identity in live:

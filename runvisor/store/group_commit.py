@@ -85,6 +85,10 @@ class GroupCommit:
         self._queue.put(pending)
         return pending.answer.result()
 
+    def queued(self) -> int:
+        """Writes waiting for a batch (not counting the one being performed)."""
+        return self._queue.qsize()
+
     def close(self) -> None:
         """Perform what is queued, then stop the writer."""
         self._closed = True

@@ -212,6 +212,9 @@ class RunJournal:
         stored: RunStatus | None = self._write(write)
         return stored
 
+    def queued_writes(self) -> int:
+        return self._writer.queued()
+
     def _write(self, write: Write) -> Any:
         # Marked as a store call: a RunActor waiting for its batch is not wedged.
         with self._waits.call():

@@ -350,3 +350,63 @@ def test_orphans_reparent_to_a_subreaper_which_reaps_them(procs: Procs) -> None:
     assert report["children_left"] == []
     assert still_alive(procs.seen) == []
     assert not is_child_subreaper()  # the test process's own state never changed
+
+
+# --- the own tree (a subreaper's descendants) -----------------------------------------------
+
+OWN_TREE = r"""
+import json, os, subprocess, time
+from runvisor.procs import proctree
+from runvisor.procs.proctree import (
+    enable_child_subreaper, find_attempt_processes, kill_attempt_tree, MARKER_ENV)
+from runvisor.procs.spawn import read_identity
+assert enable_child_subreaper()
+marker = "own-tree-test"
+env = {**os.environ, MARKER_ENV: marker}
+# A leader whose grandchild leaves the session and is orphaned: as a subreaper, we get it,
+# and it stays in our tree.
+leader = subprocess.Popen(
+    ["bash", "-c", "(setsid sh -c 'exec sleep 600' &); sleep 600"], env=env,
+    start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    orphans = [p for p in proctree._children(os.getpid()) if p != leader.pid]
+    if orphans:
+        break
+    time.sleep(0.01)
+ident = read_identity(leader.pid)
+scanned = proctree._scan()
+mine = proctree._descendants()
+own = {p.pid for p in find_attempt_processes(leader=ident, marker=marker, own=True)}
+machine = {p.pid for p in find_attempt_processes(leader=ident, marker=marker, own=False)}
+killed = kill_attempt_tree(leader=ident, marker=marker, own=True)
+leader.wait()
+print(json.dumps({
+    "complete": proctree._own_tree_is_complete(), "orphans": orphans, "own": sorted(own),
+    "machine": sorted(machine), "killed": killed, "descendants": sorted(mine),
+    "scanned": len(scanned),
+    "left": [p for p in orphans if os.path.exists(f"/proc/{p}")
+             and open(f"/proc/{p}/stat").read().split()[2] not in "ZX"],
+}))
+"""
+
+
+def test_a_subreaper_finds_an_attempt_in_its_own_tree_as_a_full_scan_does() -> None:
+    # RUNVISOR_PROCESS_TRACKING=scan without a /proc-wide scan: the node's own descendants hold
+    # every process of an attempt it spawned, the escaped orphan included.
+    result = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", OWN_TREE],
+            capture_output=True,
+            check=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    )
+    assert result["complete"] and result["orphans"], result
+    assert result["own"] == result["machine"], result
+    assert set(result["orphans"]) <= set(result["own"])  # the escapee is found
+    # Only the subreaper's own tree was read, far fewer processes than the machine holds.
+    assert set(result["descendants"]) >= set(result["own"])
+    assert len(result["descendants"]) < result["scanned"]
+    assert result["killed"] == len(result["own"]) and result["left"] == []
