@@ -91,15 +91,6 @@ def _parse_choice(raw: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def _parse_bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise _Refused("must be true or false")
-
-
 def _parse_url(raw: str, schemes: tuple[str, ...]) -> str:
     value = raw.strip()
     scheme = value.split("://", 1)[0] if "://" in value else ""
@@ -236,7 +227,6 @@ class Settings(BaseSettings):
     output_write_timeout_s: Annotated[float, _number(0.1)] = 30.0
     ping_timeout_s: Annotated[float, _number(0.1)] = 10.0
     lease_ttl_s: Annotated[float, _number(2.0)] = 15.0
-    test_hooks: Annotated[bool, _text(_parse_bool)] = False
     tokens_file: Annotated[Path | None, _text(lambda raw: Path(raw.strip()).expanduser())] = None
     # Resolved at start-up (runvisor.procs.run_user).
     run_as: Annotated[str | None, _text(_stripped)] = None

@@ -43,13 +43,12 @@ def test_environment_and_flags() -> None:
         "RUNVISOR_DATA_DIR": "/tmp/rv",
         "RUNVISOR_MAX_RUNNING": "4",
         "RUNVISOR_LEGACY_RESULT_BYTES": "4096",
-        "RUNVISOR_TEST_HOOKS": "yes",
     }
     settings = load_settings(env, port=9100, node_id=None)
     assert settings.port == 9100  # a flag wins over the environment
     assert settings.host == "0.0.0.0" and settings.flush_interval_s == 0.25
     assert settings.log_format == "json" and settings.data_dir == Path("/tmp/rv")
-    assert settings.max_running == 4 and settings.test_hooks is True
+    assert settings.max_running == 4
     assert settings.legacy_result_bytes == 4096
     assert settings.spool_dir == Path("/tmp/rv/spool")
 
@@ -77,7 +76,6 @@ def test_libpq_connection_strings_are_accepted() -> None:
         ("RUNVISOR_REDIS_URL", "http://x"),
         ("RUNVISOR_NODE_ID", "bad node"),
         ("RUNVISOR_MAX_RUNNING", "-1"),
-        ("RUNVISOR_TEST_HOOKS", "perhaps"),
         ("RUNVISOR_REDIS_PREFIX", "a b"),
         ("RUNVISOR_MAX_CODE_BYTES", "200000"),
         ("RUNVISOR_LEGACY_RESULT_BYTES", "1023"),
@@ -167,6 +165,14 @@ def test_only_the_exact_upper_case_names_are_read() -> None:
     assert settings.port == 8080 and settings.host == "127.0.0.1"
 
 
+def test_a_runvisor_variable_of_no_setting_is_ignored_even_the_retired_test_hooks() -> None:
+    # RUNVISOR_TEST_HOOKS was a setting until the test hooks left the service: a node whose
+    # environment still has it (with any value) starts, as with any other unknown name.
+    settings = load_settings({"RUNVISOR_TEST_HOOKS": "perhaps", "RUNVISOR_NO_SUCH": "x"})
+    assert settings == load_settings({})
+    assert "test_hooks" not in Settings.model_fields
+
+
 def test_values_are_parsed_as_before() -> None:
     settings = load_settings(
         {
@@ -175,7 +181,6 @@ def test_values_are_parsed_as_before() -> None:
             "RUNVISOR_LOG_LEVEL": " Warning ",
             "RUNVISOR_PROCESS_TRACKING": "SCAN",
             "RUNVISOR_REDIS_URL": " unix:///tmp/v.sock ",
-            "RUNVISOR_TEST_HOOKS": "off",
             "RUNVISOR_DEFAULT_GRACE_S": "0",
             "RUNVISOR_MAX_CODE_BYTES": "131000",
         }
@@ -183,7 +188,7 @@ def test_values_are_parsed_as_before() -> None:
     assert settings.run_limits == {"cpu": 60, "as": 2 * 1024**3, "nproc": "unlimited"}
     assert settings.tokens_file == Path("~/tokens").expanduser()
     assert settings.log_level == "warning" and settings.process_tracking == "scan"
-    assert settings.redis_url == "unix:///tmp/v.sock" and settings.test_hooks is False
+    assert settings.redis_url == "unix:///tmp/v.sock"
     assert settings.default_grace_s == 0.0 and settings.max_code_bytes == 131_000
 
 

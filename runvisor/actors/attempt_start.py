@@ -175,7 +175,6 @@ def _pump(
         max_output_bytes=run.max_output_bytes,
         journal=deps.journal,
         live=deps.live,
-        keep_last_stored=deps.settings.test_hooks,
     )
 
 

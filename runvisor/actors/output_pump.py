@@ -33,7 +33,6 @@ class OutputPump:
         max_output_bytes: int,
         journal: RunJournal,
         live: LiveState,
-        keep_last_stored: bool = False,
     ) -> None:
         self.run_id = run_id
         self.attempt = attempt
@@ -47,8 +46,6 @@ class OutputPump:
         self._live = live
         self._fd: int | None = None
         self._spool_size = stored_in_spool
-        self.keep_last_stored = keep_last_stored
-        self.last_stored = b""  # the bytes stored by the last flush, kept for the test hooks
 
     @property
     def stored_bytes(self) -> int:
@@ -139,8 +136,6 @@ class OutputPump:
 
     def _publish(self, chunks: list[bytes]) -> None:
         data = b"".join(chunks)
-        if self.keep_last_stored:
-            self.last_stored = data
         self._live.publish_output(self.run_id, offset=self.stored_bytes, data=data)
 
 

@@ -26,7 +26,6 @@ from runvisor.actors.attempt_end import (
     release_uid,
 )
 from runvisor.actors.deps import RunDeps
-from runvisor.actors.fault_injection import inject_faults
 from runvisor.actors.output_pump import OutputPump
 from runvisor.actors.phase import Phase
 from runvisor.actors.timer import ActorTimers
@@ -214,8 +213,6 @@ class RunActor(pykka.ThreadingActor):
         drained = self._flush()
         if self.phase.done:
             return
-        if self.deps.settings.test_hooks and self.pump is not None:
-            inject_faults(self.pump, ping_timeout_s=self.deps.settings.ping_timeout_s, log=self.log)
         if self.phase.awaits_exit and self.procs.identity and not self.procs.leader_alive():
             self._on_process_exited()  # a safety net: the exit watcher tells at once, normally
             return

@@ -56,9 +56,11 @@ class Unended:
 
 
 class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
-    def __init__(self, *, deps: RunDeps) -> None:
+    def __init__(self, *, deps: RunDeps, run_actor_class: type[RunActor] = RunActor) -> None:
         super().__init__()
         self.deps = deps
+        # Each attempt's actor: RunActor in the service; tests pass subclasses that misbehave.
+        self.run_actor_class = run_actor_class
         self.node_id = deps.journal.node_id
         self.closer = AttemptCloser(deps)
         self.watchdog = Watchdog(
@@ -199,7 +201,7 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
             uids = self.deps.run_uids
             held = adopt is not None
             uid = uids.uid_of(run.id, run.attempt) if held else uids.take(run.id, run.attempt)
-        ref = RunActor.start(
+        ref = self.run_actor_class.start(
             run=run, deps=self.deps, supervisor=self.actor_ref, adopt=adopt, uid=uid
         )
         attempt = run.current_attempt

@@ -1,6 +1,6 @@
 """A slow store is not a stuck run: a RunActor waiting on a locked row or a paused PostgreSQL
-is never ended as stuck, and no byte it printed is lost; an attempt the Supervisor ends itself
-has its spool stored before the spool is removed.
+is never ended as stuck, and no byte it printed is lost. (A RunActor that is wedged, not slow,
+and the spool its attempt leaves: tests/supervisor/test_wedged_run_actors.py, in process.)
 
 The ping timeout is short (1 s) so that a wait on the store, counted as a late ping, would end
 the attempt; the locks and pauses are real (another connection, a proxy that stops forwarding).
@@ -17,7 +17,6 @@ import pytest
 from tests.fix_proxy import TcpProxy, proxied_database_url
 from tests.fix_service import Service, wait_until
 
-WEDGE_ACTOR = "@@runvisor-test:wedge-actor@@"
 WAITS_ON_STORE = "run actor waits on the store"
 TAKEN_FOR_STUCK = "treating the attempt as stuck"
 
@@ -97,64 +96,3 @@ def test_a_postgres_paused_for_30_s_costs_no_run_and_no_byte(
         assert [a["reason"] for a in final["attempts"]] == ["exited"]
         assert api.output(run["id"]) == printed
     assert not logged(service, TAKEN_FOR_STUCK)
-
-
-@pytest.mark.slow
-def test_output_written_while_a_run_actor_is_wedged_is_stored_when_the_supervisor_ends_it(
-    service_factory,
-) -> None:
-    # The wedge lasts 3 x 2 s; the Supervisor ends the attempt after 2 s or more of silence, by
-    # then the lines are in the spool but not stored: its RunActor is asleep.
-    service: Service = service_factory(RUNVISOR_TEST_HOOKS="1", RUNVISOR_PING_TIMEOUT_S="2")
-    api = service.api
-    code = f'echo "{WEDGE_ACTOR}"; sleep 1; seq 1 3000 | sed "s/^/line /"; sleep 60'
-    printed = f"{WEDGE_ACTOR}\n".encode() + b"".join(f"line {i}\n".encode() for i in range(1, 3001))
-    run = api.run_code(code)
-    final = api.wait_finished(run["id"], timeout_s=30)
-    assert final["status"] == "failed", final
-    assert [a["reason"] for a in final["attempts"]] == ["stuck"]
-    assert api.output(run["id"]) == printed
-    assert final["output_bytes"] == len(printed)
-    # The actor wakes later, finds its attempt ended and writes nothing more.
-    wait_until(
-        lambda: logged(service, "attempt superseded; this actor stands down"),
-        15,
-        "the woken actor to stand down",
-    )
-    assert api.output(run["id"]) == printed
-
-
-@pytest.mark.slow
-def test_a_wedged_attempt_ended_while_postgres_is_down_keeps_its_spool_until_stored(
-    pg_proxy: TcpProxy, service_factory, database_url: str
-) -> None:
-    # A long wedge (3 x 4 s): the Supervisor's verdict, the outage and the end it records
-    # once PostgreSQL is back all fall inside it.
-    service: Service = service_factory(
-        db_url=proxied_database_url(database_url, pg_proxy),
-        RUNVISOR_TEST_HOOKS="1",
-        RUNVISOR_PING_TIMEOUT_S="4",
-    )
-    api = service.api
-    code = f'echo "{WEDGE_ACTOR}"; sleep 1; seq 1 3000 | sed "s/^/line /"; sleep 60'
-    printed = f"{WEDGE_ACTOR}\n".encode() + b"".join(f"line {i}\n".encode() for i in range(1, 3001))
-    run = api.run_code(code)
-    spool = service.data_dir / "spool" / str(run["id"]) / "1.out"
-    wait_until(
-        lambda: logged(service, "test hook: this actor stops answering for a while"),
-        10,
-        "the wedge",
-    )
-    pg_proxy.cut()
-    try:
-        wait_until(lambda: logged(service, TAKEN_FOR_STUCK), 15, "the stuck verdict")
-        # Killed before any store is asked; the spool is kept while the end is not recorded.
-        wait_until(lambda: not service.run_processes(), 5, "the attempt's processes killed")
-        assert spool.read_bytes() == printed
-    finally:
-        pg_proxy.restore()
-    final = api.wait_finished(run["id"], timeout_s=30)
-    assert final["status"] == "failed", final
-    assert [a["reason"] for a in final["attempts"]] == ["stuck"]
-    assert api.output(run["id"]) == printed
-    wait_until(lambda: not spool.exists(), 10, "the spool to be removed once stored")

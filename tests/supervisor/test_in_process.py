@@ -1,112 +1,37 @@
-"""The Supervisor and its RunActors in this process, with the real PostgreSQL and Redis of the
-test (a database and a key prefix of its own) and no node around them: no HTTP, no
-subprocess of runvisor. The restart policy's decision as the Supervisor carries it out, a
-stop that arrives while a run waits for its next attempt, and a RunActor that stops answering
-outside any store call (wedged)."""
+"""The Supervisor and its RunActors in this process (fix_in_process.py): the restart policy's
+decision as the Supervisor carries it out, a stop that arrives while a run waits for its next
+attempt, and a RunActor that fails: its attempt is ended by the Supervisor and restarted by
+the policy. RunActors that stop answering are in test_wedged_run_actors.py."""
+
+# Fixtures are imported from fix_in_process and requested by parameter name:
+# ruff: noqa: F811
 
 from __future__ import annotations
 
-import json
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import psycopg
 import pykka
-import pytest
 
+from runvisor import protocol as m
 from runvisor.actors.deps import RunDeps
-from runvisor.actors.flush_nudger import FlushNudger
-from runvisor.actors.timer import TimerService
-from runvisor.config import load_settings
-from runvisor.models import Run, RunStatus
-from runvisor.procs.exit_watcher import ExitWatcher
-from runvisor.store.journal import open_journal
-from runvisor.store.live import LiveState, redis_client
-from runvisor.store.redis_keys import RedisKeys
-from runvisor.store.waits import StoreWaits
+from runvisor.actors.run_actor import RunActor
+from runvisor.models import RunStatus
 from runvisor.supervisor.actor import Supervisor
 from tests.polling import wait_until
-from tests.procs.fix_processes import live_tree
-
-
-@pytest.fixture
-def journal_waits() -> StoreWaits | None:
-    """Where the journal marks its calls; None: in the StoreWaits the watchdog reads, as in
-    the service."""
-    return None
-
-
-@pytest.fixture
-def deps(
-    database_url: str,
-    redis_server_url: str,
-    redis_prefix: str,
-    data_dir: Path,
-    journal_waits: StoreWaits | None,
-) -> Iterator[RunDeps]:
-    settings = load_settings(
-        {},
-        data_dir=data_dir,
-        node_id=f"in-process-{uuid.uuid4().hex[:8]}",
-        redis_prefix=redis_prefix,
-        flush_interval_s=0.05,
-        ping_timeout_s=0.5,
-    )
-    settings.spool_dir.mkdir(mode=0o700)
-    settings.work_dir.mkdir(mode=0o711)
-    timers, watcher, nudger = TimerService(), ExitWatcher(), FlushNudger()
-    for service in (timers, watcher, nudger):
-        service.start()
-    store_waits = StoreWaits()
-    journal = open_journal(
-        database_url, node_id=settings.node_id, store_waits=journal_waits or store_waits
-    )
-    live = LiveState(
-        redis_client(redis_server_url), RedisKeys(redis_prefix), store_waits=store_waits
-    )
-    yield RunDeps(
-        settings=settings,
-        journal=journal,
-        live=live,
-        timers=timers,
-        watcher=watcher,
-        nudger=nudger,
-        store_waits=store_waits,
-    )
-    live.close()
-    journal.close()
-    for service in (nudger, watcher, timers):
-        service.stop()
-
-
-@pytest.fixture
-def supervisor(deps: RunDeps) -> Iterator[pykka.ActorProxy[Supervisor]]:
-    ref = Supervisor.start(deps=deps)
-    proxy = ref.proxy()
-    yield proxy
-    ref.stop(block=True, timeout=10)
-
-
-def queued_run(database_url: str, code: str, restart: dict[str, object]) -> int:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        command = conn.execute(
-            "INSERT INTO commands (code, max_output_bytes) VALUES (%s, 1000000) RETURNING id",
-            (code,),
-        ).fetchone()
-        assert command is not None
-        run = conn.execute(
-            "INSERT INTO runs (command_id, code, max_output_bytes, restart)"
-            " VALUES (%s, %s, 1000000, %s) RETURNING id",
-            (command[0], code, json.dumps(restart)),
-        ).fetchone()
-    assert run is not None
-    return int(run[0])
-
-
-def run_in(deps: RunDeps, run_id: int, *statuses: RunStatus) -> Run | None:
-    run = deps.journal.get_run(run_id)
-    return run if run is not None and run.status in statuses else None
+from tests.supervisor.fix_in_process import (  # noqa: F401
+    StartSupervisor,
+    deps,
+    journal_through_proxy,
+    journal_url,
+    journal_waits,
+    ping_timeout_s,
+    queued_run,
+    run_in,
+    start_supervisor,
+    stored_output,
+    supervisor,
+)
 
 
 def test_a_failed_attempt_is_restarted_by_the_policy_until_its_budget_is_spent(
@@ -156,45 +81,42 @@ def test_a_stop_during_the_backoff_cancels_the_restart_and_ends_the_run_stopped(
     assert run_in(deps, run_id, RunStatus.STOPPED) is not None
 
 
-@pytest.mark.parametrize("journal_waits", [StoreWaits()], ids=["unseen-by-the-watchdog"])
-def test_a_wedged_run_actor_has_its_attempt_killed_by_the_supervisor_and_ended_once(
-    database_url: str,
-    deps: RunDeps,
-    supervisor: pykka.ActorProxy[Supervisor],
-    shared_dir: Path,
+class FailsOnItsFirstAttempt(RunActor):
+    """Raises in the flush tick that first stored output of attempt 1, as a bug would."""
+
+    def on_receive(self, message: Any) -> Any:
+        answer = super().on_receive(message)
+        stored = self.pump is not None and self.pump.stored_bytes > 0
+        if isinstance(message, m.FlushTick) and self.run.attempt == 1 and stored:
+            raise RuntimeError("a failure of the test's RunActor")
+        return answer
+
+
+def test_a_failing_run_actor_has_its_attempt_restarted_by_policy_and_the_supervisor_goes_on(
+    database_url: str, deps: RunDeps, start_supervisor: StartSupervisor
 ) -> None:
-    # The RunActor will block in a PostgreSQL call the watchdog cannot see (its journal marks
-    # its calls elsewhere): to the watchdog, a RunActor that stopped answering outside any
-    # store call.
-    go = shared_dir / "go"
+    supervisor = start_supervisor(FailsOnItsFirstAttempt)
+    code = (
+        'echo attempt $RUNVISOR_ATTEMPT; if [ "$RUNVISOR_ATTEMPT" = 1 ]; then sleep 60; fi;'
+        " echo recovered"
+    )
     run_id = queued_run(
-        database_url, f"while [ ! -e {go} ]; do sleep 0.05; done; echo late; sleep 60", {}
+        database_url, code, {"policy": "on-failure", "max_restarts": 2, "backoff_s": 0.1}
     )
     assert supervisor.start_run(run_id).get(timeout=10) is True
-    running = wait_until(
-        lambda: (r := run_in(deps, run_id, RunStatus.RUNNING)) and r.pid and r,
-        10,
-        "the attempt's process to be recorded",
-    )
-    attempt = running.current_attempt
-    assert attempt is not None
 
-    with psycopg.connect(database_url) as conn:
-        conn.execute("SELECT 1 FROM runs WHERE id = %s FOR UPDATE", (run_id,))
-        go.touch()  # its output now waits for the row this transaction holds
-        # Wedged after 0.5 s without an answer: the closer kills the attempt's processes
-        # first, before it asks any store.
-        wait_until(
-            lambda: not live_tree(attempt.process_marker), 10, "the wedged attempt to be killed"
-        )
-        assert run_in(deps, run_id, RunStatus.RUNNING) is not None  # nothing recorded yet
-        conn.rollback()
-
-    ended = wait_until(lambda: run_in(deps, run_id, RunStatus.FAILED), 15, "the end to be recorded")
-    # Once the row is free, the closer and the woken RunActor both go for the end; the fence
-    # lets exactly one record it: `stuck` (the closer) or the SIGKILL the RunActor finds.
-    assert len(ended.attempts) == 1 and ended.attempts[0].finished_at is not None
-    assert ended.attempts[0].reason in ("stuck", "exited") and ended.attempts[0].signal in (None, 9)
-    assert wait_until(
-        lambda: supervisor.running_count().get(timeout=10) == 0, 10, "the wedged actor to go"
+    final = wait_until(
+        lambda: run_in(deps, run_id, RunStatus.SUCCEEDED, RunStatus.FAILED),
+        20,
+        "the run to end after its RunActor failed",
     )
+    assert final.status is RunStatus.SUCCEEDED, final
+    assert [(a.attempt, a.reason) for a in final.attempts] == [(1, "actor_failed"), (2, "exited")]
+    assert final.restart_count == 1
+    assert stored_output(database_url, run_id) == b"attempt 1\nattempt 2\nrecovered\n"
+    # The failure stayed with that RunActor: the Supervisor answers and starts runs still.
+    assert supervisor.actor_ref.is_alive()
+    assert wait_until(lambda: supervisor.running_count().get(timeout=10) == 0, 5, "no actor")
+    other = queued_run(database_url, "echo fine", {})
+    assert supervisor.start_run(other).get(timeout=10) is True
+    assert wait_until(lambda: run_in(deps, other, RunStatus.SUCCEEDED), 10, "the next run")
