@@ -3,11 +3,11 @@
 Linux only. An attempt this node spawned is looked for in the node's own tree (as a child
 subreaper it inherits every orphan of its runs), read through /proc/<pid>/task/*/children: the
 cost grows with the node's own processes, not the machine's. An adopted attempt (spawned before
-a restart of the node) takes one pass over all of /proc. An attempt's processes are found by session and
-process group (the wrapper is their leader), by parentage, and by the marker variable every
-process of the attempt inherits, which also catches a grandchild that called setsid and forked
-again. Identities (pid + start ticks) are re-checked right before signalling, through a pidfd, so
-a recycled pid is never hit.
+a restart of the node) takes one pass over all of /proc. An attempt's processes are found by
+session and process group (the wrapper is their leader), by parentage, and by the marker
+variable every process of the attempt inherits, which also catches a grandchild that called
+setsid and forked again. Identities (pid + start ticks) are re-checked right before
+signalling, through a pidfd, so a recycled pid is never hit.
 """
 
 from __future__ import annotations

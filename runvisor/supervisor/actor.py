@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import pykka
@@ -27,7 +26,8 @@ from runvisor.errors import StoreUnavailable
 from runvisor.logs import get_logger
 from runvisor.models import Attempt, AttemptEndReason, Run, RunStatus
 from runvisor.procs.spawn import boot_id
-from runvisor.supervisor.closer import AttemptCloser
+from runvisor.supervisor.closer import AttemptCloser, Unended
+from runvisor.supervisor.lease import NodeLease
 from runvisor.supervisor.recovery import (
     Adopt,
     NeverRecorded,
@@ -36,23 +36,13 @@ from runvisor.supervisor.recovery import (
     clear_leftover_spools,
     plan_recovery,
 )
+from runvisor.supervisor.slots import free_slots
 from runvisor.supervisor.watchdog import LiveAttempt, Verdict, Watchdog
 
 TICK_S = 1.0
-CLAIM_BATCH_MAX = 64  # runs claimed in one transaction at most
 SLOW_CHECK_S = 5.0  # how often to re-deliver stop requests and look for expired leases
 
 log = get_logger("runvisor.supervisor")
-
-
-@dataclass(frozen=True, slots=True)
-class Unended:
-    """An attempt the Supervisor must end itself, retried until PostgreSQL records it."""
-
-    attempt: int
-    reason: AttemptEndReason
-    marker: str | None
-    local: bool
 
 
 class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
@@ -76,13 +66,12 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
         self.stopping = False
         self.tick: TimerHandle | None = None
         self.next_slow_check = 0.0
-        # Since when Redis has answered our lease renewals without a break (None: it failed).
-        self.redis_ok_since: float | None = None
+        self.lease = NodeLease(deps.live, node_id=self.node_id, ttl_s=deps.settings.lease_ttl_s)
 
     # Lifecycle
 
     def on_start(self) -> None:
-        self._renew_lease()
+        self.lease.renew()
         self._recover()
         self.tick = self.deps.timers.schedule(TICK_S, self.actor_ref, m.SupervisorTick())
 
@@ -97,7 +86,8 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
     # Asked through its proxy (m.SupervisorProxy: from HTTP, the control listener, the service)
 
     def start_run(self, run_id: int) -> bool:
-        """Start queued runs, oldest first, while slots are free. True if `run_id` runs now."""
+        """Start queued runs, oldest first, while slots are free. True if `run_id` runs now.
+        (The HTTP side does not wait for this: it tells RunsQueued.)"""
         self._fill_slots(raise_errors=True)
         return run_id in self.live
 
@@ -175,7 +165,7 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
 
     def _on_tick(self) -> None:
         try:
-            self._renew_lease()
+            self.lease.renew()
             if not self.recovered:
                 self._recover()
             for run_id, unended in list(self.unended.items()):
@@ -240,18 +230,12 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
     # Slots, the queue and restarts
 
     def _free_slots(self) -> int:
-        limit = self.deps.settings.max_running
-        free = limit - len(self.live) if limit > 0 else CLAIM_BATCH_MAX
-        # With RUNVISOR_RUN_UIDS, a free uid too: a run never shares a uid; it waits, queued.
-        if self.deps.run_uids is not None:
-            free = min(free, self.deps.run_uids.available())
-        return max(0, min(free, CLAIM_BATCH_MAX))
-
-    def _has_free_slot(self) -> bool:
-        return self._free_slots() > 0
-
-    def _claim_args(self) -> dict[str, str]:
-        return {"marker": uuid.uuid4().hex, "boot_id": boot_id()}
+        uids = self.deps.run_uids
+        return free_slots(
+            max_running=self.deps.settings.max_running,
+            running=len(self.live),
+            free_uids=None if uids is None else uids.available(),
+        )
 
     def _fill_slots(self, *, raise_errors: bool = False) -> None:
         """Claim queued runs, oldest first, a batch per claim, while slots are free."""
@@ -283,11 +267,11 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
         )
 
     def _restart(self, run_id: int) -> None:
-        if not self._has_free_slot():
+        if not self._free_slots() > 0:
             self._schedule_restart(run_id, TICK_S)  # RUNVISOR_MAX_RUNNING counts restarts too
             return
         try:
-            run = self.deps.journal.claim_run(run_id, **self._claim_args())
+            run = self.deps.journal.claim_run(run_id, marker=uuid.uuid4().hex, boot_id=boot_id())
             if run is None and not self.deps.journal.stop_restarting_run(run_id):
                 current = self.deps.journal.get_run(run_id)
                 if (
@@ -373,19 +357,9 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
                 case Verdict.GONE:
                     self._forget(run_id, entry.attempt)
 
-    def _renew_lease(self) -> None:
-        if self.deps.live.renew_lease(self.node_id, self.deps.settings.lease_ttl_s):
-            if self.redis_ok_since is None:
-                self.redis_ok_since = time.monotonic()
-        else:
-            self.redis_ok_since = None
-
     def _take_over_dead_nodes(self) -> None:
         """Runs of a node whose lease expired are lost there: end their attempts, restart here."""
-        # After a Redis outage every lease has lapsed: give the other nodes a whole lease time
-        # (and a half) to renew theirs before reading a missing lease as a dead node.
-        settled = 1.5 * self.deps.settings.lease_ttl_s
-        if self.redis_ok_since is None or time.monotonic() - self.redis_ok_since < settled:
+        if not self.lease.settled():
             return
         try:
             nodes = self.deps.journal.nodes_with_active_runs()

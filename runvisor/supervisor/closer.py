@@ -23,6 +23,16 @@ log = get_logger("runvisor.supervisor")
 
 
 @dataclass(frozen=True, slots=True)
+class Unended:
+    """An attempt the Supervisor must end itself, retried until PostgreSQL records it."""
+
+    attempt: int
+    reason: AttemptEndReason
+    marker: str | None
+    local: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Closed:
     """What became of the attempt: `recorded` False means PostgreSQL is down (try again)."""
 
