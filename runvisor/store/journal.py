@@ -6,6 +6,7 @@ after its runs were taken over cannot overwrite the newer attempt's record.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -16,6 +17,7 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from runvisor import metrics
 from runvisor.errors import StoreUnavailable
 from runvisor.models import Attempt, Run, RunStatus
 from runvisor.store.columns import (
@@ -71,7 +73,9 @@ class RunJournal:
                 with self._pool.connection() as conn:
                     yield conn
             except (PoolTimeout, psycopg.OperationalError) as exc:
+                metrics.store_reachable("postgres", False)
                 raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+            metrics.store_reachable("postgres", True)
 
     def ping(self) -> None:
         with self._conn() as conn:
@@ -123,6 +127,7 @@ class RunJournal:
 
     def start_attempt(self, run: Run, *, pid: int, start_ticks: int) -> None:
         """The attempt's process exists: record its identity (pid + start time)."""
+        started = time.perf_counter()
         with self._conn() as conn, conn.transaction():
             conn.execute(
                 "UPDATE run_attempts SET pid = %s, pid_start_ticks = %s"
@@ -133,6 +138,7 @@ class RunJournal:
                 "UPDATE runs SET pid = %s WHERE id = %s AND attempt = %s AND node = %s",
                 (pid, run.id, run.attempt, self.node_id),
             )
+        metrics.observe_journal_batch(2, time.perf_counter() - started)
 
     def append_output(
         self, run_id: int, attempt: int, *, offset: int, chunks: Sequence[bytes], truncated: bool
@@ -144,6 +150,7 @@ class RunJournal:
         no byte is stored twice, and `output_bytes` never moves backwards.
         """
         total = offset + sum(len(c) for c in chunks)
+        started = time.perf_counter()
         with self._conn() as conn, conn.transaction():
             row = conn.execute(
                 "SELECT output_bytes FROM runs"
@@ -171,6 +178,8 @@ class RunJournal:
                     " ON CONFLICT (run_id, byte_offset) DO NOTHING",
                     rows,
                 )
+        metrics.observe_journal_batch(1 + len(rows), time.perf_counter() - started)
+        metrics.output_stored(sum(len(row[2]) for row in rows))
         return True
 
     def end_attempt(
@@ -191,6 +200,7 @@ class RunJournal:
         knew), the run ends `stopped` and is not restarted. Returns the status stored.
         """
         restarting = restart_delay_s is not None and not run_status.is_terminal
+        started = time.perf_counter()
         with self._conn() as conn, conn.transaction():
             row = conn.execute(
                 "UPDATE runs SET"
@@ -243,6 +253,7 @@ class RunJournal:
                     "restart_delay_s": restart_delay_s if stored is RunStatus.RESTARTING else None,
                 },
             )
+        metrics.observe_journal_batch(3, time.perf_counter() - started)
         return stored
 
     def stop_requests(self) -> list[tuple[int, str, float | None, float]]:
@@ -271,6 +282,7 @@ class RunJournal:
             if row is None:
                 return False
             _audit(conn, self.actor, "run.stopped", run_id=run_id, detail={"reason": row[0]})
+        metrics.run_ended(RunStatus.STOPPED)
         return True
 
     def active_runs_of_node(self) -> list[Run]:

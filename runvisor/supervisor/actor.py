@@ -19,6 +19,7 @@ from typing import Any
 
 import pykka
 
+from runvisor import metrics
 from runvisor import protocol as m
 from runvisor.actors.deps import RunDeps
 from runvisor.actors.run_actor import RunActor
@@ -78,6 +79,7 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
     # Lifecycle
 
     def on_start(self) -> None:
+        metrics.count_running(lambda: len(self.live))  # read by each scrape, from its thread
         self._renew_lease()
         self._recover()
         self.tick = self.deps.timers.schedule(TICK_S, self.actor_ref, m.SupervisorTick())
@@ -246,6 +248,7 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
                 run = self.deps.journal.claim_next_queued(**self._claim_args())
                 if run is None:
                     return
+                metrics.run_started()
                 self._spawn(run)
         except StoreUnavailable:
             if raise_errors:
