@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "runvisor.env_names",
             "runvisor.policy",
             "runvisor.protocol",
+            "runvisor.metrics",
         ],
     ),
     ("operating-system side", ["runvisor.procs"]),

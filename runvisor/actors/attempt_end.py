@@ -13,6 +13,7 @@ from typing import Any
 
 from structlog.stdlib import BoundLogger
 
+from runvisor import metrics
 from runvisor.actors.deps import RunDeps
 from runvisor.actors.spool import SpoolLayout
 from runvisor.models import AttemptEndReason, Run, RunStatus
@@ -31,6 +32,7 @@ class Outcome:
     reason: AttemptEndReason
     started_at: float  # time.time() when the attempt started
     leftovers_killed: int
+    end_mechanism: str  # how its leftovers were found: `cgroup` or `scan` (a metric's label)
     stop_by: str | None = None  # who stopped it (reason STOPPED)
     spawn_error: str | None = None  # why its process could not start
 
@@ -69,6 +71,9 @@ def end_attempt(
     recorded = record_end(journal, run, outcome)
     if recorded is None:
         return None
+    metrics.attempt_ended(
+        mechanism=outcome.end_mechanism, reason=outcome.reason, run_status=recorded.status
+    )
     on_recorded(recorded)
     if procs is not None:
         release_cgroup(procs, log)

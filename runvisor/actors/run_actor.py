@@ -339,6 +339,7 @@ class RunActor(pykka.ThreadingActor):
             reason=self.end_reason,
             started_at=self.started_at,
             leftovers_killed=self.procs.killed,
+            end_mechanism=self.procs.end_mechanism,
             stop_by=self.stop_by,
             spawn_error=self.spawn_error,
         )

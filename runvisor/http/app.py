@@ -14,7 +14,9 @@ from runvisor.http.appkeys import (
     CONTROL,
     HISTORY,
     ISOLATION,
+    METRICS,
     OPENAPI,
+    QUEUED_RUNS,
     REDIS,
     SETTINGS,
     STREAMS,
@@ -25,8 +27,10 @@ from runvisor.http.auth import TokenTable
 from runvisor.http.control import RunControl
 from runvisor.http.middleware import OPERATION_ID, authenticate, errors, request_log
 from runvisor.http.openapi import build_openapi
+from runvisor.http.queued_runs import QueuedRuns
 from runvisor.http.routes import ROUTE_TABLE
 from runvisor.http.streams import StreamSlots
+from runvisor.metrics import MetricsRegistry
 from runvisor.procs.isolation import RunIsolation
 from runvisor.protocol import SupervisorProxy
 from runvisor.store.history import open_history
@@ -56,6 +60,7 @@ def create_app(
         max_per_token=settings.max_output_streams_per_token,
     )
     app[OPENAPI] = build_openapi(version=__version__, max_page_limit=settings.max_page_limit)
+    app[METRICS] = MetricsRegistry()
     app.cleanup_ctx.append(_stores(database_url, redis_url))
     add_routes(app)
     return app
@@ -79,6 +84,7 @@ def _stores(database_url: str, redis_url: str) -> Any:
                 database_url, default_max_output_bytes=settings.max_output_bytes
             ) as history:
                 app[HISTORY] = history
+                app[QUEUED_RUNS] = QueuedRuns(history)
                 app[REDIS] = redis
                 app[CONTROL] = RunControl(
                     history=history,

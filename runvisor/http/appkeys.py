@@ -10,7 +10,9 @@ from aiohttp import web
 from runvisor.config import Settings
 from runvisor.http.auth import Principal, TokenTable
 from runvisor.http.control import RunControl
+from runvisor.http.queued_runs import QueuedRuns
 from runvisor.http.streams import StreamSlots
+from runvisor.metrics import MetricsRegistry
 from runvisor.procs.isolation import RunIsolation
 from runvisor.protocol import SupervisorProxy
 from runvisor.store.history import History
@@ -24,6 +26,8 @@ CONTROL = web.AppKey("control", RunControl)
 ISOLATION = web.AppKey("isolation", RunIsolation)
 STREAMS = web.AppKey("streams", StreamSlots)
 OPENAPI = web.AppKey("openapi", dict[str, Any])  # the document, built once per app
+METRICS = web.AppKey("metrics", MetricsRegistry)
+QUEUED_RUNS = web.AppKey("queued_runs", QueuedRuns)  # for /metrics, with the History
 
 # Per request (request[...]): who is asking.
 PRINCIPAL = "runvisor.principal"

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import pykka
 
+from runvisor import metrics
 from runvisor.errors import Conflict, ServiceUnavailable
 from runvisor.logs import get_logger
 from runvisor.models import Run, RunSpec, RunStatus
@@ -58,6 +59,7 @@ class RunControl:
         if run.status is RunStatus.QUEUED:
             stopped = await self.history.stop_queued_run(run_id, actor=actor)
             if stopped is not None:
+                metrics.run_ended(RunStatus.STOPPED)  # it never started: no attempt ends
                 return stopped
         grace = self.default_grace_s if grace_s is None else grace_s
         requested = await self.history.record_stop_request(run_id, actor=actor, grace_s=grace)

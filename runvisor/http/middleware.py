@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
+from runvisor import metrics
 from runvisor.errors import (
     BadRequest,
     NotFound,
@@ -42,16 +43,25 @@ async def request_log(request: web.Request, handler: Handler) -> web.StreamRespo
         response.headers["X-Request-Id"] = request_id
         return response
     finally:
+        seconds = time.perf_counter() - started
+        metrics.observe_request(route_template(request), request.method, status, seconds)
         principal = request.get(PRINCIPAL)
         log.info(
             "request",
             method=request.method,
             path=request.path,
             status=status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            duration_ms=round(seconds * 1000, 1),
             principal=principal.name if principal else None,
         )
         structlog.contextvars.unbind_contextvars("request_id")
+
+
+def route_template(request: web.Request) -> str:
+    """The matched route's path template (`/api/v1/runs/{id}`), never the raw path, whose ids
+    would make a metric series per run; `unmatched` when no route took the request."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else metrics.UNMATCHED_ROUTE
 
 
 @web.middleware

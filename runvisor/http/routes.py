@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from runvisor.http import health, legacy, v1
+from runvisor.http import health, legacy, scrape, v1
 from runvisor.http.auth import Role
 from runvisor.http.legacy_responses import LegacyCommand, LegacyRun
 from runvisor.http.request_models import CommandIn, LegacyCommandIn, RunIn, StopIn
@@ -117,6 +117,9 @@ ROUTE_TABLE: tuple[Route, ...] = (
            503: Reply("Not ready: `stores` says which is down", Readiness)}),
     Route("GET", "/api/v1/openapi.json", "getOpenapi", None, health.openapi, "This document",
           {200: Reply("The OpenAPI document", dict[str, Any])}),
+    Route("GET", "/metrics", "getMetrics", _V, scrape.metrics_text,
+          "The node's metrics, in Prometheus's text format",
+          {200: Reply("The metrics (text format 0.0.4)", body=str, media_type="text/plain")}),
     # The original assignment's routes: same paths and shapes.
     Route("POST", "/command", "legacyCreateCommand", _A, legacy.create_command,
           "Create a command (legacy)", {200: Reply("The command", LegacyCommand)},

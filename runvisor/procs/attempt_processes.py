@@ -65,6 +65,11 @@ class AttemptProcesses:
             self.cgroup.remove()
 
     @property
+    def end_mechanism(self) -> str:
+        """How the attempt's leftovers are found at its end: `cgroup`, or `scan` (/proc)."""
+        return "cgroup" if self.cgroup is not None else "scan"
+
+    @property
     def pid(self) -> int | None:
         return self.identity.pid if self.identity else None
 

@@ -16,6 +16,7 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from runvisor import metrics
 from runvisor.errors import StoreUnavailable
 from runvisor.models import Attempt, Run, RunStatus
 from runvisor.store.columns import (
@@ -76,7 +77,8 @@ class RunJournal:
         # Every call is marked there: the Supervisor does not take a RunActor waiting on
         # PostgreSQL for a wedged one.
         self._waits = store_waits or StoreWaits()
-        self._writer = GroupCommit(pool, on_batch=on_batch)
+        self._on_batch = on_batch
+        self._writer = GroupCommit(pool, on_batch=self._observe_batch)
 
     def close(self) -> None:
         self._writer.close()  # what is queued is written first
@@ -92,7 +94,9 @@ class RunJournal:
                 with self._pool.connection() as conn:
                     yield conn
             except (PoolTimeout, psycopg.OperationalError) as exc:
+                metrics.store_reachable("postgres", False)
                 raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+            metrics.store_reachable("postgres", True)
 
     def ping(self) -> None:
         with self._conn() as conn:
@@ -177,7 +181,11 @@ class RunJournal:
         """Store output chunks starting at byte `offset`; False if this node lost the run.
         Bytes below what is stored already are skipped (journal_writes.AppendOutput)."""
         write = AppendOutput(self.node_id, run_id, attempt, offset, chunks, truncated)
-        return bool(self._write(write))
+        stored: int | None = self._write(write)  # bytes newly stored; None: the run is lost
+        if stored is None:
+            return False
+        metrics.output_stored(stored)
+        return True
 
     def end_attempt(
         self,
@@ -211,6 +219,11 @@ class RunJournal:
         )
         stored: RunStatus | None = self._write(write)
         return stored
+
+    def _observe_batch(self, size: int, seconds: float) -> None:
+        metrics.observe_journal_batch(size, seconds)
+        if self._on_batch is not None:
+            self._on_batch(size, seconds)
 
     def queued_writes(self) -> int:
         return self._writer.queued()
@@ -246,6 +259,7 @@ class RunJournal:
             if row is None:
                 return False
             _audit(conn, self.actor, "run.stopped", run_id=run_id, detail={"reason": row[0]})
+        metrics.run_ended(RunStatus.STOPPED)
         return True
 
     def active_runs_of_node(self) -> list[Run]:

@@ -21,7 +21,8 @@ from runvisor.store.columns import AUDIT_INSERT
 
 @dataclass(frozen=True, slots=True)
 class AppendOutput:
-    """Output chunks of one attempt from byte `offset`; answers False if the node lost the run.
+    """Output chunks of one attempt from byte `offset`; answers how many bytes were stored anew,
+    or None if the node lost the run.
 
     Two writers may store the same spool range (a RunActor woken after the Supervisor took over
     its attempt's end): under the row lock, bytes below the stored end are skipped, so no byte
@@ -60,20 +61,21 @@ class AppendOutput:
         for write in writes:
             key = (write.run_id, write.attempt, write.node)
             if key not in stored_end:
-                answers.append(False)
+                answers.append(None)
                 continue
-            at = write.offset
+            at, new_bytes = write.offset, 0
             for chunk in write.chunks:
                 skip = min(max(stored_end[key] - at, 0), len(chunk))
                 if skip < len(chunk):
                     run_ids.append(write.run_id)
                     offsets.append(at + skip)
                     data.append(chunk[skip:])
+                    new_bytes += len(chunk) - skip
                 at += len(chunk)
             stored_end[key] = max(stored_end[key], at)
             total, truncated = ends.get(write.run_id, (0, False))
             ends[write.run_id] = (max(total, at), truncated or write.truncated)
-            answers.append(True)
+            answers.append(new_bytes)
         if ends:
             conn.execute(
                 "UPDATE runs SET output_bytes = GREATEST(runs.output_bytes, v.total),"

@@ -14,6 +14,7 @@ import redis
 from redis.client import PubSub
 from redis.typing import EncodableT, FieldT
 
+from runvisor import metrics
 from runvisor.logs import get_logger
 from runvisor.protocol import StopRequest
 from runvisor.store.redis_keys import RedisKeys
@@ -135,10 +136,12 @@ class LiveState:
             with self._waits.call():
                 result = write()
         except redis.RedisError as exc:
+            metrics.store_reachable("redis", False)
             if self._down_since is None:
                 self._down_since = time.monotonic()
                 log.warning("redis unavailable; live state is stale", during=what, error=str(exc))
             return None
+        metrics.store_reachable("redis", True)
         if self._down_since is not None:
             log.info("redis is back", down_s=round(time.monotonic() - self._down_since, 1))
             self._down_since = None

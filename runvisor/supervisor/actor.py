@@ -18,6 +18,7 @@ from typing import Any
 
 import pykka
 
+from runvisor import metrics
 from runvisor import protocol as m
 from runvisor.actors.deps import RunDeps
 from runvisor.actors.run_actor import RunActor
@@ -71,6 +72,7 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
     # Lifecycle
 
     def on_start(self) -> None:
+        metrics.count_running(lambda: len(self.live))  # read by each scrape, from its thread
         self.lease.renew()
         self._recover()
         self.tick = self.deps.timers.schedule(TICK_S, self.actor_ref, m.SupervisorTick())
@@ -245,6 +247,7 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
                 markers = [uuid.uuid4().hex for _ in range(free)]
                 runs = self.deps.journal.claim_queued(markers=markers, boot_id=boot_id())
                 for run in runs:
+                    metrics.run_started()
                     self._spawn(run)
                 if len(runs) < free:
                     return  # the queue is empty (or the rest is being claimed elsewhere)

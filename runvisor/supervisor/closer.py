@@ -85,6 +85,7 @@ class AttemptCloser:
             reason=reason,
             started_at=attempt.started_at.timestamp() if attempt else time.time(),
             leftovers_killed=killed,
+            end_mechanism="scan",  # whatever the node has, the closer scans /proc by marker
         )
 
         def announce(recorded: Recorded) -> None:

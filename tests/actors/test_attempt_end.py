@@ -23,6 +23,7 @@ from runvisor.procs.spawn import ExitStatus
 from runvisor.store.journal import RunJournal, open_journal
 from runvisor.store.live import LiveState, redis_client
 from runvisor.store.redis_keys import RedisKeys
+from tests.fix_metrics import moved, scrape_in_process
 
 NODE = "attempt-end-test-node"
 
@@ -82,6 +83,7 @@ def end(
             reason=AttemptEndReason.EXITED,
             started_at=time.time() - 1,
             leftovers_killed=2,
+            end_mechanism="scan",
         ),
         procs=None,
         live_state=lambda status: {"status": str(status), "attempt": run.attempt},
@@ -160,3 +162,24 @@ def test_a_run_this_node_lost_is_left_alone(
     assert recorded is None and heard == []
     assert stored(database_url, run.id) == ("running", None, 0)
     assert spool.output(run.id, 1).exists() and spool.status(run.id, 1).exists()
+
+
+def test_each_recorded_end_is_counted_once_with_what_became_of_the_run(
+    database_url: str, journal: RunJournal, live: LiveState, data_dir: Path
+) -> None:
+    spool = SpoolLayout(data_dir / "spool", data_dir / "work")
+    restarted = claimed_run(database_url, journal, {"policy": "on-failure", "backoff_s": 5})
+    succeeded = claimed_run(database_url, journal, {"policy": "never"})
+    lost = claimed_run(database_url, journal, {"policy": "never"})
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE runs SET node = 'another-node' WHERE id = %s", (lost.id,))
+    before = scrape_in_process()
+
+    end(journal, live, spool, restarted, exit_code=3)
+    end(journal, live, spool, succeeded, exit_code=0)
+    end(journal, live, spool, lost, exit_code=0)  # not this node's any more: not counted
+
+    after = scrape_in_process()
+    assert moved(before, after, "runvisor_attempts_ended_total", mechanism="scan") == 2
+    assert moved(before, after, "runvisor_restarts_total", reason="exited") == 1
+    assert moved(before, after, "runvisor_runs_ended_total", status="succeeded") == 1

@@ -38,6 +38,7 @@ EXPECTED = {
     ("GET", "/healthz"): None,
     ("GET", "/readyz"): None,
     ("GET", "/api/v1/openapi.json"): None,
+    ("GET", "/metrics"): Role.VIEWER,
     ("POST", "/command"): Role.ADMIN,
     ("GET", "/command/{id}"): Role.VIEWER,
     ("GET", "/commands"): Role.VIEWER,
@@ -139,6 +140,7 @@ def test_status_codes(doc: dict[str, Any]) -> None:
     output = by_id["getRunOutput"][2]["responses"]["200"]
     assert "text/plain" in output["content"]
     assert {"X-Output-Bytes", "X-Output-Offset", "X-Run-Status"} <= set(output["headers"])
+    assert set(by_id["getMetrics"][2]["responses"]["200"]["content"]) == {"text/plain"}
 
 
 def test_request_bodies(doc: dict[str, Any]) -> None:

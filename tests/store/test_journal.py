@@ -11,9 +11,11 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from runvisor.errors import StoreUnavailable
+from runvisor.models import RunStatus
 from runvisor.store.journal import RunJournal, open_journal
 from runvisor.store.waits import StoreWaits
 from tests.fix_journal import claimed_run
+from tests.fix_metrics import moved, scrape_in_process, value
 from tests.fix_proxy import TcpProxy, proxied_database_url
 from tests.polling import wait_until
 
@@ -145,3 +147,58 @@ def test_a_call_to_a_paused_server_waits_marked_and_completes_after_the_resume(
         pg_proxy.resume()
         proxied.close()
         direct.close()
+
+
+def test_each_write_is_observed_as_a_batch_and_only_new_output_bytes_are_counted(
+    database_url: str, journal: RunJournal
+) -> None:
+    run = claimed_run(database_url, journal, max_output_bytes=1_000_000)
+    before = scrape_in_process()
+    journal.start_attempt(run, pid=12345, start_ticks=1)  # 2 rows: the attempt and the run
+    assert journal.append_output(run.id, 1, offset=0, chunks=[DATA[:100]], truncated=False)
+    # Behind the stored end by 40 bytes: 30 bytes are new, and only they are counted.
+    assert journal.append_output(run.id, 1, offset=60, chunks=[DATA[60:130]], truncated=False)
+    stored_status = journal.end_attempt(
+        run,
+        exit_code=0,
+        signal=None,
+        reason="exited",
+        leftovers_killed=0,
+        run_status=RunStatus.SUCCEEDED,
+        run_reason=None,
+    )  # 3 rows: the run, the attempt, the audit entry
+    after = scrape_in_process()
+    assert stored_status is RunStatus.SUCCEEDED
+    assert moved(before, after, "runvisor_journal_batch_size_count") == 4
+    assert moved(before, after, "runvisor_journal_batch_size_sum") == 2 + 2 + 2 + 3
+    assert moved(before, after, "runvisor_journal_batch_seconds_count") == 4
+    assert moved(before, after, "runvisor_journal_batch_seconds_sum") > 0
+    assert moved(before, after, "runvisor_output_stored_bytes_total") == 130
+    assert value(after, "runvisor_store_up", {"store": "postgres"}) == 1
+
+
+def test_postgres_reachability_is_what_the_last_call_found(
+    database_url: str, pg_proxy: TcpProxy
+) -> None:
+    journal = open_journal(proxied_database_url(database_url, pg_proxy), node_id=NODE)
+    up = {"store": "postgres"}
+    try:
+        journal.ping()
+        assert value(scrape_in_process(), "runvisor_store_up", up) == 1
+        pg_proxy.cut()
+        with pytest.raises(StoreUnavailable):
+            journal.ping()
+        assert value(scrape_in_process(), "runvisor_store_up", up) == 0
+        pg_proxy.restore()
+        wait_until(lambda: _answers(journal), 15, "PostgreSQL to answer again")
+        assert value(scrape_in_process(), "runvisor_store_up", up) == 1
+    finally:
+        journal.close()
+
+
+def _answers(journal: RunJournal) -> bool:
+    try:
+        journal.ping()
+    except StoreUnavailable:
+        return False
+    return True

@@ -13,6 +13,7 @@ from runvisor.protocol import StopRequest
 from runvisor.store.live import LiveState, redis_client
 from runvisor.store.redis_keys import RedisKeys
 from runvisor.store.waits import StoreWaits
+from tests.fix_metrics import scrape_in_process, value
 from tests.fix_proxy import TcpProxy, proxied_redis_url
 from tests.polling import wait_until
 
@@ -147,5 +148,25 @@ def test_a_stop_redis_does_not_take_is_reported_not_raised() -> None:
         assert live.send_stop("node-a", StopRequest(1, 1.0, "admin:x")) is False
         with pytest.raises(redis.RedisError):
             live.control_channel("node-a")  # the listener retries on this
+    finally:
+        live.close()
+
+
+def test_redis_reachability_is_what_the_last_call_found(
+    redis_server_url: str, redis_prefix: str, redis_proxy: TcpProxy
+) -> None:
+    live = LiveState(
+        redis_client(proxied_redis_url(redis_server_url, redis_proxy)), RedisKeys(redis_prefix)
+    )
+    up = {"store": "redis"}
+    try:
+        assert live.renew_lease("n", 5)
+        assert value(scrape_in_process(), "runvisor_store_up", up) == 1
+        redis_proxy.cut()
+        assert not live.renew_lease("n", 5)
+        assert value(scrape_in_process(), "runvisor_store_up", up) == 0
+        redis_proxy.restore()
+        wait_until(lambda: live.renew_lease("n", 5), 10, "Redis to answer again")
+        assert value(scrape_in_process(), "runvisor_store_up", up) == 1
     finally:
         live.close()
