@@ -78,7 +78,7 @@ HTTP_SECONDS = Histogram(
 )
 JOURNAL_BATCH_SIZE = Histogram(
     "runvisor_journal_batch_size",
-    "Rows written per journal transaction (a group-commit batch)",
+    "Writes per journal transaction (a group-commit batch: every write waiting)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
     registry=None,
 )
@@ -145,7 +145,7 @@ def observe_request(route: str, method: str, status: int, seconds: float) -> Non
 
 
 def observe_journal_batch(size: int, seconds: float) -> None:
-    """One journal transaction (a group-commit batch) of `size` rows, committed in `seconds`."""
+    """One journal transaction (a group-commit batch) of `size` writes, committed in `seconds`."""
     JOURNAL_BATCH_SIZE.observe(size)
     JOURNAL_BATCH_SECONDS.observe(seconds)
 
