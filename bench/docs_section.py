@@ -45,8 +45,10 @@ def section_body(
     command_line: str,
     code: str,
     wall_s: float,
+    notes: list[str] | None = None,
     when: datetime | None = None,
 ) -> str:
+    """The section's text; `notes` are further lines for its list (stores, peer, load)."""
     when = when or datetime.now(UTC)
     title = "Quick run (`--quick`: reduced sizes)" if quick else "Full run"
     missed = report.missed()
@@ -55,7 +57,7 @@ def section_body(
         "",
         f"Measured {when:%Y-%m-%d %H:%M} UTC in {wall_s:.0f} s with `{command_line}`, code {code}.",
         "",
-        *(f"- {line}" for line in machine.summary()),
+        *(f"- {line}" for line in [*machine.summary(), *(notes or [])]),
         "",
         report.markdown_table(),
         "",

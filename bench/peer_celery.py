@@ -41,7 +41,7 @@ class CeleryPeer:
     def describe(self) -> str:
         return (
             f"Celery {version('celery')}, prefork 2 processes, Redis broker and result backend"
-            f" at {self.redis_url} (key prefix {self.prefix})"
+            f" at {self.redis_url}"
         )
 
     def start(self) -> None:

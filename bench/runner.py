@@ -86,9 +86,7 @@ def start_peer(args: argparse.Namespace, work_dir: Path, tag: str) -> Any:
         from bench.peer_celery import CeleryPeer
     except ImportError as exc:
         raise BenchFailed(f"--peer celery needs Celery: pip install -e '.[bench]' ({exc})") from exc
-    peer = CeleryPeer(args.peer_redis_url, work_dir, tag)
-    print(f"   peer: {peer.describe()}", flush=True)
-    return peer
+    return CeleryPeer(args.peer_redis_url, work_dir, tag)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,20 +109,27 @@ def main(argv: list[str] | None = None) -> int:
     machine: Machine | None = None
     ctx: Context | None = None
     t0 = time.monotonic()
+    notes = [f"load average at the start: {loadavg()}"]
     print(
         f"runvisor bench ({'quick' if args.quick else 'full'}), code {code_version()}", flush=True
     )
     try:
         stores.open()
         machine = describe(stores.database_url, stores.redis_url or "")
-        for line in [*machine.summary(), stores.describe()]:
+        notes.insert(0, stores.describe())
+        for line in [*machine.summary(), *notes]:
             print(f"   {line}", flush=True)
+        print(
+            f"   scratch database {stores.database_name}, Redis key prefix {stores.redis_prefix}:"
+        )
         data_dir = work_dir / "data"
         data_dir.mkdir()
         node = NodeUnderTest.start(stores, data_dir, f"bench-{tag}")
         print(f"   node {node.node_id}, pid {node.pid}, {node.base_url}", flush=True)
         if args.peer:
             peer = start_peer(args, work_dir, tag)
+            notes.append(f"peer: {peer.describe()}")
+            print(f"   {notes[-1]}", flush=True)
             peer.start()
         ctx = Context(node, QUICK if args.quick else FULL, data_dir, args.b3_data)
         for key in selected:
@@ -161,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nclean-up: {', '.join([*done, 'temporary directory removed'])}", flush=True)
     if ctx is not None:
         failures += ctx.failures
+    notes.append(f"load average at the end: {loadavg()}")
     command_line = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
-    return finish(args, command_line, report, machine, failures, code, time.monotonic() - t0)
+    wall_s = time.monotonic() - t0
+    return finish(args, command_line, report, machine, notes, failures, code, wall_s)
 
 
 def finish(
@@ -170,6 +177,7 @@ def finish(
     command_line: str,
     report: Report,
     machine: Machine | None,
+    notes: list[str],
     failures: list[str],
     code: int,
     wall_s: float,
@@ -189,6 +197,7 @@ def finish(
             command_line=command_line,
             code=code_version(),
             wall_s=wall_s,
+            notes=notes,
         )
         write_section(DOC, "quick" if args.quick else "full", body)
         print(f"written into {DOC.relative_to(DOC.parent.parent)}")

@@ -52,9 +52,9 @@ class Stores:
         return self._postgres is not None or self._valkey is not None
 
     def describe(self) -> str:
-        pg = "embedded PostgreSQL" if self._postgres else "PostgreSQL as given"
-        kv = "embedded Valkey" if self._valkey else "Redis as given"
-        return f"{pg}, database {self.database_name}; {kv}, key prefix {self.redis_prefix}:"
+        pg = "embedded PostgreSQL" if self._postgres else "the PostgreSQL given"
+        kv = "embedded Valkey" if self._valkey else "the Redis given"
+        return f"stores: {pg}, {kv}"
 
     def open(self) -> None:
         try:
