@@ -6,6 +6,7 @@ and waiting for its result (apply_async + get)."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -95,6 +96,9 @@ class CeleryPeer:
         done: list[str] = []
         errors: list[str] = []
         if self.app is not None:
+            # A result left in a reference cycle would otherwise be collected at interpreter
+            # exit, when its finaliser can no longer reach Redis to unsubscribe (a traceback).
+            gc.collect()
             self.app.close()
         if self.worker is not None:
             if self.worker.poll() is None:
