@@ -238,7 +238,7 @@ def service_factory(
     yield make
     leftovers: dict[str, list[int]] = {}
     for service in started:
-        _stop_active_runs(service)
+        stop_active_runs(service)
     for service in started:
         service.stop()
     for service in started:
@@ -246,11 +246,11 @@ def service_factory(
         if pids:
             leftovers[service.node_id] = pids
             kill_pids(pids)
-        _remove_node_cgroups(service.node_id)
+        remove_node_cgroups(service.node_id)
     assert not leftovers, f"run processes left behind: {leftovers}"
 
 
-def _remove_node_cgroups(node_id: str) -> None:
+def remove_node_cgroups(node_id: str) -> None:
     """A node removes its cgroup directory when it stops; one a test killed cannot. Test node ids
     are unique, so each would stay behind on the machine: remove what is empty now."""
     mount, own = cgroup2_mount(), own_cgroup()
@@ -262,7 +262,7 @@ def _remove_node_cgroups(node_id: str) -> None:
             path.rmdir()
 
 
-def _stop_active_runs(service: Service) -> None:
+def stop_active_runs(service: Service) -> None:
     """Tests that end with runs still going stop them here, and wait until they have ended."""
     if service.proc is None or service.proc.poll() is not None:
         return
