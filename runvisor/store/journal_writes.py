@@ -85,15 +85,34 @@ class AppendOutput:
                 (list(ends), [e[0] for e in ends.values()], [e[1] for e in ends.values()]),
             )
         if data:
-            # All runs' chunks in one statement. A re-flush after a crash may repeat an offset
-            # already stored: keep the first.
-            conn.execute(
-                "INSERT INTO run_output (run_id, byte_offset, data)"
-                " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %b::bytea[])"
-                " ON CONFLICT (run_id, byte_offset) DO NOTHING",
-                (run_ids, offsets, data),
-            )
+            _insert_chunks(conn, run_ids, offsets, data)
         return answers
+
+
+# Below this many bytes in a batch, its chunks go as three arrays (unnest: the cheapest for
+# many small chunks); above, as one multi-row VALUES with each chunk a parameter of its own
+# (building a large bytea array costs PostgreSQL more than the rows themselves).
+ARRAY_INSERT_MAX_BYTES = 1024 * 1024
+
+
+def _insert_chunks(
+    conn: psycopg.Connection[Any], run_ids: list[int], offsets: list[int], data: list[bytes]
+) -> None:
+    """All runs' chunks in one statement. A re-flush after a crash may repeat an offset
+    already stored: keep the first."""
+    conflict = " ON CONFLICT (run_id, byte_offset) DO NOTHING"
+    if sum(len(chunk) for chunk in data) <= ARRAY_INSERT_MAX_BYTES:
+        conn.execute(
+            "INSERT INTO run_output (run_id, byte_offset, data)"
+            " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %b::bytea[])" + conflict,
+            (run_ids, offsets, data),
+        )
+        return
+    rows = ", ".join(["(%s, %s, %b)"] * len(data))
+    params = [value for row in zip(run_ids, offsets, data, strict=True) for value in row]
+    conn.execute(
+        "INSERT INTO run_output (run_id, byte_offset, data) VALUES " + rows + conflict, params
+    )
 
 
 @dataclass(frozen=True, slots=True)

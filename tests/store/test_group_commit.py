@@ -15,6 +15,7 @@ import pytest
 from runvisor.errors import StoreUnavailable
 from runvisor.models import Run, RunStatus
 from runvisor.store.journal import RunJournal, open_journal
+from runvisor.store.journal_writes import ARRAY_INSERT_MAX_BYTES
 from tests.fix_journal import claimed_run
 from tests.polling import wait_until
 
@@ -243,3 +244,19 @@ def waiting_on_a_lock(database_url: str) -> bool:
             " WHERE datname = current_database() AND wait_event_type = 'Lock'"
         ).fetchone()
     return row is not None and row[0] > 0
+
+
+def test_large_and_small_batches_are_stored_byte_exact(
+    database_url: str, journal: RunJournal
+) -> None:
+    # Past ARRAY_INSERT_MAX_BYTES the chunks go as a multi-row VALUES, below it as arrays.
+    big, small = (
+        claimed_run(database_url, journal, max_output_bytes=10**7),
+        claimed_run(database_url, journal),
+    )
+    chunks = [bytes(range(256)) * 2400, b"\0\xff" * 300_000, b"tail"]
+    assert sum(map(len, chunks)) > ARRAY_INSERT_MAX_BYTES
+    assert journal.append_output(big.id, 1, offset=0, chunks=chunks, truncated=False)
+    assert journal.append_output(small.id, 1, offset=0, chunks=[b"a\0b", b"\n"], truncated=False)
+    assert stored_output(database_url, big.id) == (b"".join(chunks), sum(map(len, chunks)))
+    assert stored_output(database_url, small.id) == (b"a\0b\n", 4)
