@@ -31,6 +31,7 @@ from runvisor.procs.isolation import RunIsolation, choose_process_tracking
 from runvisor.procs.proctree import enable_child_subreaper
 from runvisor.procs.run_uids import UidPool, check_uid_range
 from runvisor.procs.run_user import RunUser, resolve_run_user
+from runvisor.procs.spool import SpoolLayout
 from runvisor.protocol import SupervisorProxy, supervisor_proxy
 from runvisor.store.journal import open_journal
 from runvisor.store.live import LiveState, redis_client
@@ -130,8 +131,7 @@ def isolate_runs(settings: Settings) -> RunIsolation:
         run_uids = UidPool(
             settings.run_uids,
             setpriv=setpriv,
-            work_root=settings.work_dir,
-            spool_root=settings.spool_dir,
+            spool=SpoolLayout(settings.spool_dir, settings.work_dir),
         )
         run_user = run_uids.user(settings.run_uids.first)
     else:

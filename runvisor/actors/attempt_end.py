@@ -15,11 +15,11 @@ from structlog.stdlib import BoundLogger
 
 from runvisor import metrics
 from runvisor.actors.deps import RunDeps
-from runvisor.actors.spool import SpoolLayout
 from runvisor.models import AttemptEndReason, Run, RunStatus
 from runvisor.policy import Decision, attempt_history, decide
 from runvisor.procs.attempt_processes import AttemptProcesses
 from runvisor.procs.spawn import ExitStatus
+from runvisor.procs.spool import SpoolLayout
 from runvisor.store.journal import RunJournal
 from runvisor.store.live import LiveState
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runvisor.actors.flush_nudger import FlushNudger
-from runvisor.actors.spool import SpoolLayout
 from runvisor.actors.timer import TimerService
 from runvisor.config import Settings
 from runvisor.procs.cgroups import CgroupTree
 from runvisor.procs.exit_watcher import ExitWatcher
 from runvisor.procs.run_uids import UidPool
 from runvisor.procs.run_user import RunUser
+from runvisor.procs.spool import SpoolLayout
 from runvisor.store.journal import RunJournal
 from runvisor.store.live import LiveState
 from runvisor.store.waits import StoreWaits

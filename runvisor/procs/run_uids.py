@@ -28,11 +28,10 @@ from runvisor.errors import SettingsError
 from runvisor.logs import get_logger
 from runvisor.procs import uid_sweep
 from runvisor.procs.run_user import RunUser, find_setpriv
+from runvisor.procs.spool import SpoolLayout
 from runvisor.procs.uid_range import SETTING, UidRange
 
 log = get_logger(__name__)
-
-UID_FILE_SUFFIX = ".uid"
 
 
 def check_uid_range(
@@ -127,15 +126,13 @@ class UidPool:
         uids: UidRange,
         *,
         setpriv: str,
-        work_root: Path,
-        spool_root: Path,
+        spool: SpoolLayout,
         sweep_dirs: tuple[Path, ...] = uid_sweep.SHARED_DIRS,
         max_entries: int = uid_sweep.MAX_ENTRIES,
     ) -> None:
         self.range = uids
         self.setpriv = setpriv
-        self.work_root = work_root
-        self.spool_root = spool_root
+        self.spool = spool
         self.sweep_dirs = sweep_dirs
         self.max_entries = max_entries
         self._lock = threading.Lock()
@@ -190,7 +187,7 @@ class UidPool:
 
     def record_path(self, run_id: int, attempt: int) -> Path:
         """Where an attempt's uid is recorded: beside its output and status files."""
-        return self.spool_root / str(run_id) / f"{attempt}{UID_FILE_SUFFIX}"
+        return self.spool.uid_record(run_id, attempt)
 
     def record(self, run_id: int, attempt: int) -> None:
         """Write down the attempt's uid, before its spawn (OSError if that fails)."""
@@ -236,7 +233,7 @@ class UidPool:
             os.unlink(self.record_path(run_id, attempt))
         started = time.monotonic()
         swept = self._sweep(uid.__eq__)
-        took_back = uid_sweep.take_back(self.work_root / str(run_id), uid.__eq__)
+        took_back = uid_sweep.take_back(self.spool.run_work(run_id), uid.__eq__)
         self._settle(uid, swept)
         log.info(
             "attempt uid released",
@@ -263,7 +260,7 @@ class UidPool:
 
         swept = self._sweep(unheld)
         with contextlib.suppress(OSError):  # no work dir yet
-            for entry in os.scandir(self.work_root):
+            for entry in os.scandir(self.spool.work_dir):
                 if entry.name.isdigit():
                     uid_sweep.take_back(Path(entry.path), unheld)
         if swept.processes_left:

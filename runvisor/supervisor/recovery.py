@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runvisor.actors.spool import SpoolLayout
 from runvisor.logs import get_logger
 from runvisor.models import Attempt, Run, RunStatus
 from runvisor.procs.cgroups import CgroupTree
 from runvisor.procs.proctree import kill_attempt_tree
+from runvisor.procs.spool import SpoolLayout
 from runvisor.store.journal import RunJournal
 from runvisor.supervisor.closer import AttemptCloser
 

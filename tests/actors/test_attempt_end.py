@@ -16,10 +16,10 @@ import pytest
 import redis
 
 from runvisor.actors.attempt_end import Outcome, Recorded, end_attempt
-from runvisor.actors.spool import SpoolLayout
 from runvisor.logs import get_logger
 from runvisor.models import AttemptEndReason, Run, RunStatus
 from runvisor.procs.spawn import ExitStatus
+from runvisor.procs.spool import SpoolLayout
 from runvisor.store.journal import RunJournal, open_journal
 from runvisor.store.live import LiveState, redis_client
 from runvisor.store.redis_keys import RedisKeys

@@ -16,6 +16,7 @@ import pytest
 from runvisor.errors import SettingsError
 from runvisor.procs import uid_sweep
 from runvisor.procs.run_uids import UidPool, check_uid_range, read_uid_file
+from runvisor.procs.spool import SpoolLayout
 from runvisor.procs.uid_range import UidRange
 from tests.polling import wait_until
 
@@ -41,8 +42,7 @@ def make_pool(roots: tuple[Path, Path, Path], first: int, last: int) -> UidPool:
     pool = UidPool(
         UidRange(first, last),
         setpriv="/usr/bin/setpriv",
-        work_root=work,
-        spool_root=spool,
+        spool=SpoolLayout(spool, work),
         sweep_dirs=(shared,),
     )
     pool.open()
@@ -64,7 +64,7 @@ def test_the_lowest_free_uid_is_taken_and_none_is_handed_out_twice(roots) -> Non
 
 def test_nothing_is_handed_out_before_the_pool_is_opened(roots) -> None:
     work, spool, _shared = roots
-    pool = UidPool(UidRange(BASE, BASE), setpriv="x", work_root=work, spool_root=spool)
+    pool = UidPool(UidRange(BASE, BASE), setpriv="x", spool=SpoolLayout(spool, work))
     assert not pool.available() and pool.take(1, 1) is None
     pool.open()
     assert pool.take(1, 1) == BASE
@@ -73,12 +73,12 @@ def test_nothing_is_handed_out_before_the_pool_is_opened(roots) -> None:
 def test_an_adopted_attempt_holds_its_recorded_uid_again(roots) -> None:
     first = make_pool(roots, BASE, BASE + 3)
     assert first.take(7, 2) == BASE and first.take(8, 1) == BASE + 1
-    (first.spool_root / "7").mkdir()  # a RunActor makes its run's spool dir first
+    first.spool.run_spool(7).mkdir()  # a RunActor makes its run's spool dir first
     first.record(7, 2)
     assert read_uid_file(first.record_path(7, 2)) == BASE
     # A restart: a new pool, nothing held, not open yet.
     work, spool, _shared = roots
-    second = UidPool(UidRange(BASE, BASE + 3), setpriv="x", work_root=work, spool_root=spool)
+    second = UidPool(UidRange(BASE, BASE + 3), setpriv="x", spool=SpoolLayout(spool, work))
     assert second.hold_recorded(7, 2) == BASE
     assert second.hold_recorded(8, 1) is None  # never recorded: nothing to hold
     assert not second.hold(9, 1, BASE)  # held by another attempt
@@ -123,8 +123,7 @@ def test_a_uid_whose_files_a_pass_could_not_all_reach_is_not_reused_yet(roots) -
     pool = UidPool(
         UidRange(uid, uid),
         setpriv="x",
-        work_root=work,
-        spool_root=spool,
+        spool=SpoolLayout(spool, work),
         sweep_dirs=(shared,),
         max_entries=3,
     )

@@ -15,8 +15,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from runvisor.actors.spool import SpoolLayout
 from runvisor.models import RunStatus
+from runvisor.procs.spool import SpoolLayout
 from runvisor.store.journal import RunJournal, open_journal
 from runvisor.supervisor.recovery import (
     Adopt,

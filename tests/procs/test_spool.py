@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runvisor.actors.spool import SpoolLayout
+from runvisor.procs.spool import SpoolLayout
 
 
 def test_paths_follow_the_documented_layout(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """SpoolLayout: where a node keeps the files of its runs, built in this one place.
 
 `DATA_DIR/spool/RUN/ATTEMPT.out` is an attempt's output (the buffer between its processes and
-PostgreSQL), `ATTEMPT.status` the exit status its wrapper writes; `DATA_DIR/work/RUN` is the
-run's working directory. See docs/architecture.md (The life of an attempt).
+PostgreSQL), `ATTEMPT.status` the exit status its wrapper writes, `ATTEMPT.uid` the uid it runs
+as (with RUNVISOR_RUN_UIDS); `DATA_DIR/work/RUN` is the run's working directory. See
+docs/architecture.md (The life of an attempt).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class SpoolLayout:
 
     def status(self, run_id: int, attempt: int) -> Path:
         return self.run_spool(run_id) / f"{attempt}.status"
+
+    def uid_record(self, run_id: int, attempt: int) -> Path:
+        return self.run_spool(run_id) / f"{attempt}.uid"
 
     def spooled_runs(self) -> list[int]:
         """The runs that have a spool directory (other entries are not a run's)."""
