@@ -249,7 +249,7 @@ def waiting_on_a_lock(database_url: str) -> bool:
 def test_large_and_small_batches_are_stored_byte_exact(
     database_url: str, journal: RunJournal
 ) -> None:
-    # Past ARRAY_INSERT_MAX_BYTES the chunks go as a multi-row VALUES, below it as arrays.
+    # Past ARRAY_INSERT_MAX_BYTES the chunks go as pipelined rows, below it as arrays.
     big, small = (
         claimed_run(database_url, journal, max_output_bytes=10**7),
         claimed_run(database_url, journal),
