@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from runvisor.http.appkeys import (
     OPENAPI,
     QUEUED_RUNS,
     REDIS,
+    RUN_WAITS,
     SETTINGS,
     STREAMS,
     SUPERVISOR,
@@ -29,6 +31,7 @@ from runvisor.http.middleware import OPERATION_ID, authenticate, errors, request
 from runvisor.http.openapi import build_openapi
 from runvisor.http.queued_runs import QueuedRuns
 from runvisor.http.routes import ROUTE_TABLE
+from runvisor.http.run_waits import RunWaits, listening
 from runvisor.http.streams import StreamSlots
 from runvisor.metrics import MetricsRegistry
 from runvisor.procs.isolation import RunIsolation
@@ -80,12 +83,17 @@ def _stores(database_url: str, redis_url: str) -> Any:
         # Stops for runs of other nodes go through LiveState, as the receiving end reads them.
         live = LiveState(redis_client(redis_url), RedisKeys(settings.redis_prefix))
         try:
-            async with open_history(
-                database_url, default_max_output_bytes=settings.max_output_bytes
-            ) as history:
+            async with (
+                contextlib.AsyncExitStack() as stack,
+                open_history(
+                    database_url, default_max_output_bytes=settings.max_output_bytes
+                ) as history,
+            ):
                 app[HISTORY] = history
                 app[QUEUED_RUNS] = QueuedRuns(history)
                 app[REDIS] = redis
+                waits = RunWaits(redis, RedisKeys(settings.redis_prefix).runs_ended())
+                app[RUN_WAITS] = await stack.enter_async_context(listening(waits))
                 app[CONTROL] = RunControl(
                     history=history,
                     supervisor=app[SUPERVISOR],

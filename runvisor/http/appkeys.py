@@ -11,6 +11,7 @@ from runvisor.config import Settings
 from runvisor.http.auth import Principal, TokenTable
 from runvisor.http.control import RunControl
 from runvisor.http.queued_runs import QueuedRuns
+from runvisor.http.run_waits import RunWaits
 from runvisor.http.streams import StreamSlots
 from runvisor.metrics import MetricsRegistry
 from runvisor.procs.isolation import RunIsolation
@@ -23,6 +24,7 @@ SUPERVISOR = web.AppKey("supervisor", SupervisorProxy)
 HISTORY = web.AppKey("history", History)
 REDIS = web.AppKey("redis", aioredis.Redis)
 CONTROL = web.AppKey("control", RunControl)
+RUN_WAITS = web.AppKey("run_waits", RunWaits)
 ISOLATION = web.AppKey("isolation", RunIsolation)
 STREAMS = web.AppKey("streams", StreamSlots)
 OPENAPI = web.AppKey("openapi", dict[str, Any])  # the document, built once per app

@@ -22,6 +22,7 @@ from runvisor.http.params import (
 )
 from runvisor.http.responses import Error, LegacyError
 from runvisor.http.routes import ROUTE_TABLE, Reply, Route
+from runvisor.http.run_waits import MAX_WAIT_S
 from runvisor.models import RunStatus
 
 _REF = "#/components/schemas/{model}"
@@ -108,6 +109,10 @@ def _query(name: str, max_page_limit: int) -> dict[str, Any]:
         "status": ("status", {"type": "array", "minItems": 1, "items": _STATUS_FILTER},
                    "comma-separated statuses, or `active` / `terminal`"),
         "output_offset": ("offset", {**big, "default": 0}, "first byte to return"),
+        "wait_s": ("wait_s", {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_S,
+                              "default": 0},
+                   "answer once the run has ended, or after this many seconds with the run as"
+                   " it is then (no polling)"),
         "output_limit": ("limit", {**big, "minimum": 1}, "at most this many bytes"),
         "audit_action": ("action", text, "only this action (exact), e.g. run.stop"),
         "audit_actor": ("actor", text, "only this actor (exact), e.g. admin:ed626e10"),

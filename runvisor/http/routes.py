@@ -97,7 +97,7 @@ ROUTE_TABLE: tuple[Route, ...] = (
           {200: Reply("A page of runs", RunPage)},
           query=("command_id", "status", "limit", "offset")),
     Route("GET", "/api/v1/runs/{id}", "getRun", _V, v1.get_run, "Read a run",
-          {200: Reply("The run", Run)}),
+          {200: Reply("The run", Run)}, query=("wait_s",), extra_errors=(429,)),
     Route("GET", "/api/v1/runs/{id}/output", "getRunOutput", _V, v1.get_run_output,
           "Read a run's output bytes", {200: _OUTPUT}, query=("output_offset", "output_limit"),
           extra_errors=(429,)),

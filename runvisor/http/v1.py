@@ -6,7 +6,7 @@ import dataclasses
 
 from aiohttp import web
 
-from runvisor.http.appkeys import CONTROL, HISTORY, SETTINGS, STREAMS, principal_of
+from runvisor.http.appkeys import CONTROL, HISTORY, RUN_WAITS, SETTINGS, STREAMS, principal_of
 from runvisor.http.auth import Role
 from runvisor.http.bodies import read_model
 from runvisor.http.params import (
@@ -22,6 +22,7 @@ from runvisor.http.params import (
 )
 from runvisor.http.request_models import CommandIn, RunIn, StopIn
 from runvisor.http.responses import AuditEntry, AuditEntryPage, Command, CommandPage, Run, RunPage
+from runvisor.http.run_waits import MAX_WAIT_S
 from runvisor.http.streams import finish_within, write_within
 from runvisor.models import RunSpec
 
@@ -82,8 +83,14 @@ async def list_runs(request: web.Request) -> web.Response:
 
 
 async def get_run(request: web.Request) -> web.Response:
+    """The run; with `wait_s`, once it has ended or after that many seconds (run_waits.py)."""
     run_id = parse_id(request.match_info["id"], "run")
-    return web.json_response(Run.of(await request.app[HISTORY].get_run(run_id)).to_json())
+    wait_s = parse_int_param(request.query, "wait_s", default=0, minimum=0, maximum=MAX_WAIT_S)
+    history = request.app[HISTORY]
+    run = await request.app[RUN_WAITS].wait_until_terminal(
+        run_id, wait_s or 0, lambda: history.get_run(run_id)
+    )
+    return web.json_response(Run.of(run).to_json())
 
 
 async def get_run_output(request: web.Request) -> web.StreamResponse:

@@ -5,9 +5,9 @@ A RunActor that stores output, records its process or ends its attempt hands the
 writer and waits for the answer, as it waited for its own transaction before. The writer takes
 the first write that arrives and every other one already waiting (up to MAX_BATCH_WRITES and
 MAX_BATCH_BYTES), performs them in one transaction (the output of all runs in one statement, or
-one pipelined round trip for large chunks) and answers each once the transaction has committed: nothing is acknowledged that
-is not durable, and one commit (one WAL flush) serves the whole batch. With a single caller
-the batch is that one write: no timer, no added latency.
+one pipelined round trip for large chunks) and answers each once the transaction has committed:
+nothing is acknowledged that is not durable, and one commit (one WAL flush) serves the batch.
+With a single caller the batch is that one write: no timer, no added latency.
 
 Each write keeps its own fence (node and attempt) and its own answer: a fenced write in a batch
 answers "lost" without touching the others. PostgreSQL unreachable fails the whole batch with

@@ -72,6 +72,8 @@ class LiveState:
                 pipe.expire(key, RedisKeys.FINISHED_RUN_TTL_S)
                 pipe.expire(self.keys.run_tail(run_id), RedisKeys.FINISHED_RUN_TTL_S)
             pipe.publish(self.keys.run_events(run_id), json.dumps({"type": "status", **state}))
+            if terminal:  # wakes the requests waiting for this run's end, on every node
+                pipe.publish(self.keys.runs_ended(), str(run_id))
             pipe.execute()
 
         self._best_effort("publish state", write)

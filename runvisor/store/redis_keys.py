@@ -21,6 +21,10 @@ class RedisKeys:
         """Pub/sub channel: output and status events of one run."""
         return f"{self.prefix}:run:{run_id}:events"
 
+    def runs_ended(self) -> str:
+        """Pub/sub channel: the id of each run that has just ended (terminal), from any node."""
+        return f"{self.prefix}:runs:ended"
+
     def node_lease(self, node_id: str) -> str:
         """String with a TTL: present while the node is alive."""
         return f"{self.prefix}:node:{node_id}:lease"
