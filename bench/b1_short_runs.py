@@ -13,7 +13,7 @@ from bench.client import connect, expect_succeeded
 from bench.context import Context
 from bench.load import async_rate, raw_echo, threaded_rate
 from bench.machine import loadavg
-from bench.report import PEER_B1, Figure
+from bench.report import B1_WAITING, PEER_B1, Figure
 from bench.stats import median
 
 
@@ -23,15 +23,20 @@ class Peer(Protocol):
     def rate(self, clients: int, seconds: float) -> float: ...
 
 
-async def runvisor_rate(ctx: Context, command_id: int, seconds: float) -> tuple[float, float]:
-    """Runs/s, and the GETs a run took on average until it was seen ending."""
+async def runvisor_rate(
+    ctx: Context, command_id: int, seconds: float, *, wait: bool = False
+) -> tuple[float, float]:
+    """Runs/s, and the GETs a run took on average until it was seen ending (`wait`: each GET
+    waits for the end, ?wait_s=, instead of polling)."""
     sizes = ctx.sizes
     runs = polls = 0
     async with connect(ctx.node.base_url, ctx.node.token, sizes.b1_clients) as api:
 
         async def one_run() -> None:
             nonlocal runs, polls
-            finished = await api.start_and_wait(command_id, sizes.b1_poll_s, sizes.b1_max_poll_s)
+            finished = await api.start_and_wait(
+                command_id, sizes.b1_poll_s, sizes.b1_max_poll_s, wait=wait
+            )
             expect_succeeded(finished.run, "B1")
             runs, polls = runs + 1, polls + finished.polls
 
@@ -45,6 +50,7 @@ async def measure(ctx: Context, peer: Peer | None = None) -> list[Figure]:
     await runvisor_rate(ctx, command_id, 0.5)  # warm-up: connections, pools, code paths
     raw: list[float] = []
     service: list[float] = []
+    waiting: list[float] = []
     peer_rates: list[float] = []
     for repeat in range(sizes.b1_repeats):
         raw.append(
@@ -52,9 +58,12 @@ async def measure(ctx: Context, peer: Peer | None = None) -> list[Figure]:
         )
         rate, polls = await runvisor_rate(ctx, command_id, sizes.b1_seconds)
         service.append(rate)
+        waited, waits = await runvisor_rate(ctx, command_id, sizes.b1_seconds, wait=True)
+        waiting.append(waited)
         line = (
             f"   repeat {repeat + 1}: raw {raw[-1]:.0f}/s, runvisor {rate:.1f} runs/s"
-            f" ({polls:.1f} polls per run)"
+            f" ({polls:.1f} polls per run), with ?wait_s {waited:.1f} runs/s"
+            f" ({waits:.1f} GETs per run)"
         )
         if peer is not None:
             peer_rates.append(
@@ -67,7 +76,15 @@ async def measure(ctx: Context, peer: Peer | None = None) -> list[Figure]:
         f" raw: subprocess.run from {sizes.b1_raw_threads} threads"
     )
     figures = [
-        Figure("B1 short runs/s", "runs/s", median(service), median(raw), len(service), detail)
+        Figure("B1 short runs/s", "runs/s", median(service), median(raw), len(service), detail),
+        Figure(
+            B1_WAITING,
+            "runs/s",
+            median(waiting),
+            median(raw),
+            len(waiting),
+            detail + "; each GET waits for the end (?wait_s) instead of polling",
+        ),
     ]
     if peer is not None:
         figures.append(

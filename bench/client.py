@@ -20,6 +20,7 @@ import aiohttp
 from bench.errors import Misbehaved
 
 TERMINAL = frozenset({"succeeded", "failed", "stopped", "timed_out", "lost"})
+WAIT_S = 30  # ?wait_s= of a GET that waits for the end (the node answers at the end)
 
 
 @dataclass
@@ -85,12 +86,19 @@ class AsyncApi:
                 return items
 
     async def start_and_wait(
-        self, command_id: int, poll_s: float, max_poll_s: float, timeout_s: float = 60.0
+        self,
+        command_id: int,
+        poll_s: float,
+        max_poll_s: float,
+        timeout_s: float = 60.0,
+        *,
+        wait: bool = False,
     ) -> Finished:
         """Start a run and poll it until it is terminal. Any other status means "poll on": the
         202 may say `running` or `queued`. The wait between polls starts at `poll_s` and grows
         by half each time up to `max_poll_s`: a short run is seen ending within about a poll,
-        a longer one is not slowed down by a flood of GETs."""
+        a longer one is not slowed down by a flood of GETs. With `wait`, each GET asks the node
+        to answer once the run has ended (`?wait_s=`), with no sleep between."""
         t0 = time.perf_counter()
         run = await self.start_run(command_id)
         accept_s = time.perf_counter() - t0
@@ -98,9 +106,12 @@ class AsyncApi:
         while run["status"] not in TERMINAL:
             if time.perf_counter() - t0 > timeout_s:
                 raise Misbehaved(f"run {run['id']} still {run['status']} after {timeout_s} s")
-            await asyncio.sleep(poll_s)
-            poll_s = min(poll_s * 1.5, max_poll_s)
-            run = await self.run(run["id"])
+            if wait:
+                run = await self.call("GET", f"/api/v1/runs/{run['id']}?wait_s={WAIT_S}")
+            else:
+                await asyncio.sleep(poll_s)
+                poll_s = min(poll_s * 1.5, max_poll_s)
+                run = await self.run(run["id"])
             polls += 1
         return Finished(run, accept_s, time.perf_counter() - t0, polls)
 
