@@ -6,6 +6,7 @@ after its runs were taken over cannot overwrite the newer attempt's record.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -32,6 +33,7 @@ from runvisor.store.group_commit import BatchObserver, GroupCommit, Write
 from runvisor.store.journal_writes import AppendOutput, EndAttempt, RecordProcess
 from runvisor.store.waits import StoreWaits
 
+QUEUED = sql.SQL("status = 'queued'")
 JOURNAL_OPTIONS = CONNECTION_OPTIONS["options"] + " -c lock_timeout=2000"
 
 
@@ -109,26 +111,28 @@ class RunJournal:
 
     def claim_run(self, run_id: int, *, marker: str, boot_id: str) -> Run | None:
         """Take a queued (or restarting) run for this node and open its next attempt."""
-        runs = self._claim(sql.SQL("id = %s"), (run_id,), markers=[marker], boot_id=boot_id)
+        runs = self._claim(sql.SQL("id = %s"), (run_id,), limit=1, boot_id=boot_id, marker=marker)
         return runs[0] if runs else None
 
     def claim_next_queued(self, *, marker: str, boot_id: str) -> Run | None:
         """Take the oldest queued run no other node is claiming right now."""
-        runs = self.claim_queued(markers=[marker], boot_id=boot_id)
+        runs = self._claim(QUEUED, (), limit=1, boot_id=boot_id, marker=marker)
         return runs[0] if runs else None
 
-    def claim_queued(self, *, markers: Sequence[str], boot_id: str) -> list[Run]:
-        """Take up to len(markers) of the oldest queued runs no other node is claiming right
-        now, in one transaction: a burst of starts costs one claim, not one each."""
-        return self._claim(sql.SQL("status = 'queued'"), (), markers=markers, boot_id=boot_id)
+    def claim_queued(self, *, limit: int, boot_id: str) -> list[Run]:
+        """Take up to `limit` of the oldest queued runs no other node is claiming right now,
+        in one transaction: a burst of starts costs one claim, not one each. Each attempt gets
+        a new random process marker."""
+        return self._claim(QUEUED, (), limit=limit, boot_id=boot_id)
 
     def _claim(
         self,
         condition: sql.Composable,
         params: tuple[Any, ...],
         *,
-        markers: Sequence[str],
+        limit: int,
         boot_id: str,
+        marker: str | None = None,
     ) -> list[Run]:
         """One transaction: the runs are ours, each with a new attempt number, and each
         attempt's row holds its process marker before any process exists, so a crash right
@@ -143,11 +147,11 @@ class RunJournal:
             "              ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)"
             " RETURNING {}"
         ).format(condition, RUN_COLUMNS)
-        if not markers:
+        if limit < 1:
             return []
         with self._conn() as conn, conn.transaction():
             cur = conn.cursor(row_factory=class_row(Run))
-            cur.execute(query, (self.node_id, *params, len(markers)))
+            cur.execute(query, (self.node_id, *params, limit))
             runs = sorted(cur.fetchall(), key=lambda run: run.id)
             if not runs:
                 return []
@@ -161,7 +165,7 @@ class RunJournal:
                     boot_id,
                     [run.id for run in runs],
                     [run.attempt for run in runs],
-                    list(markers[: len(runs)]),
+                    [marker or uuid.uuid4().hex for _ in runs],
                     [run.output_bytes for run in runs],
                 ),
             )

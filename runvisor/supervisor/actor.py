@@ -244,8 +244,7 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
         self.fill_requested = False
         try:
             while free := self._free_slots():
-                markers = [uuid.uuid4().hex for _ in range(free)]
-                runs = self.deps.journal.claim_queued(markers=markers, boot_id=boot_id())
+                runs = self.deps.journal.claim_queued(limit=free, boot_id=boot_id())
                 for run in runs:
                     metrics.run_started()
                     self._spawn(run)

@@ -203,3 +203,33 @@ def _answers(journal: RunJournal) -> bool:
     except StoreUnavailable:
         return False
     return True
+
+
+def test_a_burst_of_queued_runs_is_claimed_oldest_first_a_batch_per_transaction(
+    database_url: str, journal: RunJournal
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO commands (code, max_output_bytes) VALUES ('true', 10) RETURNING id"
+        ).fetchone()
+        assert row is not None
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "INSERT INTO runs (command_id, code, max_output_bytes)"
+                " SELECT %s, 'true', 10 FROM generate_series(1, 5) RETURNING id",
+                (row[0],),
+            ).fetchall()
+        ]
+        # A run whose stop was requested is never claimed.
+        conn.execute("UPDATE runs SET stop_requested_at = now() WHERE id = %s", (ids[1],))
+    first = journal.claim_queued(limit=3, boot_id="b")
+    assert [r.id for r in first] == [ids[0], ids[2], ids[3]]
+    markers = {r.attempts[0].process_marker for r in first}
+    assert len(markers) == 3 and all(len(m) == 32 for m in markers)
+    for run in first:
+        assert run.status is RunStatus.RUNNING and run.node == NODE and run.attempt == 1
+        assert [(a.attempt, a.node, a.output_offset) for a in run.attempts] == [(1, NODE, 0)]
+    assert [r.id for r in journal.claim_queued(limit=64, boot_id="b")] == [ids[4]]
+    assert journal.claim_queued(limit=64, boot_id="b") == []
+    assert journal.claim_queued(limit=0, boot_id="b") == []
