@@ -8,6 +8,7 @@ the policy. RunActors that stop answering are in test_wedged_run_actors.py."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import psycopg
@@ -120,3 +121,24 @@ def test_a_failing_run_actor_has_its_attempt_restarted_by_policy_and_the_supervi
     other = queued_run(database_url, "echo fine", {})
     assert supervisor.start_run(other).get(timeout=10) is True
     assert wait_until(lambda: run_in(deps, other, RunStatus.SUCCEEDED), 10, "the next run")
+
+
+def test_an_actor_queued_for_the_spawn_lock_is_not_taken_for_wedged(
+    database_url: str, deps: RunDeps, supervisor: Any
+) -> None:
+    # A burst of starts queues RunActors behind the node's one-at-a-time spawn: one that waits
+    # longer than the ping timeout (0.5 s here) is busy, not wedged, and its run must not be
+    # killed as stuck before it began (seen with 1,000 runs started at once).
+    run_id = queued_run(database_url, "echo started late", {})
+    with deps.watcher._lock:  # every spawn of the node waits here, as behind a long queue
+        assert supervisor.start_run(run_id).get(timeout=10) is True
+        # Long enough for the watchdog (it looks every second) to have looked more than once.
+        held_until = time.monotonic() + max(2.5, 4 * deps.settings.ping_timeout_s)
+        wait_until(lambda: time.monotonic() > held_until, 10, "the lock to be held", poll_s=0.1)
+        assert run_in(deps, run_id, RunStatus.RUNNING) is not None  # not ended as stuck
+    final = wait_until(
+        lambda: run_in(deps, run_id, RunStatus.SUCCEEDED, RunStatus.FAILED), 15, "the run's end"
+    )
+    assert final.status is RunStatus.SUCCEEDED, final
+    assert [(a.reason, a.exit_code) for a in final.attempts] == [("exited", 0)]
+    assert stored_output(database_url, run_id) == b"started late\n"
