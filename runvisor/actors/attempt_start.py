@@ -98,12 +98,12 @@ def spawn(
             raise RuntimeError("no uid of RUNVISOR_RUN_UIDS was handed to this attempt")
         deps.run_uids.record(run.id, run.attempt)  # before the spawn: adoption holds it again
     procs.create_cgroup()
-    # Spawns are one at a time on a node (the exit watcher's lock). An actor queued behind
-    # hundreds of others (a burst of starts) is waiting, not wedged: marked like a store call,
-    # the watchdog does not take it for stuck and kill its run before it began.
+    # Processes are created one at a time on a node (the exit watcher's lock). An actor queued
+    # behind hundreds of others (a burst of starts) is waiting, not wedged: marked like a store
+    # call, the watchdog does not take it for stuck and kill its run before it began.
     with deps.store_waits.call():
         procs.identity = deps.watcher.spawn_watched(
-            lambda: spawn_attempt(
+            lambda guard: spawn_attempt(
                 code=run.code,
                 env=env,
                 spool_path=spool_path,
@@ -111,6 +111,7 @@ def spawn(
                 cwd=work_dir,
                 run_user=run_user,
                 prepare=procs.prepare,
+                spawn_guard=guard,
             ),
             lambda: tell_quietly(owner, m.ProcessExited()),
         )

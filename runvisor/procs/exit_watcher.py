@@ -14,11 +14,11 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from runvisor.logs import get_logger
 from runvisor.procs.proctree import reap_children
-from runvisor.procs.spawn import ProcessIdentity
+from runvisor.procs.spawn import ProcessIdentity, SpawnGuard
 
 log = get_logger(__name__)
 
@@ -58,22 +58,42 @@ class ExitWatcher:
         os.close(self._wake_w)
 
     def spawn_watched(
-        self, spawn: Callable[[], ProcessIdentity], on_exit: ExitCallback
+        self, spawn: Callable[[SpawnGuard], ProcessIdentity], on_exit: ExitCallback
     ) -> ProcessIdentity:
-        """Spawn and watch under one lock, so the reaper never takes this child's exit status."""
+        """Spawn (`spawn` holds the guard it is given around the creation of the process) and
+        watch. The reaper is held off from the creation until the pid is set aside for its
+        owner, so it never takes this child's exit status; what the spawn does afterwards (the
+        cgroup, the limits: milliseconds) runs outside the lock, alongside other spawns."""
+        kept: list[int] = []
+
+        def keep(pid: int) -> None:
+            self._watched_pids.add(pid)
+            kept.append(pid)
+
+        @contextlib.contextmanager
+        def guard() -> Iterator[Callable[[int], None]]:
+            with self._lock:
+                yield keep
+
+        try:
+            identity = spawn(guard)
+        except BaseException:
+            with self._lock:  # its wrapper exits without running anything: the reaper's now
+                self._watched_pids.difference_update(kept)
+            raise
         with self._lock:
-            identity = spawn()
             try:
                 watching = self._watch_locked(identity.pid, on_exit)
             except OSError:
                 # No pidfd (EMFILE, say): a process nobody watches must not run on.
+                self._watched_pids.discard(identity.pid)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(identity.pid, signal.SIGKILL)
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(identity.pid, 0)
                 raise
-            if not watching:
-                on_exit()
+        if not watching:
+            on_exit()
         return identity
 
     def watch(self, pid: int, on_exit: ExitCallback) -> bool:

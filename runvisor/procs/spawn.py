@@ -6,6 +6,7 @@ RunActor decides when to call them and must not block its message loop on any of
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import functools
@@ -13,11 +14,15 @@ import os
 import signal
 import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from runvisor.procs.run_user import RunUser
+
+# Held around the creation of a process; handed its pid (ExitWatcher.spawn_watched).
+SpawnGuard = Callable[[], AbstractContextManager[Callable[[int], None]]]
 
 WRAPPER_PATH = Path(__file__).with_name("attempt_wrapper.sh")
 SHELL = "/bin/sh"
@@ -142,6 +147,7 @@ def spawn_attempt(
     cwd: Path,
     run_user: RunUser | None = None,
     prepare: Callable[[int], None] | None = None,
+    spawn_guard: SpawnGuard | None = None,
 ) -> ProcessIdentity:
     """Start `bash -c code` under the wrapper, in a new session, and return its identity.
 
@@ -150,9 +156,11 @@ def spawn_attempt(
     the wrapper's, which is also the session and process-group id. The wrapper waits on a pipe
     until `prepare(pid)` (cgroup, resource limits) has run, so no code of the run executes
     before that; if `prepare` raises, the wrapper exits at once without running anything and
-    the exception propagates. bash runs as `run_user` when that switches users. A stale
-    status_path is removed first. Raises OSError on failure (E2BIG if code exceeds the kernel's
-    128 KiB limit for one argument), ValueError for a NUL in code or env, or '=' in a name.
+    the exception propagates. bash runs as `run_user` when that switches users. `spawn_guard`
+    is held only around the creation of the process and is handed its pid (see
+    ExitWatcher.spawn_watched). A stale status_path is removed first. Raises OSError on failure
+    (E2BIG if code exceeds the kernel's 128 KiB limit for one argument), ValueError for a NUL in
+    code or env, or '=' in a name.
     """
     if not stat.S_ISDIR(os.stat(cwd).st_mode):  # fail here, cleanly, rather than in the wrapper
         raise NotADirectoryError(errno.ENOTDIR, "attempt cwd is not a directory", str(cwd))
@@ -184,15 +192,17 @@ def spawn_attempt(
         ]
         # posix_spawn, not subprocess.Popen: no Popen object that could reap the pid behind the
         # RunActor's back (Popen.__del__ / _cleanup), and vfork-speed spawning.
-        pid = os.posix_spawn(
-            SHELL,
-            argv,
-            dict(env),
-            file_actions=actions,
-            setsid=True,
-            setsigmask=(),  # nothing blocked, whatever the calling thread blocks
-            setsigdef=_DEFAULT_SIGNALS,
-        )
+        with spawn_guard() if spawn_guard is not None else _no_guard() as keep:
+            pid = os.posix_spawn(
+                SHELL,
+                argv,
+                dict(env),
+                file_actions=actions,
+                setsid=True,
+                setsigmask=(),  # nothing blocked, whatever the calling thread blocks
+                setsigdef=_DEFAULT_SIGNALS,
+            )
+            keep(pid)
         os.close(gate_r)
         gate_r = -1
         identity = _identity_after_spawn(pid)
@@ -205,6 +215,11 @@ def spawn_attempt(
         if gate_r >= 0:
             os.close(gate_r)
     return identity
+
+
+@contextlib.contextmanager
+def _no_guard() -> Iterator[Callable[[int], None]]:
+    yield lambda pid: None
 
 
 def _high_fd(fd: int) -> int:

@@ -34,12 +34,13 @@ def test_the_watcher_reports_an_exit_at_once_and_leaves_the_status_to_the_owner(
     exited = threading.Event()
     try:
         identity = watcher.spawn_watched(
-            lambda: spawn_attempt(
+            lambda guard: spawn_attempt(
                 code="sleep 0.2; exit 4",
                 env={"PATH": os.environ["PATH"]},
                 spool_path=tmp_path / "out",
                 status_path=tmp_path / "status",
                 cwd=tmp_path,
+                spawn_guard=guard,
             ),
             exited.set,
         )
