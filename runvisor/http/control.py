@@ -66,14 +66,19 @@ class RunControl:
         if requested is None:
             raise Conflict(f"run {run_id} has already ended", code="run_finished")
         if requested.node in (None, self.node_id):
-            await _ask(self.supervisor.stop_run(run_id, grace, actor))
+            # Told, not awaited: the stop is recorded, and the Supervisor re-delivers recorded
+            # stops every few seconds should this one be lost; the answer need not wait.
+            try:
+                self.supervisor.stop_run(run_id, grace, actor)
+            except pykka.ActorDeadError:
+                raise ServiceUnavailable("the service is shutting down") from None
         else:
             request = StopRequest(run_id=run_id, grace_s=grace, requested_by=actor)
             # In a worker thread: LiveState's Redis client blocks.
             if not await asyncio.to_thread(self.live.send_stop, requested.node, request):
                 # The stop is recorded: the owning node re-delivers it to itself within seconds.
                 log.warning("stop not sent through Redis; the owner will find it")
-        return await self.history.get_run(run_id)
+        return requested
 
     async def running_count(self) -> int:
         return await _ask(self.supervisor.running_count())

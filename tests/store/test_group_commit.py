@@ -15,7 +15,7 @@ import pytest
 from runvisor.errors import StoreUnavailable
 from runvisor.models import Run, RunStatus
 from runvisor.store.journal import RunJournal, open_journal
-from runvisor.store.journal_writes import ARRAY_INSERT_MAX_BYTES
+from runvisor.store.journal_writes import ARRAY_INSERT_MAX_BYTES, EndAttempt
 from tests.fix_journal import claimed_run
 from tests.polling import wait_until
 
@@ -260,3 +260,78 @@ def test_large_and_small_batches_are_stored_byte_exact(
     assert journal.append_output(small.id, 1, offset=0, chunks=[b"a\0b", b"\n"], truncated=False)
     assert stored_output(database_url, big.id) == (b"".join(chunks), sum(map(len, chunks)))
     assert stored_output(database_url, small.id) == (b"a\0b\n", 4)
+
+
+def test_ends_of_many_runs_in_one_batch_keep_each_fence_and_stop(
+    database_url: str, journal: RunJournal
+) -> None:
+    plain, stopping, restarting, taken, twice = (
+        claimed_run(database_url, journal) for _ in "12345"
+    )
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE runs SET stop_requested_at = now(), stop_requested_by = 'tester' WHERE id = %s",
+            (stopping.id,),
+        )
+        conn.execute("UPDATE runs SET node = 'other-node' WHERE id = %s", (taken.id,))
+
+    def end(run: Run, status: RunStatus, delay: float | None = None, code: int = 0) -> EndAttempt:
+        return EndAttempt(
+            NODE,
+            f"node:{NODE}",
+            run.id,
+            run.attempt,
+            exit_code=code,
+            signal=None,
+            reason="exited",
+            leftovers_killed=0,
+            run_status=status,
+            run_reason=None,
+            restart_delay_s=delay,
+        )
+
+    writes = [
+        end(plain, RunStatus.SUCCEEDED),
+        end(stopping, RunStatus.FAILED, code=1),
+        end(restarting, RunStatus.RESTARTING, delay=30.0, code=1),
+        end(taken, RunStatus.SUCCEEDED),
+        end(twice, RunStatus.SUCCEEDED),
+        end(twice, RunStatus.FAILED, code=9),  # a second end of the same attempt: fenced
+    ]
+    with psycopg.connect(database_url) as conn, conn.transaction():
+        answers = EndAttempt.write_all(conn, writes)
+    assert answers == [
+        RunStatus.SUCCEEDED,
+        RunStatus.STOPPED,  # PostgreSQL has the last word on a stop
+        RunStatus.RESTARTING,
+        None,  # another node holds the run
+        RunStatus.SUCCEEDED,
+        None,
+    ]
+    with psycopg.connect(database_url) as conn:
+        rows = dict(
+            (r[0], r[1:])
+            for r in conn.execute(
+                "SELECT r.id, r.status, r.exit_code, r.reason, r.restart_count,"
+                " r.next_attempt_at IS NOT NULL, a.finished_at IS NOT NULL, a.exit_code"
+                " FROM runs r JOIN run_attempts a ON a.run_id = r.id AND a.attempt = r.attempt"
+                " WHERE r.id = ANY(%s)",
+                ([plain.id, stopping.id, restarting.id, taken.id, twice.id],),
+            ).fetchall()
+        )
+        audited = conn.execute(
+            "SELECT run_id, action FROM audit WHERE run_id = ANY(%s) AND action LIKE 'run.%%'"
+            " ORDER BY run_id",
+            ([plain.id, stopping.id, restarting.id, taken.id, twice.id],),
+        ).fetchall()
+    assert rows[plain.id] == ("succeeded", 0, None, 0, False, True, 0)
+    assert rows[stopping.id] == ("stopped", 1, "stopped by tester", 0, False, True, 1)
+    assert rows[restarting.id] == ("restarting", 1, None, 1, True, True, 1)
+    assert rows[taken.id] == ("running", None, None, 0, False, False, None)
+    assert rows[twice.id] == ("succeeded", 0, None, 0, False, True, 0)
+    assert audited == [
+        (plain.id, "run.succeeded"),
+        (stopping.id, "run.stopped"),
+        (restarting.id, "run.restarting"),
+        (twice.id, "run.succeeded"),
+    ]
