@@ -32,11 +32,24 @@ ATTEMPTS_OF_RUNS = sql.SQL(
 
 # Runs with their attempts in one statement (one snapshot, one round trip): the attempts come
 # as a JSON array in the `attempts` column, turned into Attempt records by attempts_from_json.
-RUNS_WITH_ATTEMPTS_SELECT = sql.SQL(
-    "SELECT {}, (SELECT coalesce(json_agg(a ORDER BY a.attempt), '[]'::json)"
-    " FROM (SELECT {} FROM run_attempts WHERE run_id = runs.id) AS a) AS attempts FROM runs "
+RUN_WITH_ATTEMPTS = sql.SQL(
+    "{}, (SELECT coalesce(json_agg(a ORDER BY a.attempt), '[]'::json)"
+    " FROM (SELECT {} FROM run_attempts WHERE run_id = runs.id) AS a) AS attempts"
 ).format(RUN_COLUMNS, ATTEMPT_COLUMNS)
+RUNS_WITH_ATTEMPTS_SELECT = sql.SQL("SELECT {} FROM runs ").format(RUN_WITH_ATTEMPTS)
 GET_RUN = (RUNS_WITH_ATTEMPTS_SELECT + sql.SQL("WHERE id = %s")).as_string(None)
+# A stop request recorded, audited and the run read back in one statement (one round trip).
+RECORD_STOP = (
+    sql.SQL(
+        "WITH asked AS (UPDATE runs SET stop_requested_by = coalesce(stop_requested_by, %s),"
+        " stop_requested_at = coalesce(stop_requested_at, now()), stop_grace_s = %s"
+        " WHERE id = %s AND status = ANY(%s) RETURNING {}),"
+        " audited AS (INSERT INTO audit (actor, action, run_id, detail)"
+        " SELECT %s, 'run.stop', id, %s FROM asked) SELECT * FROM asked"
+    )
+    .format(RUN_WITH_ATTEMPTS)
+    .as_string(None)
+)
 
 
 def attempts_from_json(runs: list[Run]) -> list[Run]:

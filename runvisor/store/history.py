@@ -28,6 +28,7 @@ from runvisor.store.columns import (
     AUDIT_INSERT,
     COMMAND_COLUMNS,
     GET_RUN,
+    RECORD_STOP,
     RUN_COLUMNS,
     RUNS_WITH_ATTEMPTS_SELECT,
     attempts_from_json,
@@ -40,6 +41,7 @@ from runvisor.store.connection import (
 from runvisor.store.output_reads import OutputReads
 
 _ACTIVE = [str(s) for s in ACTIVE_STATUSES]
+_STARTED = [str(RunStatus.RUNNING), str(RunStatus.RESTARTING)]
 
 
 @asynccontextmanager
@@ -313,18 +315,15 @@ class History:
         return await self.get_run(run_id)
 
     async def record_stop_request(self, run_id: int, *, actor: str, grace_s: float) -> Run | None:
-        """Note who asked to stop an active run (the first asker is kept); None if it ended."""
-        query = sql.SQL(
-            "UPDATE runs SET stop_requested_by = coalesce(stop_requested_by, %s),"
-            " stop_requested_at = coalesce(stop_requested_at, now()), stop_grace_s = %s"
-            " WHERE id = %s AND status = ANY(%s) RETURNING id"
-        )
-        async with self._conn() as conn, conn.transaction():
-            row = await (await conn.execute(query, (actor, grace_s, run_id, _ACTIVE))).fetchone()
-            if row is None:
-                return None
-            await _audit(conn, actor, "run.stop", run_id=run_id, detail={"grace_s": grace_s})
-        return await self.get_run(run_id)
+        """Note who asked to stop a started run (the first asker is kept); None if it is not
+        running or restarting (a queued run is stopped at once: stop_queued_run). One
+        statement: recorded, audited and read back."""
+        params = (actor, grace_s, run_id, _STARTED, actor, Jsonb({"grace_s": grace_s}))
+        async with self._conn() as conn:
+            cur = conn.cursor(row_factory=class_row(Run))
+            await cur.execute(RECORD_STOP, params)
+            runs = attempts_from_json(await cur.fetchall())
+        return runs[0] if runs else None
 
 
 async def _fetch_command(
