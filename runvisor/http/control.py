@@ -58,19 +58,19 @@ class RunControl:
         requested = await self.history.record_stop_request(run_id, actor=actor, grace_s=grace)
         if requested is None:
             run = await self.history.get_run(run_id)  # NotFound (404) if there is none
+            if run.status.is_terminal:
+                raise Conflict(
+                    f"run {run_id} has already ended ({run.status})", code="run_finished"
+                )
             if run.status is RunStatus.QUEUED:
                 stopped = await self.history.stop_queued_run(run_id, actor=actor)
                 if stopped is not None:
                     metrics.run_ended(RunStatus.STOPPED)  # it never started: no attempt ends
                     return stopped
-                # Claimed meanwhile: it is active now.
-                requested = await self.history.record_stop_request(
-                    run_id, actor=actor, grace_s=grace
-                )
+            # Claimed between the two reads (queued a moment ago, started now): record it.
+            requested = await self.history.record_stop_request(run_id, actor=actor, grace_s=grace)
             if requested is None:
-                raise Conflict(
-                    f"run {run_id} has already ended ({run.status})", code="run_finished"
-                )
+                raise Conflict(f"run {run_id} has already ended", code="run_finished")
         if requested.node in (None, self.node_id):
             # Told, not awaited: the stop is recorded, and the Supervisor re-delivers recorded
             # stops every few seconds should this one be lost; the answer need not wait.
