@@ -31,6 +31,7 @@ from runvisor.store.columns import (
 from runvisor.store.connection import CONNECTION_OPTIONS, check_if_idle, note_returned
 from runvisor.store.group_commit import BatchObserver, GroupCommit, Write
 from runvisor.store.journal_writes import AppendOutput, EndAttempt, RecordProcess
+from runvisor.store.nodes import NodeRegistry
 from runvisor.store.waits import StoreWaits
 
 QUEUED = sql.SQL("status = 'queued'")
@@ -81,6 +82,8 @@ class RunJournal:
         self._waits = store_waits or StoreWaits()
         self._on_batch = on_batch
         self._writer = GroupCommit(pool, on_batch=self._observe_batch)
+        # The fleet's table, on the same pool: registration, heartbeats, states.
+        self.nodes = NodeRegistry(self._conn)
 
     def close(self) -> None:
         self._writer.close()  # what is queued is written first
