@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from runvisor.errors import SettingsError
+from runvisor.placement import PlacementError, parse_labels
 from runvisor.procs.limits import parse_run_limits
 from runvisor.procs.uid_range import UidRange, parse_uid_range
 
@@ -109,6 +110,13 @@ def _parse_node_id(raw: str) -> str:
     if not value or len(value) > 64 or not all(c.isalnum() or c in "-_." for c in value):
         raise _Refused("1-64 characters of letters, digits, '-', '_' or '.'")
     return value
+
+
+def _parse_node_labels(raw: str) -> dict[str, str]:
+    try:
+        return parse_labels(raw)
+    except PlacementError as exc:
+        raise _Refused(str(exc)) from None
 
 
 def _parse_prefix(raw: str) -> str:
@@ -215,6 +223,8 @@ class Settings(BaseSettings):
     log_format: Annotated[LogFormat, _choice(LOG_FORMATS)] = "auto"
     log_level: Annotated[LogLevel, _choice(LOG_LEVELS)] = "info"
     node_id: Annotated[str, _text(_parse_node_id)] = Field(default_factory=socket.gethostname)
+    # What runs may ask of this node (`key=value,…`): placement.py.
+    node_labels: Annotated[dict[str, str], _text(_parse_node_labels)] = Field(default_factory=dict)
     redis_prefix: Annotated[str, _text(_parse_prefix)] = "runvisor"
     max_running: Annotated[int, _integer(0)] = 0
     default_grace_s: Annotated[float, _number(0.0)] = 10.0

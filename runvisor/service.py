@@ -18,6 +18,7 @@ from pathlib import Path
 import pykka
 from aiohttp import web
 
+from runvisor import __version__
 from runvisor.actors.deps import RunDeps
 from runvisor.actors.flush_nudger import FlushNudger
 from runvisor.actors.timer import TimerService
@@ -40,6 +41,7 @@ from runvisor.store.redis_keys import RedisKeys
 from runvisor.store.waits import StoreWaits
 from runvisor.supervisor.actor import Supervisor
 from runvisor.supervisor.control_listener import ControlListener
+from runvisor.supervisor.node_presence import NodePresence
 from runvisor.supervisor.shutdown import drain_before_exit, record_shutdown
 
 log = get_logger("runvisor.service")
@@ -68,6 +70,8 @@ def serve(settings: Settings) -> None:
         if not enable_child_subreaper():
             log.warning("not a child subreaper: orphaned grandchildren may escape a stop")
         deps = start_run_services(settings, database_url, redis_url, isolation, stack)
+        # Registered (state `up`) before the Supervisor reads back a drain of a previous run.
+        start_node_presence(deps, stack)
         supervisor = start_supervisor(deps, stack)
         start_control_listener(settings, deps.live, supervisor, stack)
         app = create_app(
@@ -315,7 +319,12 @@ def start_run_services(
     nudger.start()
     stack.callback(nudger.stop)
     store_waits = StoreWaits()
-    journal = open_journal(database_url, node_id=settings.node_id, store_waits=store_waits)
+    journal = open_journal(
+        database_url,
+        node_id=settings.node_id,
+        node_labels=settings.node_labels,
+        store_waits=store_waits,
+    )
     stack.callback(journal.close)
     live = LiveState(
         redis_client(redis_url), RedisKeys(settings.redis_prefix), store_waits=store_waits
@@ -370,3 +379,18 @@ def start_control_listener(
     listener = ControlListener(live=live, node_id=settings.node_id, supervisor=supervisor)
     listener.start()
     stack.callback(listener.stop)
+
+
+def start_node_presence(deps: RunDeps, stack: contextlib.ExitStack) -> None:
+    """This node's row in `nodes`: registered now, seen every second (node_presence.py)."""
+    presence = NodePresence(
+        registry=deps.journal.nodes,
+        live=deps.live,
+        node_id=deps.settings.node_id,
+        labels=deps.settings.node_labels,
+        version=__version__,
+        capacity=deps.settings.max_running,
+        mechanism="cgroup" if deps.cgroups is not None else "scan",
+    )
+    presence.start()
+    stack.callback(presence.stop)

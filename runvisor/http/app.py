@@ -16,6 +16,7 @@ from runvisor.http.appkeys import (
     HISTORY,
     ISOLATION,
     METRICS,
+    NODE_LEASES,
     OPENAPI,
     QUEUED_RUNS,
     REDIS,
@@ -27,6 +28,7 @@ from runvisor.http.appkeys import (
 )
 from runvisor.http.auth import TokenTable
 from runvisor.http.control import RunControl
+from runvisor.http.fleet import NodeLeases
 from runvisor.http.middleware import OPERATION_ID, authenticate, errors, request_log
 from runvisor.http.openapi import build_openapi
 from runvisor.http.queued_runs import QueuedRuns
@@ -92,12 +94,14 @@ def _stores(database_url: str, redis_url: str) -> Any:
                 app[HISTORY] = history
                 app[QUEUED_RUNS] = QueuedRuns(history)
                 app[REDIS] = redis
+                app[NODE_LEASES] = NodeLeases(redis, RedisKeys(settings.redis_prefix))
                 waits = RunWaits(redis, RedisKeys(settings.redis_prefix).runs_ended())
                 app[RUN_WAITS] = await stack.enter_async_context(listening(waits))
                 app[CONTROL] = RunControl(
                     history=history,
                     supervisor=app[SUPERVISOR],
                     live=live,
+                    leases=app[NODE_LEASES],
                     node_id=settings.node_id,
                     default_grace_s=settings.default_grace_s,
                 )

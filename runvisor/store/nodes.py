@@ -21,6 +21,8 @@ import psycopg
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
+from runvisor.placement import NodeView, Placement, unmet_reason
+
 
 class NodeState(StrEnum):
     """What a node says of itself (stored), plus `lost` (derived, never stored)."""
@@ -74,6 +76,25 @@ SET_STATE = (
     " WHERE id = %s"
 )
 
+# Per node: its running runs (running or restarting, owned by it) and the queued runs it may
+# take (placement: any node or this one, labels it has), as the claim decides.
+COUNTS = (
+    "SELECT n.id,"
+    " (SELECT count(*) FROM runs WHERE node = n.id AND status IN ('running', 'restarting')),"
+    " (SELECT count(*) FROM runs WHERE status = 'queued'"
+    "   AND (place_node IS NULL OR place_node = n.id) AND place_labels <@ n.labels)"
+    " FROM nodes n WHERE n.id = ANY(%s)"
+)
+# The placements queued runs ask for, each once: the reasons are worked out per placement.
+QUEUED_PLACEMENTS = "SELECT DISTINCT place_node, place_labels FROM runs WHERE status = 'queued'"
+SET_REASONS = (
+    "UPDATE runs SET queued_reason = %s WHERE status = 'queued'"
+    " AND place_node IS NOT DISTINCT FROM %s AND place_labels = %s"
+    " AND queued_reason IS DISTINCT FROM %s"
+)
+SET_REASON = "UPDATE runs SET queued_reason = %s WHERE id = %s AND status = 'queued'"
+
+LeaseHeld = Callable[[str], bool | None]
 Connect = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
 AsyncConnect = Callable[[], AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]]
 
@@ -84,6 +105,14 @@ def effective_state(stored: str, lease_held: bool | None) -> str:
     if lease_held is False and stored in LEASED_STATES:
         return str(NodeState.LOST)
     return stored
+
+
+def views(records: list[NodeRecord], held: Mapping[str, bool | None]) -> list[NodeView]:
+    """The nodes as placement sees them: stored state, `lost` where a lease is missing."""
+    return [
+        NodeView(id=r.id, labels=r.labels, state=effective_state(r.state, held.get(r.id)))
+        for r in records
+    ]
 
 
 class NodeRegistry:
@@ -141,6 +170,25 @@ class NodeRegistry:
             cur.execute(f"SELECT {NODE_COLUMNS} FROM nodes ORDER BY id")
             return cur.fetchall()
 
+    def views(self, lease_held: LeaseHeld) -> list[NodeView]:
+        """Every node with the state the API shows (Redis asked for the nodes that should
+        hold a lease)."""
+        records = self.all()
+        held = {r.id: lease_held(r.id) for r in records if r.state in LEASED_STATES}
+        return views(records, held)
+
+    def refresh_queued_reasons(self, nodes: list[NodeView]) -> int:
+        """Set (or clear) `queued_reason` of every queued run by whether a node that is up may
+        take it: one statement per distinct placement. Returns the runs changed."""
+        changed = 0
+        with self._conn() as conn:
+            placements = conn.execute(QUEUED_PLACEMENTS).fetchall()
+            for node, labels in placements:
+                reason = unmet_reason(Placement(node, labels), nodes)
+                cur = conn.execute(SET_REASONS, (reason, node, Jsonb(labels), reason))
+                changed += cur.rowcount
+        return changed
+
 
 class NodeReads:
     """The HTTP side's reads (async, History's pool)."""
@@ -159,3 +207,14 @@ class NodeReads:
             cur = conn.cursor(row_factory=class_row(NodeRecord))
             await cur.execute(f"SELECT {NODE_COLUMNS} FROM nodes ORDER BY id")
             return await cur.fetchall()
+
+    async def counts(self, node_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """Node id -> (running runs, queued runs it may take)."""
+        async with self._conn() as conn:
+            cur = await conn.execute(COUNTS, (node_ids,))
+            return {row[0]: (row[1], row[2]) for row in await cur.fetchall()}
+
+    async def set_queued_reason(self, run_id: int, reason: str) -> bool:
+        """Say why a run waits, unless it has been claimed meanwhile."""
+        async with self._conn() as conn:
+            return (await conn.execute(SET_REASON, (reason, run_id))).rowcount > 0
