@@ -20,8 +20,11 @@ async def list_nodes(request: web.Request) -> web.Response:
 
 
 async def get_node(request: web.Request) -> web.Response:
-    raw = request.match_info["node_id"]
-    node_id = _node_id(raw)
+    raw = request.match_info["id"]
+    try:
+        node_id = check_node_id(raw)
+    except PlacementError as exc:
+        raise BadRequest(str(exc), code="invalid_id") from None
     fleet = await read_fleet(request.app[HISTORY], request.app[NODE_LEASES], node_id)
     if not fleet:
         raise NotFound(f"node {shorten(raw)} not found")
@@ -31,7 +34,7 @@ async def get_node(request: web.Request) -> web.Response:
 async def drain_node(request: web.Request) -> web.Response:
     """Drain a node: it claims nothing more; its runs finish, or are stopped at the deadline
     and restarted elsewhere by policy. Answers with the node, `draining`."""
-    raw = request.match_info["node_id"]
+    raw = request.match_info["id"]
     node_id = _node_id(raw)
     body = await read_model(request, DrainIn, required=False) or DrainIn()
     await request.app[CONTROL].drain_node(

@@ -113,9 +113,9 @@ ROUTE_TABLE: tuple[Route, ...] = (
     Route("GET", "/api/v1/nodes", "listNodes", _V, nodes.list_nodes,
           "List the nodes: labels, state, lease, capacity, running and queued runs",
           {200: Reply("Every node that has ever started, by id", NodeList)}),
-    Route("GET", "/api/v1/nodes/{node_id}", "getNode", _V, nodes.get_node, "Read a node",
+    Route("GET", "/api/v1/nodes/{id}", "getNode", _V, nodes.get_node, "Read a node",
           {200: Reply("The node", Node)}),
-    Route("POST", "/api/v1/nodes/{node_id}/drain", "drainNode", _A, nodes.drain_node,
+    Route("POST", "/api/v1/nodes/{id}/drain", "drainNode", _A, nodes.drain_node,
           "Drain a node: it claims no more runs; its runs finish, or past deadline_s are "
           "stopped and restarted elsewhere by policy; 409 if it is not up",
           {202: Reply("Accepted: the node, draining", Node)}, body=DrainIn, extra_errors=(409,)),

@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate as validate_spec
 
-from runvisor.http import legacy_responses, responses
+from runvisor.http import legacy_responses, node_responses, responses
 from runvisor.http.auth import Role
 from runvisor.http.openapi import build_openapi
 from runvisor.http.routes import REQUIRED_ROLES, ROUTE_TABLE, ROUTES
@@ -35,6 +35,9 @@ EXPECTED = {
     ("GET", "/api/v1/runs/{id}/output"): Role.VIEWER,
     ("POST", "/api/v1/runs/{id}/stop"): Role.OPERATOR,
     ("GET", "/api/v1/audit"): Role.ADMIN,
+    ("GET", "/api/v1/nodes"): Role.VIEWER,
+    ("GET", "/api/v1/nodes/{id}"): Role.VIEWER,
+    ("POST", "/api/v1/nodes/{id}/drain"): Role.ADMIN,
     ("GET", "/healthz"): None,
     ("GET", "/readyz"): None,
     ("GET", "/api/v1/openapi.json"): None,
@@ -110,10 +113,12 @@ def test_status_codes(doc: dict[str, Any]) -> None:
             assert {"400", "404"} <= codes, op_id
             (param,) = [p for p in op["parameters"] if p["in"] == "path"]
             assert param["name"] == "id" and param["required"] is True
-            assert param["schema"]["type"] == "integer"
+            # A node's id is its RUNVISOR_NODE_ID; every other id is a positive integer.
+            node = path.startswith("/api/v1/nodes/")
+            assert param["schema"]["type"] == ("string" if node else "integer"), op_id
         if "requestBody" in op:
             assert {"400", "413", "415", "422"} <= codes, op_id
-        if op_id in ("deleteCommand", "stopRun", "legacyStopRun"):
+        if op_id in ("deleteCommand", "stopRun", "legacyStopRun", "drainNode"):
             assert "409" in codes
         # The reads that stream output share a cap: 429 past it (RUNVISOR_MAX_OUTPUT_STREAMS);
         # so do the reads that wait for a run's end (run_waits.MAX_RUN_WAITS).
@@ -150,6 +155,7 @@ def test_request_bodies(doc: dict[str, Any]) -> None:
         "createCommand": ("CommandIn", True),
         "startRun": ("RunIn", False),
         "stopRun": ("StopIn", False),
+        "drainNode": ("DrainIn", False),
         "legacyCreateCommand": ("LegacyCommandIn", True),
     }
     for op_id, (_, _, op) in ops.items():
@@ -297,7 +303,7 @@ def test_response_shapes_match_the_models(doc: dict[str, Any]) -> None:
 def _response_models() -> list[type[responses.ResponseModel]]:
     """Every concrete response model of the two modules (not the base classes)."""
     found = []
-    for module in (responses, legacy_responses):
+    for module in (responses, legacy_responses, node_responses):
         for value in vars(module).values():
             if (
                 isinstance(value, type)
