@@ -29,6 +29,8 @@ ENV_PREFIX = "RUNVISOR_"
 LogFormat = Literal["auto", "console", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 ProcessTracking = Literal["auto", "cgroup", "scan"]
+OnShutdown = Literal["detach", "drain"]
+ON_SHUTDOWN: tuple[OnShutdown, ...] = ("detach", "drain")
 LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "console", "json")
 PROCESS_TRACKING: tuple[ProcessTracking, ...] = ("auto", "cgroup", "scan")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
@@ -236,7 +238,15 @@ class Settings(BaseSettings):
     max_output_streams_per_token: Annotated[int, _integer(1)] = 16
     output_write_timeout_s: Annotated[float, _number(0.1)] = 30.0
     ping_timeout_s: Annotated[float, _number(0.1)] = 10.0
-    lease_ttl_s: Annotated[float, _number(2.0)] = 15.0
+    # Renewed every second (TTL/3 if shorter) by a thread of its own; a dead node's runs are
+    # restarted elsewhere within the TTL + ~1 s.
+    lease_ttl_s: Annotated[float, _number(2.0)] = 5.0
+    # What a graceful stop (SIGTERM) does with the runs: leave them running for the next start
+    # (unattended for at most detach_ttl_s), or drain (wait, then stop them after
+    # drain_timeout_s, to be restarted elsewhere by policy).
+    on_shutdown: Annotated[OnShutdown, _choice(ON_SHUTDOWN)] = "detach"
+    detach_ttl_s: Annotated[float, _number(0.0)] = 300.0
+    drain_timeout_s: Annotated[float, _number(0.0)] = 60.0
     tokens_file: Annotated[Path | None, _text(lambda raw: Path(raw.strip()).expanduser())] = None
     # Resolved at start-up (runvisor.procs.run_user).
     run_as: Annotated[str | None, _text(_stripped)] = None

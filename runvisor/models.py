@@ -40,6 +40,7 @@ class AttemptEndReason(StrEnum):
     STOPPED = "stopped"
     LOST = "lost"
     ACTOR_FAILED = "actor_failed"
+    DRAINED = "drained"  # stopped at its node's drain deadline; restarted elsewhere by policy
 
 
 # Per-command resource limits (setrlimit(2)): CPU seconds, address space, largest file written,

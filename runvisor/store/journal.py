@@ -29,6 +29,7 @@ from runvisor.store.columns import (
     attempts_from_json,
 )
 from runvisor.store.connection import CONNECTION_OPTIONS, check_if_idle, note_returned
+from runvisor.store.drains import Drains
 from runvisor.store.group_commit import BatchObserver, GroupCommit, Write
 from runvisor.store.journal_writes import AppendOutput, EndAttempt, RecordProcess
 from runvisor.store.nodes import NodeRegistry
@@ -97,6 +98,8 @@ class RunJournal:
         self._writer = GroupCommit(pool, on_batch=self._observe_batch)
         # The fleet's table, on the same pool: registration, heartbeats, states.
         self.nodes = NodeRegistry(self._conn)
+        # Drains read back and runs handed to the queue by a draining node.
+        self.drains = Drains(self._conn, node_id=node_id, actor=self.actor)
 
     def close(self) -> None:
         self._writer.close()  # what is queued is written first
@@ -126,8 +129,12 @@ class RunJournal:
         return runs[0] if runs else None
 
     def claim_run(self, run_id: int, *, marker: str, boot_id: str) -> Run | None:
-        """Take a queued (or restarting) run for this node and open its next attempt."""
-        runs = self._claim(sql.SQL("id = %s"), (run_id,), limit=1, boot_id=boot_id, marker=marker)
+        """Take a queued run, or this node's restarting run, and open its next attempt. (A
+        restarting run another node took over is that node's to restart.)"""
+        condition = sql.SQL("id = %s AND (status = 'queued' OR node = %s)")
+        runs = self._claim(
+            condition, (run_id, self.node_id), limit=1, boot_id=boot_id, marker=marker
+        )
         return runs[0] if runs else None
 
     def claim_next_queued(self, *, marker: str, boot_id: str) -> Run | None:
@@ -310,11 +317,14 @@ class RunJournal:
         return markers
 
     def nodes_with_active_runs(self) -> list[str]:
-        """Other nodes that own running or restarting runs."""
+        """Other nodes that own running or restarting runs, but for those that detached and
+        whose detach time is not over (their runs go on unattended until then)."""
         with self._conn() as conn:
             rows = conn.execute(
                 "SELECT DISTINCT node FROM runs WHERE status IN ('running', 'restarting')"
-                " AND node IS NOT NULL AND node <> %s",
+                " AND node IS NOT NULL AND node <> %s AND NOT EXISTS (SELECT 1 FROM nodes"
+                "   WHERE nodes.id = runs.node AND nodes.state = 'detached'"
+                "   AND nodes.detached_until > now())",
                 (self.node_id,),
             ).fetchall()
         return [row[0] for row in rows]
