@@ -45,7 +45,7 @@ class _Spool:
 
 class LiveRelay:
     def __init__(self, live: LiveState) -> None:
-        self._live = live
+        self._live = live.with_own_connection()
         self._lock = threading.Lock()
         self._spools: dict[int, _Spool] = {}  # keyed by id(ref): one entry per RunActor
         self._stopping = threading.Event()
@@ -58,6 +58,7 @@ class LiveRelay:
         self._stopping.set()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
+        self._live.close()
 
     def watch(
         self,

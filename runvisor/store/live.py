@@ -85,6 +85,13 @@ class LiveState:
     def close(self) -> None:
         self._redis.close()
 
+    def with_own_connection(self) -> LiveState:
+        """The same live state over a connection of its own: a thread that must keep its pace
+        (the live relay) never waits for the shared pool, which a busy node may exhaust."""
+        kwargs = self._redis.connection_pool.connection_kwargs
+        pool = redis.BlockingConnectionPool(max_connections=1, timeout=2.0, **kwargs)  # type: ignore[no-untyped-call]
+        return LiveState(redis.Redis(connection_pool=pool), self.keys, store_waits=self._waits)
+
     def ping(self) -> bool:
         return self._best_effort("ping", self._redis.ping) is not None
 
