@@ -237,6 +237,8 @@ class Settings(BaseSettings):
     max_output_streams: Annotated[int, _integer(1)] = 64
     max_output_streams_per_token: Annotated[int, _integer(1)] = 16
     output_write_timeout_s: Annotated[float, _number(0.1)] = 30.0
+    max_live_streams_per_token: Annotated[int, _integer(1)] = 16
+    sse_heartbeat_s: Annotated[float, _number(0.1)] = 15.0
     ping_timeout_s: Annotated[float, _number(0.1)] = 10.0
     # Renewed every second (TTL/3 if shorter) by a thread of its own; a dead node's runs are
     # restarted elsewhere within the TTL + ~1 s.

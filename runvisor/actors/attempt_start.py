@@ -115,6 +115,9 @@ def spawn(
             ),
             lambda: tell_quietly(owner, m.ProcessExited()),
         )
+    # Live output goes on from what is stored: bytes a node taken over published and never
+    # stored are not the ones this attempt writes at those offsets.
+    deps.live.restart_tail(run.id, run.output_bytes)
     return _pump(run, deps, owner, spool_path, base_offset=run.output_bytes, stored_in_spool=0)
 
 
@@ -170,7 +173,14 @@ def _pump(
     stored_in_spool: int,
 ) -> OutputPump:
     """The attempt's output pump; the flush nudger watches its spool for `owner`."""
-    deps.nudger.watch(owner, spool_path, stored_in_spool)
+    deps.nudger.watch(
+        owner,
+        spool_path,
+        stored_in_spool,
+        run_id=run.id,
+        base_offset=base_offset,
+        max_output_bytes=run.max_output_bytes,
+    )
     return OutputPump(
         run_id=run.id,
         attempt=run.attempt,
