@@ -40,6 +40,15 @@ class AttemptEndReason(StrEnum):
     STOPPED = "stopped"
     LOST = "lost"
     ACTOR_FAILED = "actor_failed"
+    OUTPUT_LIMIT = "output_limit"  # on_output_limit "stop": more than max_output_bytes written
+
+
+class OnOutputLimit(StrEnum):
+    """What a run does past its max_output_bytes: keep the head and the tail of its output
+    (the bytes between are dropped), or that and stop."""
+
+    TRUNCATE = "truncate"
+    STOP = "stop"
 
 
 # Per-command resource limits (setrlimit(2)): CPU seconds, address space, largest file written,
@@ -95,6 +104,7 @@ class Command:
     max_output_bytes: int
     env: dict[str, str | None]  # the variables a run may set -> default value (None: none)
     limits: dict[str, int | str]  # LIMIT_NAMES -> positive int or "unlimited"
+    on_output_limit: str = "truncate"  # OnOutputLimit
 
 
 @dataclass(slots=True)
@@ -143,6 +153,10 @@ class Run:
     restart: dict[str, Any]
     max_output_bytes: int
     limits: dict[str, int | str]  # copied from the command when the run was created
+    on_output_limit: str = "truncate"  # OnOutputLimit
+    # The dropped bytes, [start, end) in the run's output; None while nothing was dropped.
+    output_gap_start: int | None = None
+    output_gap_end: int | None = None
     attempts: list[Attempt] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -151,6 +165,12 @@ class Run:
     @property
     def restart_policy(self) -> RestartPolicy:
         return RestartPolicy.from_json(self.restart)
+
+    @property
+    def output_gap(self) -> tuple[int, int] | None:
+        """The dropped bytes [start, end), or None."""
+        start, end = self.output_gap_start, self.output_gap_end
+        return (start, end) if start is not None and end is not None and end > start else None
 
     @property
     def current_attempt(self) -> Attempt | None:
@@ -172,6 +192,7 @@ class CommandSpec:
     max_output_bytes: int | None = None  # None: the RUNVISOR_MAX_OUTPUT_BYTES default
     env: dict[str, str | None] = field(default_factory=dict)  # declared variables -> default
     limits: dict[str, int | str] = field(default_factory=dict)  # absent name: node default
+    on_output_limit: OnOutputLimit = OnOutputLimit.TRUNCATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +203,8 @@ class RunSpec:
     stuck_after_s: float | None = None
     restart: RestartPolicy | None = None
     env: dict[str, str] = field(default_factory=dict)
+    max_output_bytes: int | None = None
+    on_output_limit: OnOutputLimit | None = None
     # Whoever asked may loosen the command's bounds (an admin); else only tighten them.
     may_loosen: bool = False
 
@@ -198,3 +221,9 @@ class AuditEntry:
     command_id: int | None
     run_id: int | None
     detail: dict[str, Any]
+
+
+def output_head_tail(max_output_bytes: int) -> tuple[int, int]:
+    """The bytes a run keeps past its limit: the first `head` and the last `tail` it wrote."""
+    head = max_output_bytes // 2
+    return head, max_output_bytes - head

@@ -19,7 +19,7 @@ from runvisor import models
 from runvisor.errors import RunvisorError
 from runvisor.http.auth import Role
 from runvisor.http.request_models import LimitValue
-from runvisor.models import LIMIT_NAMES, RestartPolicyKind, RunStatus
+from runvisor.models import LIMIT_NAMES, OnOutputLimit, RestartPolicyKind, RunStatus
 
 
 def timestamp(value: datetime) -> str:
@@ -99,6 +99,7 @@ class Command(ResponseModel):
     stuck_after_s: float | None
     restart: RestartPolicy
     max_output_bytes: int
+    on_output_limit: OnOutputLimit
     env: Annotated[
         dict[str, str | None],
         Field(
@@ -119,6 +120,7 @@ class Command(ResponseModel):
             stuck_after_s=c.stuck_after_s,
             restart=RestartPolicy.of(c.restart),
             max_output_bytes=c.max_output_bytes,
+            on_output_limit=OnOutputLimit(c.on_output_limit),
             # Defaults are set by an admin and are not secrets (unlike a run's values).
             env=dict(sorted(c.env.items())),
             limits=Limits.of(c.limits),
@@ -149,6 +151,15 @@ class Attempt(ResponseModel):
         return cls.model_validate(a)
 
 
+class OutputGap(ResponseModel):
+    """Bytes [start, end) of the output were dropped: past max_output_bytes a run keeps the
+    first half of the limit (the head, up to `start`) and the last half (the tail, from
+    `end`)."""
+
+    start: int
+    end: int
+
+
 class Run(ResponseModel):
     id: int
     command_id: int
@@ -165,8 +176,16 @@ class Run(ResponseModel):
     created_at: Timestamp
     started_at: Timestamp | None
     finished_at: Timestamp | None
-    output_bytes: int
-    output_truncated: bool
+    output_bytes: Annotated[
+        int, Field(description="every byte the run has written so far, the dropped ones too")
+    ]
+    output_truncated: Annotated[
+        bool, Field(description="bytes were dropped past max_output_bytes (see output_gap)")
+    ]
+    output_gap: Annotated[
+        OutputGap | None,
+        Field(description="the dropped bytes, as offsets in the output; null: none dropped"),
+    ]
     stop_requested_by: Annotated[
         str | None, Field(description="a principal, e.g. operator:1a2b3c4d")
     ]
@@ -176,6 +195,7 @@ class Run(ResponseModel):
     stuck_after_s: float | None
     restart: RestartPolicy
     max_output_bytes: int
+    on_output_limit: OnOutputLimit
     limits: Limits
     env_keys: Annotated[list[str], Field(description="names only: values stay secret")]
 
@@ -199,6 +219,9 @@ class Run(ResponseModel):
             finished_at=r.finished_at,
             output_bytes=r.output_bytes,
             output_truncated=r.output_truncated,
+            output_gap=OutputGap(start=r.output_gap[0], end=r.output_gap[1])
+            if r.output_gap
+            else None,
             stop_requested_by=r.stop_requested_by,
             stop_requested_at=r.stop_requested_at,
             code=r.code,
@@ -206,6 +229,7 @@ class Run(ResponseModel):
             stuck_after_s=r.stuck_after_s,
             restart=RestartPolicy.of(r.restart),
             max_output_bytes=r.max_output_bytes,
+            on_output_limit=OnOutputLimit(r.on_output_limit),
             limits=Limits.of(r.limits),
             # Values may be secrets (API keys handed to a script): only the names are shown.
             env_keys=sorted(r.env),

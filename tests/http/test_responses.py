@@ -29,12 +29,13 @@ T0_JSON = "2024-05-01T12:00:00.000000Z"
 
 # The fields in the order they are sent (the README's examples show them so).
 COMMAND_FIELDS = ["id", "name", "code", "description", "created_at", "timeout_s", "stuck_after_s",
-                  "restart", "max_output_bytes", "env", "limits"]  # fmt: skip
+                  "restart", "max_output_bytes", "on_output_limit", "env", "limits"]  # fmt: skip
 RUN_FIELDS = [
     "id", "command_id", "status", "exit_code", "signal", "reason", "node", "pid", "attempt",
     "restart_count", "next_attempt_at", "attempts", "created_at", "started_at", "finished_at",
-    "output_bytes", "output_truncated", "stop_requested_by", "stop_requested_at",
-    "code", "timeout_s", "stuck_after_s", "restart", "max_output_bytes", "limits", "env_keys",
+    "output_bytes", "output_truncated", "output_gap", "stop_requested_by", "stop_requested_at",
+    "code", "timeout_s", "stuck_after_s", "restart", "max_output_bytes", "on_output_limit",
+    "limits", "env_keys",
 ]  # fmt: skip
 ATTEMPT_FIELDS = ["attempt", "node", "pid", "started_at", "finished_at", "exit_code", "signal",
                   "reason", "output_offset", "leftovers_killed"]  # fmt: skip
