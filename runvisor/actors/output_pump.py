@@ -61,6 +61,7 @@ class OutputPump:
         self._fd: int | None = None
         self._spool_size = stored_in_spool
         self._punched = 0  # spool bytes below this are a hole
+        self._dropped_punched = 0  # and between the head and this, once the gap is known
         self._can_punch = True
 
     @property
@@ -106,6 +107,7 @@ class OutputPump:
         while True:
             self.observe()
             self._skip_to_tail()
+            self._free_dropped()
             chunks, at_end = self._read_batch()
             if not chunks:
                 return True
@@ -161,12 +163,27 @@ class OutputPump:
     def _free_stored(self) -> None:
         """Give the stored part of the spool back to the file system once a MiB has piled up:
         a run printing without end takes no more disk than what waits to be stored."""
-        global _punch_unsupported_logged
         upto = self.position - self.position % BLOCK
-        if not self._can_punch or self._fd is None or upto - self._punched < SPOOL_PUNCH_BYTES:
-            return
+        if upto - self._punched >= SPOOL_PUNCH_BYTES and self._punch(self._punched, upto):
+            self._punched = upto
+
+    def _free_dropped(self) -> None:
+        """While the head is being stored, a fast writer's bytes between the head and the tail
+        will never be read: freed at once, so the spool holds about the limit at most."""
+        lo = max(self.head_bytes - self.base_offset, self.position, self._dropped_punched)
+        lo += -lo % BLOCK
+        hi = self._spool_size - self.tail_bytes
+        hi -= hi % BLOCK
+        if hi - lo >= SPOOL_PUNCH_BYTES and self._punch(lo, hi):
+            self._dropped_punched = hi
+
+    def _punch(self, lo: int, hi: int) -> bool:
+        """Free spool bytes [lo, hi); False where the file system cannot."""
+        global _punch_unsupported_logged
+        if not self._can_punch or self._fd is None:
+            return False
         try:
-            punch_hole(self._fd, self._punched, upto - self._punched)
+            punch_hole(self._fd, lo, hi - lo)
         except PunchUnsupported:
             self._can_punch = False
             if not _punch_unsupported_logged:
@@ -176,8 +193,8 @@ class OutputPump:
                     " stored output until their attempt ends",
                     spool=str(self.spool_path),
                 )
-            return
-        self._punched = upto
+            return False
+        return True
 
     def _publish(self, chunks: list[bytes]) -> None:
         data = b"".join(chunks)
