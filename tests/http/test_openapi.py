@@ -318,7 +318,7 @@ def test_every_response_schema_is_generated_from_a_response_model(doc: dict[str,
     models = {model.__name__: model for model in _response_models()}
     requests = {r.body.__name__ for r in ROUTE_TABLE if r.body is not None}
     nested_requests = {"RestartIn", "LimitsIn"}
-    enums = {"RunStatus", "RestartPolicyKind"}
+    enums = {"RunStatus", "RestartPolicyKind", "OnOutputLimit"}
     assert set(schemas) == set(models) | requests | nested_requests | enums
     assert not set(models) & (requests | nested_requests)
     for name, model in models.items():
