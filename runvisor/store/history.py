@@ -75,7 +75,7 @@ class History:
     def __init__(self, pool: AsyncConnectionPool, *, default_max_output_bytes: int) -> None:
         self._pool = pool
         self._default_max_output_bytes = default_max_output_bytes
-        self._output = OutputReads(self._conn)
+        self.output_reads = OutputReads(self._conn)  # the live streams read pieces' offsets
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -259,11 +259,11 @@ class History:
 
     def iter_output(self, run_id: int, *, offset: int, end: int | None) -> AsyncIterator[bytes]:
         """The run's output in [offset, end), streamed in batches (see OutputReads)."""
-        return self._output.iter(run_id, offset=offset, end=end)
+        return self.output_reads.iter(run_id, offset=offset, end=end)
 
     def iter_output_plan(self, run_id: int, plan: ReadPlan) -> AsyncIterator[bytes]:
         """The body of a read planned by output_reads.plan_read (the gap's marker included)."""
-        return self._output.iter_plan(run_id, plan)
+        return self.output_reads.iter_plan(run_id, plan)
 
     # Audit
 

@@ -107,7 +107,17 @@ class OutputReads:
                 yield piece
 
     async def iter(self, run_id: int, *, offset: int, end: int | None) -> AsyncIterator[bytes]:
-        """The run's output in [offset, end), OUTPUT_PIECE_BYTES at a time.
+        """The run's output in [offset, end), OUTPUT_PIECE_BYTES at a time (see iter_at)."""
+        async for _at, piece in self.iter_at(run_id, offset=offset, end=end):
+            yield piece
+            del piece
+
+    async def iter_at(
+        self, run_id: int, *, offset: int, end: int | None
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """The run's output in [offset, end), OUTPUT_PIECE_BYTES at a time, each piece with
+        its offset. Where stored bytes are missing (the tail of a run past its limit moved on
+        meanwhile), the pieces end.
 
         A reader holds one piece while it writes it, and no connection: each fetch takes a
         connection of its own, and fetches run OUTPUT_READS_AT_ONCE at a time per node, so
@@ -153,12 +163,12 @@ class OutputReads:
                 # Bytes missing: dropped meanwhile (the tail of a run past its limit moved on).
                 # Never bytes of another offset in their place: the read ends here.
                 return
-            at += len(piece)
+            start, at = at, at + len(piece)
             # On to the next chunk once this one is read to its end.
             chunk_end = chunk_offset + chunk_size
             chunk_at = chunk_end if at >= chunk_end else chunk_offset
             if piece:
-                yield piece
+                yield start, piece
             del piece  # not held while the next piece is fetched
 
 
