@@ -194,6 +194,10 @@ class OutputPump:
                     spool=str(self.spool_path),
                 )
             return False
+        except OSError as exc:  # freeing disk is a saving, never a reason to fail the run
+            self._can_punch = False
+            log.warning("spool space not freed", spool=str(self.spool_path), error=str(exc))
+            return False
         return True
 
     def _publish(self, chunks: list[bytes]) -> None:
