@@ -16,8 +16,6 @@ from typing import Any
 
 import psycopg
 
-from runvisor.errors import NotFound
-
 # Output is read a piece at a time (part of one chunk of up to 256 KiB): what a reader holds
 # while a client takes it.
 OUTPUT_PIECE_BYTES = 64 * 1024
@@ -82,18 +80,6 @@ class OutputReads:
     def __init__(self, connect: Connect) -> None:
         self._conn = connect  # History's: a pooled connection, StoreUnavailable when down
         self._output_reads = asyncio.Semaphore(OUTPUT_READS_AT_ONCE)
-
-    async def read(self, run_id: int, *, offset: int, limit: int) -> bytes:
-        """The run's output bytes from `offset`, at most `limit` of them, in memory.
-
-        `limit` is required: a run may have stored gigabytes (iter streams them).
-        """
-        async with self._conn() as conn:
-            exists = await _scalar(conn, "SELECT count(*) FROM runs WHERE id = %s", (run_id,))
-        if not exists:
-            raise NotFound(f"run {run_id} not found")
-        end = offset + limit
-        return b"".join([piece async for piece in self.iter(run_id, offset=offset, end=end)])
 
     async def iter_plan(self, run_id: int, plan: ReadPlan) -> AsyncIterator[bytes]:
         """The body of `plan`, a piece at a time (see iter)."""
