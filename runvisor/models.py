@@ -41,6 +41,15 @@ class AttemptEndReason(StrEnum):
     LOST = "lost"
     ACTOR_FAILED = "actor_failed"
     DRAINED = "drained"  # stopped at its node's drain deadline; restarted elsewhere by policy
+    OUTPUT_LIMIT = "output_limit"  # on_output_limit "stop": more than max_output_bytes written
+
+
+class OnOutputLimit(StrEnum):
+    """What a run does past its max_output_bytes: keep the head and the tail of its output
+    (the bytes between are dropped), or that and stop."""
+
+    TRUNCATE = "truncate"
+    STOP = "stop"
 
 
 # Per-command resource limits (setrlimit(2)): CPU seconds, address space, largest file written,
@@ -99,6 +108,7 @@ class Command:
     # Placement defaults of its runs: a node id, labels that must all match (placement.py).
     place_node: str | None = None
     place_labels: dict[str, str] = field(default_factory=dict)
+    on_output_limit: str = "truncate"  # OnOutputLimit
 
 
 @dataclass(slots=True)
@@ -152,6 +162,10 @@ class Run:
     place_labels: dict[str, str] = field(default_factory=dict)
     # Why it waits, while no live node may take it; cleared when a node claims it.
     queued_reason: str | None = None
+    on_output_limit: str = "truncate"  # OnOutputLimit
+    # The dropped bytes, [start, end) in the run's output; None while nothing was dropped.
+    output_gap_start: int | None = None
+    output_gap_end: int | None = None
     attempts: list[Attempt] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -160,6 +174,12 @@ class Run:
     @property
     def restart_policy(self) -> RestartPolicy:
         return RestartPolicy.from_json(self.restart)
+
+    @property
+    def output_gap(self) -> tuple[int, int] | None:
+        """The dropped bytes [start, end), or None."""
+        start, end = self.output_gap_start, self.output_gap_end
+        return (start, end) if start is not None and end is not None and end > start else None
 
     @property
     def current_attempt(self) -> Attempt | None:
@@ -183,6 +203,7 @@ class CommandSpec:
     limits: dict[str, int | str] = field(default_factory=dict)  # absent name: node default
     place_node: str | None = None
     place_labels: dict[str, str] = field(default_factory=dict)
+    on_output_limit: OnOutputLimit = OnOutputLimit.TRUNCATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +217,8 @@ class RunSpec:
     # Placement overrides; None: the command's. `place_node` "" asks for no node in particular.
     place_node: str | None = None
     place_labels: dict[str, str] | None = None
+    max_output_bytes: int | None = None
+    on_output_limit: OnOutputLimit | None = None
     # Whoever asked may loosen the command's bounds (an admin); else only tighten them.
     may_loosen: bool = False
 
@@ -212,3 +235,9 @@ class AuditEntry:
     command_id: int | None
     run_id: int | None
     detail: dict[str, Any]
+
+
+def output_head_tail(max_output_bytes: int) -> tuple[int, int]:
+    """The bytes a run keeps past its limit: the first `head` and the last `tail` it wrote."""
+    head = max_output_bytes // 2
+    return head, max_output_bytes - head

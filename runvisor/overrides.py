@@ -8,7 +8,7 @@ operator role allows. Only an admin may loosen (runvisor.store.history.History.c
 from __future__ import annotations
 
 from runvisor.errors import Unprocessable
-from runvisor.models import Command, RestartPolicy, RestartPolicyKind, RunSpec
+from runvisor.models import Command, OnOutputLimit, RestartPolicy, RestartPolicyKind, RunSpec
 
 _POLICY_RANK = {
     RestartPolicyKind.NEVER: 0,
@@ -26,6 +26,13 @@ def loosened(command: Command, spec: RunSpec) -> list[str]:
     ):
         if mine is not None and theirs is not None and mine > theirs:
             found.append(f"{name}: {mine:g} is above the command's {theirs:g}")
+    if spec.max_output_bytes is not None and spec.max_output_bytes > command.max_output_bytes:
+        found.append(
+            f"max_output_bytes: {spec.max_output_bytes} is above the command's"
+            f" {command.max_output_bytes}"
+        )
+    if spec.on_output_limit is OnOutputLimit.TRUNCATE and command.on_output_limit == "stop":
+        found.append("on_output_limit: truncate lets a run go on that the command's stop ends")
     if spec.restart is not None:
         found += _restart_loosened(RestartPolicy.from_json(command.restart), spec.restart)
     return found

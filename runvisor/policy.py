@@ -32,7 +32,7 @@ class Decision:
 
 
 def final_status(reason: AttemptEndReason, succeeded: bool) -> RunStatus:
-    if reason is AttemptEndReason.STOPPED:
+    if reason in (AttemptEndReason.STOPPED, AttemptEndReason.OUTPUT_LIMIT):
         return RunStatus.STOPPED
     if reason is AttemptEndReason.TIMED_OUT:
         return RunStatus.TIMED_OUT
@@ -80,12 +80,13 @@ def decide(
 ) -> Decision:
     """What to do after the last of `attempts` ended (`attempts` includes it, oldest first)."""
     outcome = final_status(reason, succeeded)
-    wants_restart = reason is not AttemptEndReason.STOPPED and (
+    stopped = reason in (AttemptEndReason.STOPPED, AttemptEndReason.OUTPUT_LIMIT)
+    wants_restart = not stopped and (
         policy.policy is RestartPolicyKind.ALWAYS
         or (policy.policy is RestartPolicyKind.ON_FAILURE and not succeeded)
     )
     if not wants_restart:
-        return Decision(outcome, None if succeeded else str(reason))
+        return Decision(outcome, None if succeeded and not stopped else str(reason))
     # Every attempt after the first began with a restart: its start time is that restart's.
     restart_times = [a.started_at for a in attempts[1:]]
     recent = restarts_in_window(policy, restart_times, now)

@@ -25,6 +25,7 @@ from typing import Any
 
 import pykka
 
+from runvisor.models import output_head_tail
 from runvisor.store.live import LiveState
 
 LOOK_EVERY_S = 0.05
@@ -38,7 +39,7 @@ class _Spool:
     run_id: int
     path: Path
     base_offset: int  # where the spool's first byte is in the run's output
-    max_output_bytes: int  # nothing at or past this offset is published
+    max_output_bytes: int  # past it, the head and the tail only (output_head_tail)
     published: int  # spool bytes published (or skipped)
     followed: bool = False
 
@@ -114,17 +115,23 @@ class LiveRelay:
 
 
 def _new(spool: _Spool) -> bytes:
-    """The spool's bytes written since the last look (at most PIECE_BYTES), none at or past the
-    run's output cap; `published` moves past them."""
-    room = spool.max_output_bytes - (spool.base_offset + spool.published)
-    if room <= 0:
-        return b""
+    """The spool's bytes written since the last look (at most PIECE_BYTES); `published` moves
+    past them. Past the run's max_output_bytes only what the run keeps: the head, then (as the
+    pump does) the last tail's worth, skipping what can only fall in the gap (the offsets of
+    the next piece say so)."""
+    head, tail = output_head_tail(spool.max_output_bytes)
     try:
         fd = os.open(spool.path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return b""
     try:
-        data = os.pread(fd, min(PIECE_BYTES, room), spool.published)
+        if spool.base_offset + spool.published >= head:
+            spool.published = max(spool.published, os.fstat(fd).st_size - tail)
+        want = PIECE_BYTES
+        at = spool.base_offset + spool.published
+        if at < head:
+            want = min(want, head - at)  # no piece spans the head's end
+        data = os.pread(fd, want, spool.published)
     except OSError:
         return b""
     finally:

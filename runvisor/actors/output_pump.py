@@ -2,6 +2,13 @@
 
 The spool file is the buffer: the stored offset advances only after PostgreSQL committed, so an
 outage (or a crash) just means the next flush starts from the same place. Bytes, never text.
+
+Past the run's `max_output_bytes`, only the head (the first half of the limit) and the tail
+(the last half) are kept: the pump stores the head, then skips what can only fall in the gap
+(everything more than a tail's worth before the spool's end) and stores from there; the journal
+records the gap and deletes the chunks the tail moved past. Whatever the run prints, the pump
+reads at most one batch at a time, and the spool's stored part is given back to the file
+system (a hole: positions stay), so memory, disk and rows per run stay bounded.
 """
 
 from __future__ import annotations
@@ -11,6 +18,9 @@ import time
 from pathlib import Path
 
 from runvisor.errors import Fenced
+from runvisor.logs import get_logger
+from runvisor.models import OnOutputLimit, Run, output_head_tail
+from runvisor.procs.file_space import BLOCK, PunchUnsupported, punch_hole
 from runvisor.store.journal import RunJournal
 from runvisor.store.live import LiveState
 
@@ -18,7 +28,11 @@ CHUNK_BYTES = 256 * 1024  # one run_output row; also "flush sooner" threshold
 # At most this much per transaction and per flush message, so a Stop never waits long behind
 # a fast writer; bigger batches amortise PostgreSQL's commit.
 BATCH_BYTES = 16 * CHUNK_BYTES
-SPOOL_DISCARD_BYTES = 1024 * 1024  # past the output cap, the spool is emptied beyond this
+# Stored spool bytes are freed (a hole punched) once this many have piled up.
+SPOOL_PUNCH_BYTES = 1024 * 1024
+
+log = get_logger(__name__)
+_punch_unsupported_logged = False
 
 
 class OutputPump:
@@ -38,19 +52,32 @@ class OutputPump:
         self.attempt = attempt
         self.spool_path = spool_path
         self.base_offset = base_offset  # where this attempt's output begins in the run's output
-        self.position = stored_in_spool  # bytes of the spool already stored
+        self.position = stored_in_spool  # spool bytes stored (or skipped: in the gap)
         self.max_output_bytes = max_output_bytes
-        self.truncated = base_offset + stored_in_spool >= max_output_bytes
+        self.head_bytes, self.tail_bytes = output_head_tail(max_output_bytes)
         self.last_output_at = time.monotonic()
         self._journal = journal
         self._live = live
         self._fd: int | None = None
         self._spool_size = stored_in_spool
+        self._punched = 0  # spool bytes below this are a hole
+        self._dropped_punched = 0  # and between the head and this, once the gap is known
+        self._can_punch = True
 
     @property
     def stored_bytes(self) -> int:
-        """Total output bytes of the run stored so far."""
+        """The run's output bytes stored so far, the gap included."""
         return self.base_offset + self.position
+
+    @property
+    def produced_bytes(self) -> int:
+        """The run's output bytes written so far, as last seen (stored or not)."""
+        return max(self.base_offset + self._spool_size, self.stored_bytes)
+
+    @property
+    def over_limit(self) -> bool:
+        """The run has written more than its max_output_bytes."""
+        return self.produced_bytes > self.max_output_bytes
 
     def close(self) -> None:
         if self._fd is not None:
@@ -72,78 +99,113 @@ class OutputPump:
         return time.monotonic() - self.last_output_at > seconds
 
     def flush(self, *, to_eof: bool = False) -> bool:
-        """Store new output. True when nothing readable is left behind (or the cap is reached).
+        """Store new output. True when nothing readable is left behind.
 
         Raises StoreUnavailable when PostgreSQL is down; nothing is lost, the next call retries.
         Raises Fenced when the attempt was superseded.
         """
         while True:
-            chunks = self._read_batch()
+            self.observe()
+            self._skip_to_tail()
+            self._free_dropped()
+            chunks, at_end = self._read_batch()
             if not chunks:
                 return True
-            size = sum(len(c) for c in chunks)
-            cap_room = self.max_output_bytes - self.stored_bytes
-            truncated = size > cap_room
-            if truncated:
-                chunks = _cut(chunks, cap_room)
             ok = self._journal.append_output(
                 self.run_id,
                 self.attempt,
                 offset=self.stored_bytes,
                 chunks=chunks,
-                truncated=truncated,
+                max_output_bytes=self.max_output_bytes,
             )
             if not ok:
                 raise Fenced(f"run {self.run_id} attempt {self.attempt} was superseded")
-            stored = sum(len(c) for c in chunks)
-            self.position += stored
+            self.position += sum(len(c) for c in chunks)
             self._publish(chunks)
-            if truncated:
-                self.truncated = True
-                return True
-            if size < BATCH_BYTES:
+            self._free_stored()
+            if at_end:
                 return True
             if not to_eof:
                 return False
 
-    def _read_batch(self) -> list[bytes]:
-        if self.truncated:
-            self._discard_beyond_cap()
-            return []
+    def _skip_to_tail(self) -> None:
+        """Past the head, bytes more than a tail's worth before the spool's end can only fall
+        in the gap: they are never read (the journal records them as dropped)."""
+        if self.stored_bytes < self.head_bytes:
+            return
+        keep_from = self.base_offset + self._spool_size - self.tail_bytes
+        if keep_from > self.stored_bytes:
+            self.position = keep_from - self.base_offset
+
+    def _read_batch(self) -> tuple[list[bytes], bool]:
+        """Up to BATCH_BYTES from the position, stopping at the head's end (no chunk spans
+        it); True when the spool's end was reached."""
         if self._fd is None:
             try:
-                self._fd = os.open(self.spool_path, os.O_RDONLY | os.O_CLOEXEC)
+                # For writing too: fallocate(2) needs it to punch holes; nothing is written.
+                self._fd = os.open(self.spool_path, os.O_RDWR | os.O_CLOEXEC)
             except FileNotFoundError:
-                return []
+                return [], True
+        want = BATCH_BYTES
+        if self.stored_bytes < self.head_bytes:
+            want = min(want, self.head_bytes - self.stored_bytes)
         chunks: list[bytes] = []
-        at = self.position
-        while sum(len(c) for c in chunks) < BATCH_BYTES:
-            data = os.pread(self._fd, CHUNK_BYTES, at)
+        at, read = self.position, 0
+        while read < want:
+            data = os.pread(self._fd, min(CHUNK_BYTES, want - read), at)
             if not data:
-                break
+                return chunks, True
             chunks.append(data)
             at += len(data)
-        return chunks
+            read += len(data)
+        return chunks, False
 
-    def _discard_beyond_cap(self) -> None:
-        """Past the cap nothing more is stored: empty the spool so that a chatty run cannot
-        fill the disk. The writers append (O_APPEND), so they go on at the new end."""
+    def _free_stored(self) -> None:
+        """Give the stored part of the spool back to the file system once a MiB has piled up:
+        a run printing without end takes no more disk than what waits to be stored."""
+        upto = self.position - self.position % BLOCK
+        if upto - self._punched >= SPOOL_PUNCH_BYTES and self._punch(self._punched, upto):
+            self._punched = upto
+
+    def _free_dropped(self) -> None:
+        """While the head is being stored, a fast writer's bytes between the head and the tail
+        will never be read: freed at once, so the spool holds about the limit at most."""
+        lo = max(self.head_bytes - self.base_offset, self.position, self._dropped_punched)
+        lo += -lo % BLOCK
+        hi = self._spool_size - self.tail_bytes
+        hi -= hi % BLOCK
+        if hi - lo >= SPOOL_PUNCH_BYTES and self._punch(lo, hi):
+            self._dropped_punched = hi
+
+    def _punch(self, lo: int, hi: int) -> bool:
+        """Free spool bytes [lo, hi); False where the file system cannot."""
+        global _punch_unsupported_logged
+        if not self._can_punch or self._fd is None:
+            return False
         try:
-            if os.stat(self.spool_path).st_size > SPOOL_DISCARD_BYTES:
-                os.truncate(self.spool_path, 0)
-        except FileNotFoundError:
-            pass
+            punch_hole(self._fd, lo, hi - lo)
+        except PunchUnsupported:
+            self._can_punch = False
+            if not _punch_unsupported_logged:
+                _punch_unsupported_logged = True
+                log.warning(
+                    "the spool's file system cannot punch holes: spool files keep their"
+                    " stored output until their attempt ends",
+                    spool=str(self.spool_path),
+                )
+            return False
+        except OSError as exc:  # freeing disk is a saving, never a reason to fail the run
+            self._can_punch = False
+            log.warning("spool space not freed", spool=str(self.spool_path), error=str(exc))
+            return False
+        return True
 
     def _publish(self, chunks: list[bytes]) -> None:
         data = b"".join(chunks)
         self._live.publish_output(self.run_id, offset=self.stored_bytes, data=data)
 
 
-def _cut(chunks: list[bytes], room: int) -> list[bytes]:
-    kept: list[bytes] = []
-    for chunk in chunks:
-        if room <= 0:
-            break
-        kept.append(chunk[:room])
-        room -= len(kept[-1])
-    return kept
+def stops_at_limit(run: Run, pump: OutputPump | None) -> bool:
+    """Whether the run is to be stopped for its output: on_output_limit "stop", and more than
+    max_output_bytes written."""
+    return run.on_output_limit == OnOutputLimit.STOP and pump is not None and pump.over_limit

@@ -26,7 +26,7 @@ from runvisor.actors.attempt_end import (
     release_uid,
 )
 from runvisor.actors.deps import RunDeps
-from runvisor.actors.output_pump import OutputPump
+from runvisor.actors.output_pump import OutputPump, stops_at_limit
 from runvisor.actors.phase import Phase
 from runvisor.actors.timer import ActorTimers
 from runvisor.errors import Fenced, StoreUnavailable
@@ -224,13 +224,8 @@ class RunActor(pykka.ThreadingActor):
             else:
                 self._try_end()
             return
-        stuck_after = self.run.stuck_after_s
-        if (
-            stuck_after
-            and self.phase is Phase.RUNNING
-            and self.pump is not None
-            and self.pump.silent_for(stuck_after)
-        ):
+        stuck_after, pump = self.run.stuck_after_s, self.pump
+        if stuck_after and self.phase is Phase.RUNNING and pump and pump.silent_for(stuck_after):
             self.log.warning("attempt stuck: no output", stuck_after_s=stuck_after)
             self._terminate(AttemptEndReason.STUCK, self.deps.settings.default_grace_s)
         delay = 0.0 if drained is False else self.deps.settings.flush_interval_s
@@ -245,17 +240,18 @@ class RunActor(pykka.ThreadingActor):
                 self.deps.journal, self.run, self.procs, self.log
             )
         try:
-            drained = self.pump.flush(to_eof=to_eof)
+            drained: bool | None = self.pump.flush(to_eof=to_eof)
+            self.deps.nudger.stored(self.actor_ref, self.pump.position)
         except StoreUnavailable as exc:
             self.log.warning("output not stored yet; will retry", error=exc.message)
-            return None
+            drained = None
         except Fenced:
             self._stand_down()
             return None
-        if self.pump.truncated:
-            self.deps.nudger.unwatch(self.actor_ref)  # nothing more is stored: no hurry
-        else:
-            self.deps.nudger.stored(self.actor_ref, self.pump.position)
+        if self.phase is Phase.RUNNING and stops_at_limit(self.run, self.pump):
+            # on_output_limit "stop", seen from the spool's size (even while PostgreSQL is down)
+            self.log.info("output limit reached", max_output_bytes=self.run.max_output_bytes)
+            self._terminate(AttemptEndReason.OUTPUT_LIMIT, self.deps.settings.default_grace_s)
         return drained
 
     def _on_process_exited(self) -> None:
@@ -334,6 +330,8 @@ class RunActor(pykka.ThreadingActor):
 
     def _end(self) -> None:
         assert self.exit is not None and self.end_reason is not None
+        if self.end_reason is AttemptEndReason.EXITED and stops_at_limit(self.run, self.pump):
+            self.end_reason = AttemptEndReason.OUTPUT_LIMIT  # past it before a flush saw it
         # Before the end is shown, what its uid left (processes included) is gone too.
         self.procs.killed += release_uid(self.deps, self.run, self.uid)
         outcome = Outcome(

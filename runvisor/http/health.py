@@ -10,7 +10,7 @@ from aiohttp import web
 
 from runvisor.errors import StoreUnavailable
 from runvisor.http.appkeys import HISTORY, ISOLATION, OPENAPI, REDIS
-from runvisor.http.responses import Health, Isolation, Readiness
+from runvisor.http.probe_responses import Health, Isolation, Readiness
 
 READY_TIMEOUT_S = 2.0
 

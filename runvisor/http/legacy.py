@@ -27,6 +27,7 @@ from runvisor.http.request_models import LegacyCommandIn
 from runvisor.http.responses import ResponseModel
 from runvisor.http.streams import finish_within, write_within
 from runvisor.models import Run, RunSpec
+from runvisor.store.output_reads import plan_read
 
 STOP_WAIT_MAX_S = 15.0  # the original answered STOPPED: wait a while for the run to end
 POLL_S = 0.05
@@ -122,7 +123,12 @@ async def _result_output(request: web.Request, run: Run) -> tuple[bytes, int]:
     start = max(end - request.app[SETTINGS].legacy_result_bytes, 0)
     if end <= start:
         return b"", 0
-    output = await request.app[HISTORY].read_output(run.id, offset=start, limit=end - start)
+    gap = run.output_gap
+    # The kept bytes of [start, end): past max_output_bytes, the marker stands for the gap.
+    kept = end - start if gap is None else max(gap[0] - start, 0) + end - max(start, gap[1])
+    plan = plan_read(output_bytes=end, gap=gap, offset=start, limit=kept)
+    pieces = request.app[HISTORY].iter_output_plan(run.id, plan)
+    output = b"".join([piece async for piece in pieces])
     if not start:
         return output, 0
     cut = character_start(output)

@@ -28,7 +28,7 @@ from aiohttp_sse import EventSourceResponse, sse_response
 from runvisor.errors import StoreUnavailable
 from runvisor.http.appkeys import HISTORY, LIVE_HUB, LIVE_STREAMS, REDIS, SETTINGS, principal_of
 from runvisor.http.live_hub import NodeStopping
-from runvisor.http.output_follow import OutputFollower, Piece, RunSeen
+from runvisor.http.output_follow import Dropped, OutputFollower, Piece, RunSeen
 from runvisor.http.params import MAX_ID, parse_id, parse_int_param
 from runvisor.http.responses import Run
 from runvisor.http.streams import ClientTooSlow, finish_within, write_within
@@ -64,6 +64,13 @@ class TextEvents:
         if text:
             out.append((text, self.offset))
         return out
+
+    def skip(self, dropped: Dropped) -> list[tuple[str, int]]:
+        """The marker line in place of dropped bytes; what was held is not followed by its rest."""
+        out = self.finish()
+        self._decoder.reset()
+        self._next = dropped.end
+        return [*out, (dropped.marker.decode(), dropped.end)]
 
     def finish(self) -> list[tuple[str, int]]:
         text = self._decoder.decode(b"", final=True)
@@ -132,8 +139,9 @@ async def _send_events(
     items = follower.items()
     async with _ending_quietly(), contextlib.aclosing(items):
         async for item in items:
-            if isinstance(item, Piece):
-                for chunk, offset in text.feed(item):
+            if isinstance(item, Piece | Dropped):
+                chunks = text.feed(item) if isinstance(item, Piece) else text.skip(item)
+                for chunk, offset in chunks:
                     await send("output", json.dumps(chunk, ensure_ascii=False), offset)
             elif item.last:
                 for chunk, offset in text.finish():
@@ -157,20 +165,24 @@ async def follow_output(
         }
     )
     response.enable_chunked_encoding()
-    end = None if limit is None else offset + limit
+    left = limit  # output bytes still to send (the marker of a gap does not count)
     timeout_s = request.app[SETTINGS].output_write_timeout_s
     with request.app[LIVE_STREAMS].hold(principal_of(request).name):
         await response.prepare(request)
         items = _follower(request, run_id, offset).items()
         async with _ending_quietly(), contextlib.aclosing(items):
             async for item in items:
+                if isinstance(item, Dropped):
+                    await write_within(request, response, item.marker, timeout_s)
                 if not isinstance(item, Piece):
                     continue
-                data = item.data if end is None else item.data[: max(0, end - item.start)]
+                data = item.data if left is None else item.data[:left]
                 if data:
                     await write_within(request, response, data, timeout_s)
-                if end is not None and item.end >= end:
-                    break
+                if left is not None:
+                    left -= len(data)
+                    if left <= 0:
+                        break
         await finish_within(request, response, timeout_s)
     return response
 

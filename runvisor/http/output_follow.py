@@ -12,6 +12,11 @@ A message beyond the next byte wanted waits (a hole) until PostgreSQL or the tai
 hole; one below it is skipped, so nothing is given twice and nothing is left out. PostgreSQL is
 read again every RECHECK_S, and at once on a status message; a run read as ended has stored
 everything, so the stream ends once that is given.
+
+Past its max_output_bytes a run keeps the head and the tail of its output: when the next byte
+wanted lies in the gap PostgreSQL records, a Dropped item (the marker line) takes the gap's
+place and the stream goes on at its end. While the run goes on the gap grows, so a follower may
+meet it more than once: each time, the marker says how many bytes the gap holds then.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from runvisor.logs import get_logger
 from runvisor.models import Run
 from runvisor.store.history import History
 from runvisor.store.live_events import OutputEvent, StatusEvent, read_tail
+from runvisor.store.output_reads import gap_marker
 
 RECHECK_S = 1.0  # PostgreSQL is read at least this often while a run goes on
 HOLE_RECHECK_S = 0.2  # and this often while output waits for a hole to be filled
@@ -45,6 +51,20 @@ class Piece:
     @property
     def end(self) -> int:
         return self.start + len(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Bytes [start, end) of the output were dropped (the run's gap holds `gap_bytes`): the
+    stream gives `marker` in their place and goes on at `end`."""
+
+    start: int
+    end: int
+    gap_bytes: int
+
+    @property
+    def marker(self) -> bytes:
+        return gap_marker(self.gap_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +95,7 @@ class OutputFollower:
         self._client_gone = client_gone
         self._waiting: list[OutputEvent] = []  # live output beyond a hole
 
-    async def items(self) -> AsyncGenerator[Piece | RunSeen, None]:
+    async def items(self) -> AsyncGenerator[Piece | Dropped | RunSeen, None]:
         """The run, then its output from `offset` and its changes, until the run has ended
         (the last item is the ended run) or the client is gone. Raises NodeStopping."""
         async with self._hub.follow(self._run_id) as inbox:
@@ -125,18 +145,25 @@ class OutputFollower:
         due = time.monotonic() - read_at >= timeout
         return status_changed or due or not events
 
-    async def _stored(self, run: Run) -> AsyncIterator[Piece]:
-        if run.output_bytes <= self.position:
-            return
-        reads = self._history.output_reads
-        async for start, data in reads.iter_at(
-            self._run_id, offset=self.position, end=run.output_bytes
-        ):
-            self.position = start + len(data)
-            yield Piece(start, data)
-            del data
-        # Below output_bytes nothing changes any more: a range without chunks stays so.
-        self.position = max(self.position, run.output_bytes)
+    async def _stored(self, run: Run) -> AsyncIterator[Piece | Dropped]:
+        """What PostgreSQL has from the position: the head's bytes, the gap's marker, the
+        tail's bytes."""
+        gap, reads = run.output_gap, self._history.output_reads
+        while self.position < run.output_bytes:
+            if gap is not None and gap[0] <= self.position < gap[1]:
+                dropped = Dropped(self.position, gap[1], gap[1] - gap[0])
+                self.position = gap[1]
+                yield dropped
+                continue
+            end = gap[0] if gap is not None and self.position < gap[0] else run.output_bytes
+            async for start, data in reads.iter_at(self._run_id, offset=self.position, end=end):
+                self.position = start + len(data)
+                yield Piece(start, data)
+                del data
+            if self.position < end and not run.status.is_terminal:
+                return  # the tail moved on meanwhile: the run read next has the larger gap
+            # An ended run's output no longer changes: a range without chunks stays so.
+            self.position = max(self.position, end)
 
     def _take_waiting(self) -> list[Piece]:
         """The waiting live output that follows on from what was given."""

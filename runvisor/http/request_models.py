@@ -28,6 +28,7 @@ from runvisor.http.validation import NameRefused
 from runvisor.models import (
     LIMIT_NAMES,
     CommandSpec,
+    OnOutputLimit,
     RestartPolicy,
     RestartPolicyKind,
     RunSpec,
@@ -46,6 +47,22 @@ MAX_ENV_VARIABLES = 100
 MAX_LIMIT = 2**62  # a resource limit's largest number (RLIM_INFINITY is 2^64 - 1)
 _DEFAULT_MAX_CODE_BYTES: int = Settings.DEFAULT_MAX_CODE_BYTES
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MaxOutputBytes = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=2**40,
+        description="past this many bytes of output, only the first and the last half of it"
+        " are kept; absent: RUNVISOR_MAX_OUTPUT_BYTES (a run: its command's)",
+    ),
+]
+OnOutputLimitIn = Annotated[
+    Literal["truncate", "stop"],
+    Field(
+        description="past max_output_bytes: truncate (keep the head and the tail, the default)"
+        " or stop (that, and the run is stopped, reason output_limit)"
+    ),
+]
 
 
 def _no_nul(value: str) -> str:
@@ -227,7 +244,8 @@ class CommandIn(BaseModel):
     timeout_s: Seconds | None = None
     stuck_after_s: Seconds | None = None
     restart: RestartIn | None = None
-    max_output_bytes: Annotated[int, Field(ge=1, le=2**40)] | None = None
+    max_output_bytes: MaxOutputBytes | None = None
+    on_output_limit: OnOutputLimitIn | None = None
     env: EnvDeclaration | None = None
     limits: LimitsIn | None = None
     node: NodeId | None = None
@@ -248,6 +266,7 @@ class CommandIn(BaseModel):
             limits=self.limits.to_limits() if self.limits else {},
             place_node=self.node,
             place_labels=dict(self.labels or {}),
+            on_output_limit=OnOutputLimit(self.on_output_limit or OnOutputLimit.TRUNCATE),
         )
 
 
@@ -266,6 +285,8 @@ class RunIn(BaseModel):
         Labels | None,
         Field(description="labels a node must all have; {}: none (overrides the command's)"),
     ] = None
+    max_output_bytes: MaxOutputBytes | None = None
+    on_output_limit: OnOutputLimitIn | None = None
 
     def to_spec(self) -> RunSpec:
         given = self.model_fields_set
@@ -277,6 +298,8 @@ class RunIn(BaseModel):
             # Left out: the command's. Given (even null or {}): replaces the command's.
             place_node=(self.node or "") if "node" in given else None,
             place_labels=dict(self.labels or {}) if "labels" in given else None,
+            max_output_bytes=self.max_output_bytes,
+            on_output_limit=OnOutputLimit(self.on_output_limit) if self.on_output_limit else None,
         )
 
 

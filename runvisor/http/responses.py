@@ -19,7 +19,7 @@ from runvisor import models
 from runvisor.errors import RunvisorError
 from runvisor.http.auth import Role
 from runvisor.http.request_models import LimitValue
-from runvisor.models import LIMIT_NAMES, RestartPolicyKind, RunStatus
+from runvisor.models import LIMIT_NAMES, OnOutputLimit, RestartPolicyKind, RunStatus
 
 
 def timestamp(value: datetime) -> str:
@@ -106,6 +106,7 @@ class Command(ResponseModel):
     stuck_after_s: float | None
     restart: RestartPolicy
     max_output_bytes: int
+    on_output_limit: OnOutputLimit
     env: Annotated[
         dict[str, str | None],
         Field(
@@ -128,6 +129,7 @@ class Command(ResponseModel):
             stuck_after_s=c.stuck_after_s,
             restart=RestartPolicy.of(c.restart),
             max_output_bytes=c.max_output_bytes,
+            on_output_limit=OnOutputLimit(c.on_output_limit),
             # Defaults are set by an admin and are not secrets (unlike a run's values).
             env=dict(sorted(c.env.items())),
             limits=Limits.of(c.limits),
@@ -160,6 +162,15 @@ class Attempt(ResponseModel):
         return cls.model_validate(a)
 
 
+class OutputGap(ResponseModel):
+    """Bytes [start, end) of the output were dropped: past max_output_bytes a run keeps the
+    first half of the limit (the head, up to `start`) and the last half (the tail, from
+    `end`)."""
+
+    start: int
+    end: int
+
+
 class Run(ResponseModel):
     id: int
     command_id: int
@@ -176,8 +187,16 @@ class Run(ResponseModel):
     created_at: Timestamp
     started_at: Timestamp | None
     finished_at: Timestamp | None
-    output_bytes: int
-    output_truncated: bool
+    output_bytes: Annotated[
+        int, Field(description="every byte the run has written so far, the dropped ones too")
+    ]
+    output_truncated: Annotated[
+        bool, Field(description="bytes were dropped past max_output_bytes (see output_gap)")
+    ]
+    output_gap: Annotated[
+        OutputGap | None,
+        Field(description="the dropped bytes, as offsets in the output; null: none dropped"),
+    ]
     stop_requested_by: Annotated[
         str | None, Field(description="a principal, e.g. operator:1a2b3c4d")
     ]
@@ -187,6 +206,7 @@ class Run(ResponseModel):
     stuck_after_s: float | None
     restart: RestartPolicy
     max_output_bytes: int
+    on_output_limit: OnOutputLimit
     limits: Limits
     env_keys: Annotated[list[str], Field(description="names only: values stay secret")]
     placement: Annotated[
@@ -216,6 +236,9 @@ class Run(ResponseModel):
             finished_at=r.finished_at,
             output_bytes=r.output_bytes,
             output_truncated=r.output_truncated,
+            output_gap=OutputGap(start=r.output_gap[0], end=r.output_gap[1])
+            if r.output_gap
+            else None,
             stop_requested_by=r.stop_requested_by,
             stop_requested_at=r.stop_requested_at,
             code=r.code,
@@ -223,6 +246,7 @@ class Run(ResponseModel):
             stuck_after_s=r.stuck_after_s,
             restart=RestartPolicy.of(r.restart),
             max_output_bytes=r.max_output_bytes,
+            on_output_limit=OnOutputLimit(r.on_output_limit),
             limits=Limits.of(r.limits),
             # Values may be secrets (API keys handed to a script): only the names are shown.
             env_keys=sorted(r.env),
@@ -293,55 +317,6 @@ class RunPage(Page[Run]):
 
 class AuditEntryPage(Page[AuditEntry]):
     pass
-
-
-# ---- open routes --------------------------------------------------------------------------
-
-
-class Health(ResponseModel):
-    status: Literal["ok"]
-
-
-class UidsInUse(ResponseModel):
-    first: int
-    last: int
-    in_use: int
-
-
-class Isolation(ResponseModel):
-    """Who runs execute as on this node, and how their processes are tracked."""
-
-    user: Annotated[
-        str | None,
-        Field(
-            description="the user runs execute as (RUNVISOR_RUN_AS); null when each attempt "
-            "has a uid of its own"
-        ),
-    ]
-    uid: int | None
-    gid: int | None
-    uids: Annotated[
-        UidsInUse | None,
-        Field(
-            description="RUNVISOR_RUN_UIDS: the range each attempt gets a uid of its own "
-            "from, and how many of it attempts hold now; else null"
-        ),
-    ]
-    process_tracking: Annotated[
-        Literal["cgroup", "scan"],
-        Field(description="cgroup: one cgroup v2 per attempt; scan: /proc scans"),
-    ]
-    cgroup: Annotated[str | None, Field(description="this node's cgroup dir")]
-    cgroup_controllers: list[str]
-    no_cgroup_reason: str | None
-
-
-class Readiness(ResponseModel):
-    status: Literal["ready", "unavailable"]
-    stores: Annotated[
-        dict[str, str], Field(description='each store (postgres, redis): "ok", or "down: why"')
-    ]
-    runs: Isolation
 
 
 # ---- errors -------------------------------------------------------------------------------

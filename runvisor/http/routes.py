@@ -18,13 +18,12 @@ from runvisor.http import health, legacy, live_streams, nodes, scrape, v1
 from runvisor.http.auth import Role
 from runvisor.http.legacy_responses import LegacyCommand, LegacyRun
 from runvisor.http.node_responses import Node, NodeList
+from runvisor.http.probe_responses import Health, Readiness
 from runvisor.http.request_models import CommandIn, DrainIn, LegacyCommandIn, RunIn, StopIn
 from runvisor.http.responses import (
     AuditEntryPage,
     Command,
     CommandPage,
-    Health,
-    Readiness,
     Run,
     RunPage,
     ServerSentEvent,
@@ -70,12 +69,17 @@ class Route:
 
 _LOCATION = {"Location": (str, "URL of the new resource")}
 _OUTPUT = Reply(
-    "The output bytes in [offset, offset+limit), exactly as written",
+    "At most `limit` output bytes from `offset`, exactly as written. Past the gap of a run"
+    " that dropped bytes (max_output_bytes), the bytes before it, one marker line"
+    " (`\\n[runvisor: N bytes dropped]\\n`, not counted in `limit`), then the tail's bytes",
     body=str,
     media_type="text/plain",
     headers={
-        "X-Output-Bytes": (int, "the run's output bytes stored so far"),
-        "X-Output-Offset": (int, "the offset of the first byte returned"),
+        "X-Output-Bytes": (int, "the run's output bytes so far, the dropped ones included"),
+        "X-Output-Offset": (int, "the offset asked for: where the body begins"),
+        "X-Output-Next-Offset": (int, "the offset to read on from, after the body's bytes"),
+        "X-Output-Gap": (str, "START-END: the dropped bytes [START, END); absent: none"),
+        "X-Output-Marker-At": (int, "where the body holds the marker line; absent: it holds none"),
         "X-Run-Status": (str, "the run's status"),
     },
 )

@@ -27,6 +27,7 @@ from runvisor.http.responses import AuditEntry, AuditEntryPage, Command, Command
 from runvisor.http.run_waits import MAX_WAIT_S
 from runvisor.http.streams import finish_within, write_within
 from runvisor.models import RunSpec
+from runvisor.store.output_reads import plan_read
 
 
 async def create_command(request: web.Request) -> web.Response:
@@ -97,29 +98,35 @@ async def get_run(request: web.Request) -> web.Response:
 
 async def get_run_output(request: web.Request) -> web.StreamResponse:
     """The output bytes, streamed: a run may have stored gigabytes. A stream holds one piece at
-    a time and one of the node's RUNVISOR_MAX_OUTPUT_STREAMS slots (429 when none is free)."""
+    a time and one of the node's RUNVISOR_MAX_OUTPUT_STREAMS slots (429 when none is free).
+    Past the gap of a run that dropped bytes, the body holds one marker line (plan_read)."""
     run_id = parse_id(request.match_info["id"], "run")
     offset, limit = parse_output_range(request.query)
     if parse_flag(request.query, "follow"):
         return await follow_output(request, run_id, offset, limit)
     history = request.app[HISTORY]
     run = await history.get_run(run_id)
-    # Everything below output_bytes is stored: serve exactly that range, even as more arrives.
-    end = run.output_bytes if limit is None else min(run.output_bytes, offset + limit)
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/plain",
-            "X-Output-Bytes": str(run.output_bytes),
-            "X-Output-Offset": str(offset),
-            "X-Run-Status": str(run.status),
-        }
-    )
-    response.content_length = max(end - offset, 0)
+    # Everything below output_bytes is stored (or dropped, in the gap): serve exactly that
+    # range, even as more arrives.
+    plan = plan_read(output_bytes=run.output_bytes, gap=run.output_gap, offset=offset, limit=limit)
+    headers = {
+        "Content-Type": "text/plain",
+        "X-Output-Bytes": str(run.output_bytes),
+        "X-Output-Offset": str(offset),
+        "X-Output-Next-Offset": str(plan.next_offset),
+        "X-Run-Status": str(run.status),
+    }
+    if run.output_gap is not None:
+        headers["X-Output-Gap"] = f"{run.output_gap[0]}-{run.output_gap[1]}"
+    if plan.marker_at is not None:
+        headers["X-Output-Marker-At"] = str(plan.marker_at)
+    response = web.StreamResponse(headers=headers)
+    response.content_length = plan.size
     write_timeout_s = request.app[SETTINGS].output_write_timeout_s
     with request.app[STREAMS].hold(principal_of(request).name):
         await response.prepare(request)
-        if end > offset:
-            async for piece in history.iter_output(run_id, offset=offset, end=end):
+        if plan.size:
+            async for piece in history.iter_output_plan(run_id, plan):
                 await write_within(request, response, piece, write_timeout_s)
                 del piece  # not held while the next piece is fetched
         await finish_within(request, response, write_timeout_s)

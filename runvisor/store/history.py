@@ -40,7 +40,7 @@ from runvisor.store.connection import (
 )
 from runvisor.store.drains import DrainRequests
 from runvisor.store.nodes import NodeReads
-from runvisor.store.output_reads import OutputReads
+from runvisor.store.output_reads import OutputReads, ReadPlan
 
 _ACTIVE = [str(s) for s in ACTIVE_STATUSES]
 _STARTED = [str(RunStatus.RUNNING), str(RunStatus.RESTARTING)]
@@ -98,8 +98,8 @@ class History:
     async def create_command(self, spec: CommandSpec, *, actor: str) -> Command:
         query = sql.SQL(
             "INSERT INTO commands (name, code, description, timeout_s, stuck_after_s, restart,"
-            " max_output_bytes, env, limits, place_node, place_labels, created_by)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {}"
+            " max_output_bytes, env, limits, place_node, place_labels, created_by, on_output_limit)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {}"
         ).format(COMMAND_COLUMNS)
         max_output = spec.max_output_bytes or self._default_max_output_bytes
         async with self._conn() as conn, conn.transaction():
@@ -119,6 +119,7 @@ class History:
                     spec.place_node,
                     Jsonb(spec.place_labels),
                     actor,
+                    str(spec.on_output_limit),
                 ),
             )
             command = await cur.fetchone()
@@ -197,8 +198,8 @@ class History:
             place_labels = command.place_labels if spec.place_labels is None else spec.place_labels
             query = sql.SQL(
                 "INSERT INTO runs (command_id, code, env, timeout_s, stuck_after_s, restart,"
-                " max_output_bytes, limits, place_node, place_labels, created_by)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {}"
+                " max_output_bytes, limits, place_node, place_labels, created_by, on_output_limit)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {}"
             ).format(RUN_COLUMNS)
             cur = conn.cursor(row_factory=class_row(Run))
             await cur.execute(
@@ -210,11 +211,12 @@ class History:
                     spec.timeout_s if spec.timeout_s is not None else command.timeout_s,
                     spec.stuck_after_s if spec.stuck_after_s is not None else command.stuck_after_s,
                     Jsonb(restart),
-                    command.max_output_bytes,
+                    spec.max_output_bytes or command.max_output_bytes,
                     Jsonb(command.limits),
                     place_node or None,  # "": the request asked for no node in particular
                     Jsonb(place_labels),
                     actor,
+                    str(spec.on_output_limit or command.on_output_limit),
                 ),
             )
             run = await cur.fetchone()
@@ -265,13 +267,13 @@ class History:
             total = await _scalar(conn, sql.SQL("SELECT count(*) FROM runs ") + where, params)
         return items, total
 
-    async def read_output(self, run_id: int, *, offset: int, limit: int) -> bytes:
-        """At most `limit` bytes of the run's output from `offset` (see OutputReads)."""
-        return await self.output_reads.read(run_id, offset=offset, limit=limit)
-
     def iter_output(self, run_id: int, *, offset: int, end: int | None) -> AsyncIterator[bytes]:
         """The run's output in [offset, end), streamed in batches (see OutputReads)."""
         return self.output_reads.iter(run_id, offset=offset, end=end)
+
+    def iter_output_plan(self, run_id: int, plan: ReadPlan) -> AsyncIterator[bytes]:
+        """The body of a read planned by output_reads.plan_read (the gap's marker included)."""
+        return self.output_reads.iter_plan(run_id, plan)
 
     # Audit
 

@@ -31,8 +31,9 @@ from runvisor.store.columns import (
 from runvisor.store.connection import CONNECTION_OPTIONS, check_if_idle, note_returned
 from runvisor.store.drains import Drains
 from runvisor.store.group_commit import BatchObserver, GroupCommit, Write
-from runvisor.store.journal_writes import AppendOutput, EndAttempt, RecordProcess
+from runvisor.store.journal_writes import EndAttempt, RecordProcess
 from runvisor.store.nodes import NodeRegistry
+from runvisor.store.output_writes import AppendOutput
 from runvisor.store.waits import StoreWaits
 
 # Queued runs this node may take: any node, or this one; labels all among this node's. A run
@@ -209,11 +210,18 @@ class RunJournal:
         )
 
     def append_output(
-        self, run_id: int, attempt: int, *, offset: int, chunks: Sequence[bytes], truncated: bool
+        self,
+        run_id: int,
+        attempt: int,
+        *,
+        offset: int,
+        chunks: Sequence[bytes],
+        max_output_bytes: int,
     ) -> bool:
         """Store output chunks starting at byte `offset`; False if this node lost the run.
-        Bytes below what is stored already are skipped (journal_writes.AppendOutput)."""
-        write = AppendOutput(self.node_id, run_id, attempt, offset, chunks, truncated)
+        Bytes below what is stored already are skipped; past `max_output_bytes` only the head
+        and the tail are kept (journal_writes.AppendOutput)."""
+        write = AppendOutput(self.node_id, run_id, attempt, offset, chunks, max_output_bytes)
         stored: int | None = self._write(write)  # bytes newly stored; None: the run is lost
         if stored is None:
             return False

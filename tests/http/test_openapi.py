@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate as validate_spec
 
-from runvisor.http import legacy_responses, node_responses, responses
+from runvisor.http import legacy_responses, node_responses, probe_responses, responses
 from runvisor.http.auth import Role
 from runvisor.http.openapi import build_openapi
 from runvisor.http.routes import REQUIRED_ROLES, ROUTE_TABLE, ROUTES
@@ -249,7 +249,7 @@ def test_response_shapes_match_the_models(doc: dict[str, Any]) -> None:
     from runvisor.errors import NotFound, Unprocessable
     from runvisor.models import RunStatus
 
-    R, L = responses, legacy_responses
+    R, L, P = responses, legacy_responses, probe_responses
     command, run = make_command(), make_run()
     check_shape(doc, "Command", R.Command.of(command).to_json())
     check_shape(doc, "Run", R.Run.of(run).to_json())
@@ -284,16 +284,16 @@ def test_response_shapes_match_the_models(doc: dict[str, Any]) -> None:
     check_shape(doc, "AuditEntryPage", audit_page)
     with pytest.raises(jsonschema.ValidationError):
         check_shape(doc, "AuditEntry", {**audit_page["items"][0], "role": "root"})
-    check_shape(doc, "Health", R.Health(status="ok").to_json())
+    check_shape(doc, "Health", P.Health(status="ok").to_json())
     isolation = RunIsolation(
         run_user=RunUser(65534, 65534, "nobody", "/nonexistent", "/usr/bin/setpriv"),
         cgroups=None,
         no_cgroup_reason="no cgroup v2 hierarchy is mounted",
     )
-    down = R.Readiness(
+    down = P.Readiness(
         status="unavailable",
         stores={"postgres": "ok", "redis": "down: refused"},
-        runs=R.Isolation.model_validate(isolation.describe()),  # refuses a field it lacks
+        runs=P.Isolation.model_validate(isolation.describe()),  # refuses a field it lacks
     )
     check_shape(doc, "Readiness", down.to_json())
     with pytest.raises(jsonschema.ValidationError):
@@ -318,7 +318,7 @@ def test_response_shapes_match_the_models(doc: dict[str, Any]) -> None:
 def _response_models() -> list[type[responses.ResponseModel]]:
     """Every concrete response model of the two modules (not the base classes)."""
     found = []
-    for module in (responses, legacy_responses, node_responses):
+    for module in (responses, legacy_responses, node_responses, probe_responses):
         for value in vars(module).values():
             if (
                 isinstance(value, type)
@@ -339,7 +339,7 @@ def test_every_response_schema_is_generated_from_a_response_model(doc: dict[str,
     models = {model.__name__: model for model in _response_models()}
     requests = {r.body.__name__ for r in ROUTE_TABLE if r.body is not None}
     nested_requests = {"RestartIn", "LimitsIn"}
-    enums = {"RunStatus", "RestartPolicyKind"}
+    enums = {"RunStatus", "RestartPolicyKind", "OnOutputLimit"}
     assert set(schemas) == set(models) | requests | nested_requests | enums
     assert not set(models) & (requests | nested_requests)
     for name, model in models.items():

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from runvisor.errors import Conflict, NotFound, Unprocessable
-from runvisor.http import responses
+from runvisor.http import probe_responses, responses
 from runvisor.http.auth import Role
 from runvisor.http.legacy_responses import (
     LEGACY_RESULT_MARKER,
@@ -29,13 +29,14 @@ T0_JSON = "2024-05-01T12:00:00.000000Z"
 
 # The fields in the order they are sent (the README's examples show them so).
 COMMAND_FIELDS = ["id", "name", "code", "description", "created_at", "timeout_s", "stuck_after_s",
-                  "restart", "max_output_bytes", "env", "limits", "node", "labels"]  # fmt: skip
+                  "restart", "max_output_bytes", "on_output_limit", "env", "limits", "node",
+                  "labels"]  # fmt: skip
 RUN_FIELDS = [
     "id", "command_id", "status", "exit_code", "signal", "reason", "node", "pid", "attempt",
     "restart_count", "next_attempt_at", "attempts", "created_at", "started_at", "finished_at",
-    "output_bytes", "output_truncated", "stop_requested_by", "stop_requested_at",
-    "code", "timeout_s", "stuck_after_s", "restart", "max_output_bytes", "limits", "env_keys",
-    "placement", "queued_reason",
+    "output_bytes", "output_truncated", "output_gap", "stop_requested_by", "stop_requested_at",
+    "code", "timeout_s", "stuck_after_s", "restart", "max_output_bytes", "on_output_limit",
+    "limits", "env_keys", "placement", "queued_reason",
 ]  # fmt: skip
 ATTEMPT_FIELDS = ["attempt", "node", "pid", "started_at", "finished_at", "exit_code", "signal",
                   "reason", "output_offset", "leftovers_killed"]  # fmt: skip
@@ -418,11 +419,11 @@ def sample_bodies() -> list[tuple[type[responses.ResponseModel], dict[str, Any]]
         responses.Error.of(NotFound("nope")),
         responses.Error.of(details),
         responses.LegacyError.of(NotFound("nope")),
-        responses.Health(status="ok"),
-        responses.Readiness(
+        probe_responses.Health(status="ok"),
+        probe_responses.Readiness(
             status="ready",
             stores={"postgres": "ok", "redis": "ok"},
-            runs=responses.Isolation.model_validate(ISOLATION),
+            runs=probe_responses.Isolation.model_validate(ISOLATION),
         ),
         LegacyCommand.of(command),
         LegacyCommand.of(command, latest_run=run, latest_output=b"", latest_skipped=0),
@@ -452,9 +453,9 @@ def test_a_model_refuses_a_field_it_does_not_declare(
 
 
 def test_readiness_refuses_an_isolation_field_its_model_lacks() -> None:
-    responses.Isolation.model_validate(ISOLATION)
+    probe_responses.Isolation.model_validate(ISOLATION)
     with pytest.raises(ValidationError):
-        responses.Isolation.model_validate({**ISOLATION, "cgroup_version": 2})
+        probe_responses.Isolation.model_validate({**ISOLATION, "cgroup_version": 2})
 
 
 def test_audit_role_labels_are_the_roles() -> None:

@@ -15,9 +15,12 @@ import pytest
 from runvisor.errors import StoreUnavailable
 from runvisor.models import Run, RunStatus
 from runvisor.store.journal import RunJournal, open_journal
-from runvisor.store.journal_writes import ARRAY_INSERT_MAX_BYTES, EndAttempt
+from runvisor.store.journal_writes import EndAttempt
+from runvisor.store.output_writes import ARRAY_INSERT_MAX_BYTES
 from tests.fix_journal import claimed_run
 from tests.polling import wait_until
+
+NO_CAP = 2**40  # max_output_bytes: no byte is dropped
 
 NODE = "group-commit-node"
 
@@ -63,7 +66,7 @@ def test_writes_of_many_runs_share_transactions_and_each_is_stored_exactly(
         for i in range(lines):
             chunk = f"run {run.id} line {i}\n".encode()
             assert journal.append_output(
-                run.id, run.attempt, offset=offset, chunks=[chunk], truncated=False
+                run.id, run.attempt, offset=offset, chunks=[chunk], max_output_bytes=NO_CAP
             )
             offset += len(chunk)
             printed += chunk
@@ -106,7 +109,7 @@ def test_a_fenced_write_answers_lost_and_its_batch_neighbours_are_stored(
     def append(run: Run) -> bool:
         barrier.wait()
         return journal.append_output(
-            run.id, run.attempt, offset=0, chunks=[b"bytes\n"], truncated=False
+            run.id, run.attempt, offset=0, chunks=[b"bytes\n"], max_output_bytes=NO_CAP
         )
 
     with ThreadPoolExecutor(2) as pool:
@@ -126,7 +129,9 @@ def test_the_same_range_written_twice_is_stored_once(
 
     def append(chunks: list[bytes]) -> bool:
         barrier.wait()
-        return journal.append_output(run.id, run.attempt, offset=0, chunks=chunks, truncated=False)
+        return journal.append_output(
+            run.id, run.attempt, offset=0, chunks=chunks, max_output_bytes=NO_CAP
+        )
 
     with ThreadPoolExecutor(3) as pool:
         answers = list(pool.map(append, [[b"abc", b"def"], [b"abcdef"], [b"abcdefgh"]]))
@@ -145,7 +150,7 @@ def test_a_row_locked_elsewhere_fails_only_its_own_write(
         def append(run: Run, key: str) -> None:
             try:
                 results[key] = journal.append_output(
-                    run.id, run.attempt, offset=0, chunks=[b"x\n"], truncated=False
+                    run.id, run.attempt, offset=0, chunks=[b"x\n"], max_output_bytes=NO_CAP
                 )
             except StoreUnavailable as exc:
                 results[key] = exc
@@ -165,7 +170,7 @@ def test_a_row_locked_elsewhere_fails_only_its_own_write(
         holder.rollback()
     # Retried once the row is free, as a RunActor retries.
     assert journal.append_output(
-        locked.id, locked.attempt, offset=0, chunks=[b"x\n"], truncated=False
+        locked.id, locked.attempt, offset=0, chunks=[b"x\n"], max_output_bytes=NO_CAP
     )
     assert stored_output(database_url, locked.id) == (b"x\n", 2)
 
@@ -181,7 +186,7 @@ def test_no_answer_before_the_commit(database_url: str, journal: RunJournal) -> 
         while True:  # as a RunActor does: a lock timeout is retried
             try:
                 journal.append_output(
-                    run.id, run.attempt, offset=0, chunks=[b"late\n"], truncated=False
+                    run.id, run.attempt, offset=0, chunks=[b"late\n"], max_output_bytes=NO_CAP
                 )
             except StoreUnavailable:
                 continue
@@ -210,7 +215,7 @@ def test_writes_queued_at_close_are_performed_before_it_returns(database_url: st
     def append(run: Run) -> None:
         try:
             results[run.id] = journal.append_output(
-                run.id, run.attempt, offset=0, chunks=[b"z"], truncated=False
+                run.id, run.attempt, offset=0, chunks=[b"z"], max_output_bytes=NO_CAP
             )
         except StoreUnavailable as exc:  # the first one, should the lock outlast its timeout
             results[run.id] = exc
@@ -234,7 +239,7 @@ def test_writes_queued_at_close_are_performed_before_it_returns(database_url: st
     for run in runs[1:]:
         assert stored_output(database_url, run.id) == (b"z", 1)
     with pytest.raises(StoreUnavailable):
-        journal.append_output(runs[0].id, 1, offset=1, chunks=[b"z"], truncated=False)
+        journal.append_output(runs[0].id, 1, offset=1, chunks=[b"z"], max_output_bytes=NO_CAP)
 
 
 def waiting_on_a_lock(database_url: str) -> bool:
@@ -256,8 +261,10 @@ def test_large_and_small_batches_are_stored_byte_exact(
     )
     chunks = [bytes(range(256)) * 2400, b"\0\xff" * 300_000, b"tail"]
     assert sum(map(len, chunks)) > ARRAY_INSERT_MAX_BYTES
-    assert journal.append_output(big.id, 1, offset=0, chunks=chunks, truncated=False)
-    assert journal.append_output(small.id, 1, offset=0, chunks=[b"a\0b", b"\n"], truncated=False)
+    assert journal.append_output(big.id, 1, offset=0, chunks=chunks, max_output_bytes=NO_CAP)
+    assert journal.append_output(
+        small.id, 1, offset=0, chunks=[b"a\0b", b"\n"], max_output_bytes=NO_CAP
+    )
     assert stored_output(database_url, big.id) == (b"".join(chunks), sum(map(len, chunks)))
     assert stored_output(database_url, small.id) == (b"a\0b\n", 4)
 

@@ -19,6 +19,8 @@ from tests.fix_metrics import moved, scrape_in_process, value
 from tests.fix_proxy import TcpProxy, proxied_database_url
 from tests.polling import wait_until
 
+NO_CAP = 2**40  # max_output_bytes: no byte is dropped
+
 NODE = "journal-test-node"
 DATA = bytes(range(256)) * 4
 
@@ -45,13 +47,13 @@ def test_a_late_writer_of_a_stored_range_neither_shrinks_output_bytes_nor_repeat
     database_url: str, journal: RunJournal
 ) -> None:
     run = claimed_run(database_url, journal, max_output_bytes=1_000_000)
-    assert journal.append_output(run.id, 1, offset=0, chunks=[DATA[:100]], truncated=False)
+    assert journal.append_output(run.id, 1, offset=0, chunks=[DATA[:100]], max_output_bytes=NO_CAP)
     # A second writer that is behind: part of the stored range again...
-    assert journal.append_output(run.id, 1, offset=0, chunks=[DATA[:60]], truncated=False)
+    assert journal.append_output(run.id, 1, offset=0, chunks=[DATA[:60]], max_output_bytes=NO_CAP)
     assert stored(database_url, run.id) == (100, DATA[:100])
     # ...then chunks across the stored end: only the new bytes are added.
     assert journal.append_output(
-        run.id, 1, offset=60, chunks=[DATA[60:90], DATA[90:130]], truncated=False
+        run.id, 1, offset=60, chunks=[DATA[60:90], DATA[90:130]], max_output_bytes=NO_CAP
     )
     assert stored(database_url, run.id) == (130, DATA[:130])
 
@@ -67,10 +69,14 @@ def test_a_statement_cancelled_by_a_timeout_is_unavailable_and_changes_nothing(
         with psycopg.connect(database_url) as locker:
             locker.execute("SELECT * FROM runs WHERE id = %s FOR UPDATE", (run.id,))
             with pytest.raises(StoreUnavailable, match=setting.replace("_", " ")):
-                impatient.append_output(run.id, 1, offset=0, chunks=[DATA[:10]], truncated=False)
+                impatient.append_output(
+                    run.id, 1, offset=0, chunks=[DATA[:10]], max_output_bytes=NO_CAP
+                )
         assert stored(database_url, run.id) == (0, b"")
         # The lock is gone: the retry stores the same bytes, once.
-        assert impatient.append_output(run.id, 1, offset=0, chunks=[DATA[:10]], truncated=False)
+        assert impatient.append_output(
+            run.id, 1, offset=0, chunks=[DATA[:10]], max_output_bytes=NO_CAP
+        )
         assert stored(database_url, run.id) == (10, DATA[:10])
 
 
@@ -85,7 +91,9 @@ def test_a_call_blocked_on_a_locked_row_is_a_store_wait_until_it_returns(
     def writer() -> None:
         waits.register("writer")
         results.append(
-            waiting_journal.append_output(run.id, 1, offset=0, chunks=[DATA[:5]], truncated=False)
+            waiting_journal.append_output(
+                run.id, 1, offset=0, chunks=[DATA[:5]], max_output_bytes=NO_CAP
+            )
         )
 
     def waiting_for_a_lock() -> int:
@@ -129,7 +137,7 @@ def test_a_call_to_a_paused_server_waits_marked_and_completes_after_the_resume(
         def writer() -> None:
             waits.register("writer")
             results.append(
-                proxied.append_output(run.id, 1, offset=0, chunks=[b"hi"], truncated=False)
+                proxied.append_output(run.id, 1, offset=0, chunks=[b"hi"], max_output_bytes=NO_CAP)
             )
 
         thread = threading.Thread(target=writer, daemon=True)
@@ -155,9 +163,11 @@ def test_each_write_is_observed_as_a_batch_and_only_new_output_bytes_are_counted
     run = claimed_run(database_url, journal, max_output_bytes=1_000_000)
     before = scrape_in_process()
     journal.start_attempt(run, pid=12345, start_ticks=1)
-    assert journal.append_output(run.id, 1, offset=0, chunks=[DATA[:100]], truncated=False)
+    assert journal.append_output(run.id, 1, offset=0, chunks=[DATA[:100]], max_output_bytes=NO_CAP)
     # Behind the stored end by 40 bytes: 30 bytes are new, and only they are counted.
-    assert journal.append_output(run.id, 1, offset=60, chunks=[DATA[60:130]], truncated=False)
+    assert journal.append_output(
+        run.id, 1, offset=60, chunks=[DATA[60:130]], max_output_bytes=NO_CAP
+    )
     stored_status = journal.end_attempt(
         run,
         exit_code=0,
