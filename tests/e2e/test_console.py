@@ -84,7 +84,9 @@ def test_the_page_holds_no_inline_code_and_loads_nothing_from_elsewhere() -> Non
 
 def test_the_scripts_never_parse_text_as_html() -> None:
     """Output and names go into the page as text nodes (dom.js, ansi.js), never as markup."""
-    sinks = re.compile(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|Function\(")
+    sinks = re.compile(
+        r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|Function\("
+    )
     for script in SCRIPTS:
         assert sinks.findall(script.read_text()) == [], script.name
 
