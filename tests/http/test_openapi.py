@@ -33,6 +33,7 @@ EXPECTED = {
     ("GET", "/api/v1/runs"): Role.VIEWER,
     ("GET", "/api/v1/runs/{id}"): Role.VIEWER,
     ("GET", "/api/v1/runs/{id}/output"): Role.VIEWER,
+    ("GET", "/api/v1/runs/{id}/events"): Role.VIEWER,
     ("POST", "/api/v1/runs/{id}/stop"): Role.OPERATOR,
     ("GET", "/api/v1/audit"): Role.ADMIN,
     ("GET", "/api/v1/whoami"): Role.VIEWER,

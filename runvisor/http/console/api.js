@@ -97,18 +97,21 @@ export class Api {
 
   /**
    * The run's Server-Sent Events, read with fetch: calls onEvent({event, id, data}) for each.
-   * Resolves when the server ends the stream; rejects on a refusal (ApiError) or a network error.
+   * Resolves when the server ends the stream: true when there is nothing more to follow (204:
+   * the run has ended and Last-Event-ID is at its end). Rejects on a refusal (ApiError) or a
+   * network error.
    */
   async events(id, { lastEventId, signal, onEvent }) {
     const headers = this.headers({ Accept: "text/event-stream" });
     if (lastEventId !== null && lastEventId !== undefined) headers["Last-Event-ID"] = String(lastEventId);
     const response = await fetch(`/api/v1/runs/${id}/events`, { ...NO_STORE, headers, signal });
     if (!response.ok) throw errorOf(response, await response.json().catch(() => null), "");
+    if (response.status === 204) return true;
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     const parser = new EventStreamParser(onEvent);
     for (;;) {
       const { value, done } = await reader.read();
-      if (done) return;
+      if (done) return false;
       parser.feed(value);
     }
   }

@@ -36,15 +36,21 @@ export function renderRun(ctx, container, runId) {
     h("section", { "aria-labelledby": "details-title" }, h("h2", { id: "details-title", text: "Details" }), details),
   );
 
-  // Auto-scroll: follow the end while the reader is there; scrolling up pauses it.
+  // Auto-scroll: follow the end while the reader is there; scrolling up pauses it, scrolling
+  // back to the end resumes it. Told by the direction, not the distance to the end: a scroll
+  // event comes a frame late, when more output may already have made the pane longer.
   let follow = true;
+  let lastTop = 0;
   const setFollow = (value) => {
     follow = value;
     followButton.hidden = value;
   };
   output.addEventListener("wheel", (event) => event.deltaY < 0 && setFollow(false), { passive: true });
   output.addEventListener("scroll", () => {
-    setFollow(output.scrollHeight - output.scrollTop - output.clientHeight < 8);
+    const top = output.scrollTop;
+    if (top < lastTop - 1) setFollow(false);
+    else if (output.scrollHeight - top - output.clientHeight < 8) setFollow(true);
+    lastTop = top;
   });
   followButton.addEventListener("click", () => {
     setFollow(true);
@@ -54,6 +60,7 @@ export function renderRun(ctx, container, runId) {
   let scrollQueued = false;
   const renderer = new AnsiRenderer(output, {
     onTrim: (n) => {
+      lastTop = 0; // text gone from the top moves the pane up: that is not the reader
       trimmedNote.hidden = false;
       trimmedNote.textContent = `The first ${n.toLocaleString()} characters are no longer shown here (GET /api/v1/runs/${runId}/output has them all).`;
     },
@@ -74,26 +81,35 @@ export function renderRun(ctx, container, runId) {
   let timer = null;
   let loading = null;
   const refresh = () => (loading ??= loadRun().finally(() => (loading = null)));
+  // A status event carries the run itself; without one (polling), the run is read again.
+  const onStatus = (seen) => (seen && seen.id === runId ? showRun(seen) : refresh());
   refresh();
-  streamOutput(ctx, runId, { signal: abort.signal, write, onStatus: refresh, onState: (s) => (streamState.textContent = s) });
+  streamOutput(ctx, runId, { signal: abort.signal, write, onStatus, onState: (s) => (streamState.textContent = s) });
   return () => {
     abort.abort();
     clearTimeout(timer);
   };
 
   async function loadRun() {
-    clearTimeout(timer);
     try {
-      run = await ctx.api.getRun(runId);
-      if (abort.signal.aborted) return;
-      statusSlot.replaceChildren(statusBadge(run.status));
-      showStop();
-      details.replaceChildren(...runDetails(run));
-      details.removeAttribute("aria-busy");
+      const seen = await ctx.api.getRun(runId);
+      if (!abort.signal.aborted) showRun(seen);
     } catch (error) {
       if (!abort.signal.aborted) ctx.fail(error, details);
     }
-    if (!abort.signal.aborted && !(run && TERMINAL.has(run.status))) timer = setTimeout(refresh, DETAILS_REFRESH_MS);
+  }
+
+  function showRun(seen) {
+    // An answer that left before the run's end may arrive after it: the end stays.
+    if (run && TERMINAL.has(run.status) && !TERMINAL.has(seen.status)) return;
+    run = seen;
+    statusSlot.replaceChildren(statusBadge(run.status));
+    showStop();
+    details.replaceChildren(...runDetails(run));
+    details.removeAttribute("aria-busy");
+    // Read again now and then while it runs: its duration, pid and attempts move on.
+    clearTimeout(timer);
+    if (!TERMINAL.has(run.status)) timer = setTimeout(refresh, DETAILS_REFRESH_MS);
   }
 
   function showStop() {
@@ -174,20 +190,24 @@ async function streamOutput(ctx, runId, { signal, write, onStatus, onState }) {
     let ended = false;
     try {
       onState(failures ? "Reconnecting…" : "Connecting…");
-      await ctx.api.events(runId, {
+      const finished = await ctx.api.events(runId, {
         lastEventId,
         signal,
         onEvent: (event) => {
           failures = 0;
           if (event.id !== null) lastEventId = event.id;
           if (event.event === "output") write(JSON.parse(event.data));
-          else if (event.event === "status") onStatus();
-          else if (event.event === "end") ended = true;
+          // `status` and `end` carry the run, as GET /api/v1/runs/{id} answers it.
+          else if (event.event === "status") onStatus(JSON.parse(event.data));
+          else if (event.event === "end") {
+            ended = true;
+            onStatus(JSON.parse(event.data));
+          }
           onState(ended ? "Ended" : "Live");
         },
       });
-      if (ended) {
-        onStatus();
+      if (ended || finished) {
+        onState("Ended");
         return;
       }
     } catch (error) {
