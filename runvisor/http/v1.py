@@ -163,7 +163,7 @@ async def list_audit(request: web.Request) -> web.Response:
 
 async def whoami(request: web.Request) -> web.Response:
     principal = principal_of(request)
-    body = WhoAmI(principal=principal.name, role=principal.role.label)
+    body = WhoAmI.model_validate({"principal": principal.name, "role": principal.role.label})
     return web.json_response(body.to_json())
 
 

@@ -103,6 +103,17 @@ def wait_for_output(page: Any, text: str) -> None:
     )
 
 
+UNLABELLED = """() => [...document.querySelectorAll("input, select, textarea")]
+    .filter((el) => el.offsetParent !== null && el.labels.length === 0
+                    && !el.getAttribute("aria-label"))
+    .map((el) => el.name || el.id)"""
+
+
+def unlabelled_controls(page: Any) -> list[str]:
+    """Visible form controls that no label names (a screen reader could not say what they are)."""
+    return list(page.evaluate(UNLABELLED))
+
+
 def real_problems(page: Any) -> list[str]:
     """Errors the browser reported: script errors, failed requests, CSP violations."""
     return list(page.problems)
@@ -118,11 +129,14 @@ def test_an_admin_creates_a_command_runs_it_watches_it_and_stops_it(
 
     page.get_by_role("link", name="Commands").click()
     page.get_by_role("button", name="New command").click()
+    assert unlabelled_controls(page) == []
     page.get_by_label("Name").fill("ticker <b>bold</b>")
     page.get_by_label("Code (bash)").fill(TICKER)
     page.get_by_role("button", name="Create command").click()
     # The name is text, not markup.
     page.get_by_role("button", name="Run ticker <b>bold</b>").click()
+    page.get_by_role("button", name="Start run").wait_for()
+    assert unlabelled_controls(page) == []
     page.get_by_role("button", name="Start run").click()
 
     output = page.locator("#output")
