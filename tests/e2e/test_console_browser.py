@@ -50,6 +50,18 @@ def _chromium() -> str:
     return path
 
 
+def test_without_a_browser_the_test_is_skipped_and_under_ci_it_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="^browser test: "):
+        _chromium()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="must run under CI"):
+        _chromium()
+
+
 @pytest.fixture
 def browser() -> Iterator[Any]:
     executable = _chromium()
@@ -121,7 +133,7 @@ def real_problems(page: Any) -> list[str]:
 
 @pytest.mark.slow
 def test_an_admin_creates_a_command_runs_it_watches_it_and_stops_it(
-    service: Service, open_page: Any
+    open_page: Any, service: Service
 ) -> None:
     page = open_page(viewport={"width": 1280, "height": 900})
     sign_in(page, service.api.base, ADMIN)
@@ -177,7 +189,7 @@ def test_an_admin_creates_a_command_runs_it_watches_it_and_stops_it(
 
 
 @pytest.mark.slow
-def test_auto_scroll_pauses_while_the_reader_looks_back(service: Service, open_page: Any) -> None:
+def test_auto_scroll_pauses_while_the_reader_looks_back(open_page: Any, service: Service) -> None:
     run = service.api.run_code(SCROLLER)
     page = open_page(viewport={"width": 1280, "height": 900})
     sign_in(page, service.api.base, OPERATOR)
@@ -210,7 +222,7 @@ def test_auto_scroll_pauses_while_the_reader_looks_back(service: Service, open_p
 
 
 @pytest.mark.slow
-def test_each_role_sees_only_the_buttons_it_may_use(service: Service, open_page: Any) -> None:
+def test_each_role_sees_only_the_buttons_it_may_use(open_page: Any, service: Service) -> None:
     command = service.api.create_command("sleep 300", name="sleeper")
     run = service.api.start_run(command["id"])
     expected = {  # role: (New command, Run…, Delete, Stop run)
@@ -243,3 +255,52 @@ def test_each_role_sees_only_the_buttons_it_may_use(service: Service, open_page:
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "console-phone.png"), full_page=True)
     assert service.api.run(run["id"])["status"] == "running"
+
+
+ANSI_CASES = """async () => {
+  const { AnsiRenderer } = await import("/console/ansi.js");
+  const render = (...chunks) => {
+    const pane = document.createElement("pre");
+    const renderer = new AnsiRenderer(pane);
+    for (const chunk of chunks) renderer.write(chunk);
+    return [...pane.childNodes].map((n) => [n.nodeName === "#text" ? "" : n.className,
+                                            n.style ? n.style.color : "", n.textContent]);
+  };
+  return {
+    split: render("a\\x1b[3", "1mred\\x1b[", "0m b"),
+    bright_bold: render("\\x1b[1;94mx\\x1b[22;39my"),
+    palette: render("\\x1b[38;5;196mp\\x1b[38;2;1;2;3mt"),
+    dropped: render("\\x1b[2J\\x1b[Hcls\\x1b]0;title\\x07!"),
+    inverse: render("\\x1b[7mi"),
+    html: render("<b>&amp;</b>"),
+  };
+}"""
+
+SSE_CASES = """async () => {
+  const { EventStreamParser } = await import("/console/api.js");
+  const events = [];
+  const parser = new EventStreamParser((e) => events.push(e));
+  for (const chunk of [": heartbeat\\n\\n", "event: output\\r\\nid: 5\\r\\nda", "ta: \\"a\\"\\r\\n\\r",
+                       "\\nevent: status\\ndata: 1\\ndata: 2\\n\\n", "data: x\\n"]) {
+    parser.feed(chunk);
+  }
+  return events;
+}"""
+
+
+def test_the_ansi_and_event_stream_parsers(open_page: Any, service: Service) -> None:
+    """The console's own modules, run in the browser on the edge cases a stream brings."""
+    page = open_page()
+    page.goto(service.api.base + "/")
+    cases = page.evaluate(ANSI_CASES)
+    assert cases["split"] == [["", "", "a"], ["ansi-fg-1", "", "red"], ["", "", " b"]]
+    assert cases["bright_bold"] == [["ansi-fg-12 ansi-bold", "", "x"], ["", "", "y"]]
+    assert cases["palette"] == [["", "rgb(255, 0, 0)", "p"], ["", "rgb(1, 2, 3)", "t"]]
+    assert cases["dropped"] == [["", "", "cls!"]]
+    assert cases["inverse"] == [["ansi-fg-default-bg ansi-bg-default-fg", "", "i"]]
+    assert cases["html"] == [["", "", "<b>&amp;</b>"]]
+    assert page.evaluate(SSE_CASES) == [
+        {"event": "output", "id": "5", "data": '"a"'},
+        {"event": "status", "id": None, "data": "1\n2"},
+    ]  # the comment is no event; the last one is not finished without its blank line
+    assert real_problems(page) == []
