@@ -7,7 +7,16 @@ const OSC_END = /\x07|\x1b\\/;
 const MAX_PENDING = 256; // an unfinished escape longer than this is not one: shown as text
 
 function defaultStyle() {
-  return { fg: null, bg: null, bold: false, dim: false, italic: false, underline: false, inverse: false, strike: false };
+  return {
+    fg: null,
+    bg: null,
+    bold: false,
+    dim: false,
+    italic: false,
+    underline: false,
+    inverse: false,
+    strike: false,
+  };
 }
 
 /** The 256-colour palette beyond the 16 named colours, as CSS colours. */
@@ -134,14 +143,18 @@ export class AnsiRenderer {
     if (st.inverse) [fg, bg] = [bg === null ? "default-bg" : bg, fg === null ? "default-fg" : fg];
     const classes = [];
     const inline = {};
-    for (const [kind, colour] of [["fg", fg], ["bg", bg]]) {
+    for (const [kind, colour] of [
+      ["fg", fg],
+      ["bg", bg],
+    ]) {
       if (colour === null) continue;
       if (typeof colour === "number" && colour < 16) classes.push(`ansi-${kind}-${colour}`);
       else if (typeof colour === "number") inline[kind] = paletteColour(colour);
       else if (colour.startsWith("default")) classes.push(`ansi-${kind}-${colour}`);
       else inline[kind] = colour;
     }
-    for (const flag of ["bold", "dim", "italic", "underline", "strike"]) if (st[flag]) classes.push(`ansi-${flag}`);
+    for (const flag of ["bold", "dim", "italic", "underline", "strike"])
+      if (st[flag]) classes.push(`ansi-${flag}`);
     if (classes.length === 0 && !inline.fg && !inline.bg) return null;
     const span = document.createElement("span");
     span.className = classes.join(" ");

@@ -29,7 +29,8 @@ function fail(error, slot) {
     signOut("The token is no longer accepted; sign in again.");
     return;
   }
-  const message = error instanceof ApiError ? `${error.message} (${error.status})` : `${error.message || error}`;
+  const message =
+    error instanceof ApiError ? `${error.message} (${error.status})` : `${error.message || error}`;
   if (slot) {
     const p = document.createElement("p");
     p.className = "error";
@@ -126,7 +127,9 @@ function start() {
       input.value = "";
     } catch (error) {
       $("sign-in-error").textContent =
-        error instanceof ApiError && error.status === 401 ? "That token is not valid." : `Cannot sign in: ${error.message}`;
+        error instanceof ApiError && error.status === 401
+          ? "That token is not valid."
+          : `Cannot sign in: ${error.message}`;
       input.focus();
     }
   });

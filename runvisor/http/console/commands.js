@@ -117,9 +117,25 @@ function createForm(ctx, done) {
   const name = h("input", { name: "name", maxlength: "200", autocomplete: "off" });
   const code = h("textarea", { name: "code", required: true, rows: "5", spellcheck: "false", class: "mono" });
   const description = h("input", { name: "description", autocomplete: "off" });
-  const timeout = h("input", { name: "timeout_s", type: "number", min: "0", step: "any", inputmode: "decimal" });
-  const stuck = h("input", { name: "stuck_after_s", type: "number", min: "0", step: "any", inputmode: "decimal" });
-  const policy = h("select", { name: "policy" }, POLICIES.map((p) => h("option", { value: p, text: p })));
+  const timeout = h("input", {
+    name: "timeout_s",
+    type: "number",
+    min: "0",
+    step: "any",
+    inputmode: "decimal",
+  });
+  const stuck = h("input", {
+    name: "stuck_after_s",
+    type: "number",
+    min: "0",
+    step: "any",
+    inputmode: "decimal",
+  });
+  const policy = h(
+    "select",
+    { name: "policy" },
+    POLICIES.map((p) => h("option", { value: p, text: p })),
+  );
   const maxRestarts = h("input", { name: "max_restarts", type: "number", min: "0", max: "1000", value: "3" });
   const backoff = h("input", { name: "backoff_s", type: "number", min: "0", step: "any", value: "1" });
   const env = h("textarea", { name: "env", rows: "3", spellcheck: "false", class: "mono" });
@@ -157,7 +173,11 @@ function createForm(ctx, done) {
         description: description.value,
         timeout_s: numberOrNull(timeout),
         stuck_after_s: numberOrNull(stuck),
-        restart: { policy: policy.value, max_restarts: numberOrNull(maxRestarts) ?? 3, backoff_s: numberOrNull(backoff) ?? 1 },
+        restart: {
+          policy: policy.value,
+          max_restarts: numberOrNull(maxRestarts) ?? 3,
+          backoff_s: numberOrNull(backoff) ?? 1,
+        },
         env: parseEnv(env.value),
       };
       if (name.value.trim()) body.name = name.value.trim();
@@ -188,10 +208,27 @@ function openRunDialog(ctx, command) {
   const label = command.name || `command ${command.id}`;
   const envInputs = Object.entries(command.env).map(([key, value]) => [
     key,
-    h("input", { name: `env-${key}`, value: value ?? "", placeholder: value === null ? "(no default)" : null, autocomplete: "off" }),
+    h("input", {
+      name: `env-${key}`,
+      value: value ?? "",
+      placeholder: value === null ? "(no default)" : null,
+      autocomplete: "off",
+    }),
   ]);
-  const timeout = h("input", { name: "timeout_s", type: "number", min: "0", step: "any", placeholder: placeholderOf(command.timeout_s) });
-  const stuck = h("input", { name: "stuck_after_s", type: "number", min: "0", step: "any", placeholder: placeholderOf(command.stuck_after_s) });
+  const timeout = h("input", {
+    name: "timeout_s",
+    type: "number",
+    min: "0",
+    step: "any",
+    placeholder: placeholderOf(command.timeout_s),
+  });
+  const stuck = h("input", {
+    name: "stuck_after_s",
+    type: "number",
+    min: "0",
+    step: "any",
+    placeholder: placeholderOf(command.stuck_after_s),
+  });
   const policy = h(
     "select",
     { name: "policy" },
@@ -209,7 +246,12 @@ function openRunDialog(ctx, command) {
       h("h2", { id: "run-dialog-title", text: `Run ${label}` }),
       h("pre", { class: "code-block", text: command.code }),
       envInputs.length
-        ? h("fieldset", {}, h("legend", { text: "Variables" }), envInputs.map(([key, input]) => field(key, input)))
+        ? h(
+            "fieldset",
+            {},
+            h("legend", { text: "Variables" }),
+            envInputs.map(([key, input]) => field(key, input)),
+          )
         : null,
       h(
         "fieldset",

@@ -59,12 +59,24 @@ export function table(caption, columns, rows, emptyText) {
       "table",
       {},
       h("caption", { class: "visually-hidden", text: caption }),
-      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col", class: c.class, text: c.title })))),
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          columns.map((c) => h("th", { scope: "col", class: c.class, text: c.title })),
+        ),
+      ),
       h(
         "tbody",
         {},
         rows.map((row) =>
-          h("tr", {}, columns.map((c) => h("td", { class: c.class, "data-label": c.title }, c.cell(row)))),
+          h(
+            "tr",
+            {},
+            columns.map((c) => h("td", { class: c.class, "data-label": c.title }, c.cell(row))),
+          ),
         ),
       ),
     ),

@@ -3,7 +3,17 @@
 
 import { AnsiRenderer } from "./ansi.js";
 import { ApiError } from "./api.js";
-import { TERMINAL, field, formatDuration, formatExit, formatTime, h, numberOrNull, statusBadge, table } from "./dom.js";
+import {
+  TERMINAL,
+  field,
+  formatDuration,
+  formatExit,
+  formatTime,
+  h,
+  numberOrNull,
+  statusBadge,
+  table,
+} from "./dom.js";
 
 const DETAILS_REFRESH_MS = 5000;
 const POLL_MS = 1000;
@@ -22,18 +32,37 @@ export function renderRun(ctx, container, runId) {
     "aria-live": "off", // a busy run would flood a screen reader; the pane is read on demand
     "aria-label": `Output of run ${runId}`,
   });
-  const followButton = h("button", { type: "button", id: "follow", class: "secondary", hidden: true, text: "Follow live output" });
+  const followButton = h("button", {
+    type: "button",
+    id: "follow",
+    class: "secondary",
+    hidden: true,
+    text: "Follow live output",
+  });
 
   container.append(
     h("p", { class: "crumbs" }, h("a", { href: "#/runs", text: "Runs" })),
     h("div", { class: "view-head" }, h("h1", { text: `Run #${runId}` }), statusSlot),
     stopSlot,
-    h("section", { "aria-labelledby": "output-title" },
-      h("div", { class: "view-head" }, h("h2", { id: "output-title", text: "Output" }), streamState, followButton),
+    h(
+      "section",
+      { "aria-labelledby": "output-title" },
+      h(
+        "div",
+        { class: "view-head" },
+        h("h2", { id: "output-title", text: "Output" }),
+        streamState,
+        followButton,
+      ),
       trimmedNote,
       output,
     ),
-    h("section", { "aria-labelledby": "details-title" }, h("h2", { id: "details-title", text: "Details" }), details),
+    h(
+      "section",
+      { "aria-labelledby": "details-title" },
+      h("h2", { id: "details-title", text: "Details" }),
+      details,
+    ),
   );
 
   // Auto-scroll: follow the end while the reader is there; scrolling up pauses it, scrolling
@@ -84,7 +113,12 @@ export function renderRun(ctx, container, runId) {
   // A status event carries the run itself; without one (polling), the run is read again.
   const onStatus = (seen) => (seen && seen.id === runId ? showRun(seen) : refresh());
   refresh();
-  streamOutput(ctx, runId, { signal: abort.signal, write, onStatus, onState: (s) => (streamState.textContent = s) });
+  streamOutput(ctx, runId, {
+    signal: abort.signal,
+    write,
+    onStatus,
+    onState: (s) => (streamState.textContent = s),
+  });
   return () => {
     abort.abort();
     clearTimeout(timer);
@@ -118,12 +152,23 @@ export function renderRun(ctx, container, runId) {
       return;
     }
     if (stopSlot.firstChild) return;
-    const grace = h("input", { name: "grace_s", type: "number", min: "0", max: "3600", step: "any", placeholder: "node default" });
+    const grace = h("input", {
+      name: "grace_s",
+      type: "number",
+      min: "0",
+      max: "3600",
+      step: "any",
+      placeholder: "node default",
+    });
     const form = h(
       "form",
       { class: "stop-form", "aria-label": "Stop the run", novalidate: true },
       field("Grace (s)", grace, "SIGTERM now, SIGKILL after this long."),
-      h("div", { class: "buttons" }, h("button", { type: "submit", id: "stop-run", class: "danger", text: "Stop run" })),
+      h(
+        "div",
+        { class: "buttons" },
+        h("button", { type: "submit", id: "stop-run", class: "danger", text: "Stop run" }),
+      ),
     );
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
@@ -141,7 +186,10 @@ export function renderRun(ctx, container, runId) {
 
 function runDetails(run) {
   const rows = [
-    ["Command", h("a", { href: `#/runs?command_id=${run.command_id}`, text: `${run.command_id} (its runs)` })],
+    [
+      "Command",
+      h("a", { href: `#/runs?command_id=${run.command_id}`, text: `${run.command_id} (its runs)` }),
+    ],
     ["Exit", formatExit(run)],
     ["Reason", run.reason ?? "—"],
     ["Duration", formatDuration(run.started_at, run.finished_at)],
@@ -155,11 +203,19 @@ function runDetails(run) {
     ["Output", `${run.output_bytes.toLocaleString()} bytes${run.output_truncated ? " (truncated)" : ""}`],
     ["Variables set", run.env_keys.join(", ") || "—"],
     ["Timeout", run.timeout_s === null ? "none" : `${run.timeout_s} s`],
-    ["Restart policy", `${run.restart.policy}, at most ${run.restart.max_restarts} in ${run.restart.window_s} s`],
+    [
+      "Restart policy",
+      `${run.restart.policy}, at most ${run.restart.max_restarts} in ${run.restart.window_s} s`,
+    ],
   ];
-  if (run.stop_requested_by) rows.push(["Stop requested", `by ${run.stop_requested_by}, ${formatTime(run.stop_requested_at)}`]);
+  if (run.stop_requested_by)
+    rows.push(["Stop requested", `by ${run.stop_requested_by}, ${formatTime(run.stop_requested_at)}`]);
   return [
-    h("dl", { class: "details" }, rows.map(([term, value]) => [h("dt", { text: term }), h("dd", {}, value)])),
+    h(
+      "dl",
+      { class: "details" },
+      rows.map(([term, value]) => [h("dt", { text: term }), h("dd", {}, value)]),
+    ),
     h("pre", { class: "code-block", "aria-label": "Code" }, run.code),
     table(
       "Attempts",
@@ -212,7 +268,8 @@ async function streamOutput(ctx, runId, { signal, write, onStatus, onState }) {
       }
     } catch (error) {
       if (signal.aborted) return;
-      if (error instanceof ApiError && error.code === "no_route") return pollOutput(ctx, runId, { signal, write, onStatus, onState });
+      if (error instanceof ApiError && error.code === "no_route")
+        return pollOutput(ctx, runId, { signal, write, onStatus, onState });
       if (error instanceof ApiError && error.status !== 429 && error.status < 500) {
         onState("Not available");
         ctx.fail(error);
@@ -253,9 +310,13 @@ async function pollOutput(ctx, runId, { signal, write, onStatus, onState }) {
 function sleep(ms, signal) {
   return new Promise((resolve) => {
     const timer = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => {
-      clearTimeout(timer);
-      resolve();
-    }, { once: true });
+    signal.addEventListener(
+      "abort",
+      () => {
+        clearTimeout(timer);
+        resolve();
+      },
+      { once: true },
+    );
   });
 }

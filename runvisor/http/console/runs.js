@@ -10,7 +10,10 @@ const STATUS_FILTERS = [
   ["", "any"],
   ["active", "active (queued, running, restarting)"],
   ["terminal", "ended"],
-  ...["queued", "running", "restarting", "succeeded", "failed", "stopped", "timed_out", "lost"].map((s) => [s, s]),
+  ...["queued", "running", "restarting", "succeeded", "failed", "stopped", "timed_out", "lost"].map((s) => [
+    s,
+    s,
+  ]),
 ];
 
 export function renderRuns(ctx, container, params) {
@@ -89,7 +92,10 @@ function runTable(runs) {
     "Runs",
     [
       { title: "Run", cell: (r) => h("a", { href: `#/runs/${r.id}`, text: `#${r.id}` }) },
-      { title: "Command", cell: (r) => h("a", { href: `#/runs?command_id=${r.command_id}`, text: String(r.command_id) }) },
+      {
+        title: "Command",
+        cell: (r) => h("a", { href: `#/runs?command_id=${r.command_id}`, text: String(r.command_id) }),
+      },
       { title: "Status", cell: (r) => statusBadge(r.status) },
       { title: "Exit", cell: (r) => formatExit(r) },
       { title: "Duration", cell: (r) => formatDuration(r.started_at, r.finished_at) },
