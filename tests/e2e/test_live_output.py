@@ -10,9 +10,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+
 import pytest
+import redis
 import requests
 
+from runvisor.store.redis_keys import RedisKeys
 from tests.fix_service import ADMIN, VIEWER, Api, Service
 from tests.polling import wait_until
 from tests.sse_spec import SseEvent, SseReader
@@ -40,13 +43,16 @@ class EventStream:
         self.response.close()
 
 
-def read_with_disconnects(api: Api, run_id: int, cuts: int, rng: random.Random) -> str:
+def read_with_disconnects(
+    api: Api, run_id: int, cuts: int, rng: random.Random
+) -> tuple[str, dict[str, object]]:
     """Read the run's events to `end`, dropping the connection `cuts` times at random points
     (in the middle of a chunk, so mid-event too) and resuming with Last-Event-ID, as an
-    EventSource does. Returns the text of the `output` events put together."""
+    EventSource does. Returns the text of the `output` events put together, and the run of
+    the `end` event."""
     text: list[str] = []
     last_id: str | None = None
-    ended = False
+    ended: dict[str, object] = {}
     left = cuts
     connections = 0
     while not ended:
@@ -65,7 +71,7 @@ def read_with_disconnects(api: Api, run_id: int, cuts: int, rng: random.Random) 
                     if event.type == "output":
                         text.append(json.loads(event.data))
                     elif event.type == "end":
-                        ended = True
+                        ended = json.loads(event.data)
                 if stream.reader.last_event_id:
                     last_id = stream.reader.last_event_id
                 if ended or (budget is not None and got >= budget):
@@ -76,14 +82,15 @@ def read_with_disconnects(api: Api, run_id: int, cuts: int, rng: random.Random) 
             left -= 1
             time.sleep(rng.uniform(0, 0.4))  # the client is away a while
     assert connections == cuts + 1
-    return "".join(text)
+    return "".join(text), ended
 
 
 def test_an_event_stream_cut_three_times_resumes_without_gap_or_duplicate(api: Api) -> None:
     run = api.run_code(TICKER)
-    rng = random.Random()
-    text = read_with_disconnects(api, run["id"], 3, rng)
-    assert text == EXPECTED_TICKER
+    seed = random.randrange(1 << 30)
+    text, ended = read_with_disconnects(api, run["id"], 3, random.Random(seed))
+    assert ended["status"] == "succeeded", ended
+    assert text == EXPECTED_TICKER, f"seed {seed}"
     assert api.output(run["id"]).decode() == EXPECTED_TICKER
     assert api.run(run["id"])["status"] == "succeeded"
 
@@ -95,8 +102,10 @@ def test_the_other_node_of_two_streams_the_run_through_redis(
     run = node_a.api.run_code(TICKER)
     owner = wait_until(lambda: node_a.api.run(run["id"])["node"], 10, "the run to be claimed")
     other = node_b if owner == "node-a" else node_a
-    text = read_with_disconnects(other.api, run["id"], 3, random.Random())
-    assert text == EXPECTED_TICKER
+    seed = random.randrange(1 << 30)
+    text, ended = read_with_disconnects(other.api, run["id"], 3, random.Random(seed))
+    assert ended["status"] == "succeeded", ended
+    assert text == EXPECTED_TICKER, f"seed {seed}"
     assert other.api.output(run["id"]).decode() == EXPECTED_TICKER
 
 
@@ -289,3 +298,27 @@ def test_follow_starts_at_offset_and_stops_at_limit(api: Api) -> None:
     assert response.headers.get("Transfer-Encoding") == "chunked"
     limited = api.get(f"/api/v1/runs/{run['id']}/output?follow=1&offset=2&limit=4")
     assert limited.content == b"2345"
+
+
+def test_streams_of_a_node_share_one_subscription(
+    service_factory: Callable[..., Service], redis_server_url: str, redis_prefix: str
+) -> None:
+    node_a, node_b = service_factory(), service_factory()
+    run = node_a.api.run_code("sleep 30")
+    channel = RedisKeys(redis_prefix).run_events(run["id"])
+    raw = redis.Redis.from_url(redis_server_url)
+
+    def subscribers() -> int:
+        return int(raw.pubsub_numsub(channel)[0][1])
+
+    streams = [EventStream(node_a.api, run["id"]) for _ in range(3)]
+    try:
+        wait_until(lambda: subscribers() == 1, 10, "node a to subscribe")
+        streams.append(EventStream(node_b.api, run["id"], token=VIEWER))
+        wait_until(lambda: subscribers() == 2, 10, "node b to subscribe")
+    finally:
+        for stream in streams:
+            stream.close()
+    # Once the clients have gone, nobody on either node follows the run.
+    wait_until(lambda: subscribers() == 0, 10, "the nodes to unsubscribe")
+    raw.close()
