@@ -55,7 +55,7 @@ def test_without_a_browser_the_test_is_skipped_and_under_ci_it_fails(
 ) -> None:
     monkeypatch.setattr(shutil, "which", lambda _name: None)
     monkeypatch.delenv("CI", raising=False)
-    with pytest.raises(pytest.skip.Exception, match="^browser test: "):
+    with pytest.raises(pytest.skip.Exception, match=r"^browser test: "):
         _chromium()
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="must run under CI"):
@@ -280,8 +280,9 @@ SSE_CASES = """async () => {
   const { EventStreamParser } = await import("/console/api.js");
   const events = [];
   const parser = new EventStreamParser((e) => events.push(e));
-  for (const chunk of [": heartbeat\\n\\n", "event: output\\r\\nid: 5\\r\\nda", "ta: \\"a\\"\\r\\n\\r",
-                       "\\nevent: status\\ndata: 1\\ndata: 2\\n\\n", "data: x\\n"]) {
+  for (const chunk of [": heartbeat\\n\\n", "event: output\\r\\nid: 5\\r\\nda",
+                       "ta: \\"a\\"\\r\\n\\r", "\\nevent: status\\ndata: 1\\ndata: 2\\n\\n",
+                       "data: x\\n"]) {
     parser.feed(chunk);
   }
   return events;
