@@ -24,7 +24,7 @@ TIMEOUT_MS = 30_000  # the 2-core machine: generous, and only ever waited to the
 
 # A line with colours, and one that is HTML: both must show as text, the HTML never run.
 TICKER = (
-    'printf "\\033[1;32mready\\033[0m\\n"; '
+    'printf "\\033[1;32mready\\033[0m\\n"; echo "greeting: $GREETING"; '
     'echo "<img src=x onerror=window.__pwned=1><script>window.__pwned=2</script>"; '
     "for i in $(seq 1 600); do echo tick $i; sleep 0.25; done"
 )
@@ -144,12 +144,16 @@ def test_an_admin_creates_a_command_runs_it_watches_it_and_stops_it(
     assert unlabelled_controls(page) == []
     page.get_by_label("Name").fill("ticker <b>bold</b>")
     page.get_by_label("Code (bash)").fill(TICKER)
+    page.get_by_label("Variables").fill("GREETING")  # declared, no default
     page.get_by_role("button", name="Create command").click()
     # The name is text, not markup.
     page.get_by_role("button", name="Run ticker <b>bold</b>").click()
     page.get_by_role("button", name="Start run").wait_for()
     assert unlabelled_controls(page) == []
-    page.get_by_role("button", name="Start run").click()
+    dialog = page.locator("dialog")
+    dialog.get_by_label("GREETING").fill("hello from the console")
+    dialog.get_by_label("Timeout (s)").fill("120")
+    dialog.get_by_role("button", name="Start run").click()
 
     output = page.locator("#output")
     wait_for_output(page, "tick 2\n")
@@ -158,7 +162,10 @@ def test_an_admin_creates_a_command_runs_it_watches_it_and_stops_it(
     # Read from the run's event stream (GET …/events through fetch), not by polling.
     assert page.locator("#stream-state").inner_text() == "Live"
     run_id = int(page.url.rsplit("/", 1)[1])
-    assert service.api.run(run_id)["status"] == "running"
+    run = service.api.run(run_id)
+    assert run["status"] == "running"
+    assert (run["env_keys"], run["timeout_s"]) == (["GREETING"], 120.0)  # the run's overrides
+    assert "greeting: hello from the console\n" in output.inner_text()
 
     # ANSI colours as classes; the HTML line as its characters, never as elements or script.
     assert output.locator("span.ansi-fg-2.ansi-bold").inner_text() == "ready"
