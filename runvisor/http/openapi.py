@@ -13,6 +13,7 @@ from pydantic import TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
 from pydantic_core import core_schema
 
+from runvisor.http import console_files
 from runvisor.http.params import (
     AUDIT_ROLES,
     DEFAULT_PAGE_LIMIT,
@@ -35,7 +36,7 @@ _ERRORS = {
     " before the service sees it, with a plain-text body",
     401: "No token, or an unknown one",
     403: "The token's role may not do this",
-    404: "No such command, run or node",
+    404: "No such command, run, node or console file",
     409: "Conflicts with the current state",
     413: "The request body is too large (RUNVISOR_MAX_BODY_BYTES)",
     415: "The body is not application/json",
@@ -86,7 +87,9 @@ def _reply(reply: Reply, bodies: dict[Any, JsonSchemaValue]) -> dict[str, Any]:
     if reply.body is not None:
         is_json = reply.media_type == "application/json"
         schema = bodies[reply.body] if is_json else _schema_of(reply.body)
-        out["content"] = {reply.media_type: {"schema": schema}}
+        out["content"] = {
+            media: {"schema": schema} for media in (reply.media_type, *reply.other_media_types)
+        }
     if reply.headers:
         out["headers"] = {
             name: {"description": text, "schema": _schema_of(kind)}
@@ -146,7 +149,7 @@ def _operation(
     route: Route, bodies: dict[Any, JsonSchemaValue], max_page_limit: int
 ) -> dict[str, Any]:
     prefix = "Legacy" if route.legacy else ""
-    tag = "legacy" if route.legacy else "v1"
+    tag = "legacy" if route.legacy else "console" if route.console else "v1"
     op: dict[str, Any] = {
         "operationId": route.operation_id,
         "summary": route.summary,
@@ -160,6 +163,10 @@ def _operation(
             id_schema = {"type": "string", "pattern": NODE_ID_PATTERN}
         params.insert(0, {"name": "id", "in": "path", "required": True, "schema": id_schema})
         errors |= {400, 404}
+    if "{file}" in route.path:
+        file_schema = {"type": "string", "enum": list(console_files.FILES)}
+        params.insert(0, {"name": "file", "in": "path", "required": True, "schema": file_schema})
+        errors.add(404)
     if route.query:
         errors.add(400)
     if route.body is not None:
@@ -218,6 +225,7 @@ def build_openapi(*, version: str, max_page_limit: int = 1000) -> dict[str, Any]
         "tags": [
             {"name": "v1"},
             {"name": "legacy", "description": "the original service's routes"},
+            {"name": "console", "description": "the operator console's page and files"},
         ],
         "paths": paths,
         "components": {

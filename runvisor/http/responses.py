@@ -319,6 +319,16 @@ class AuditEntryPage(Page[AuditEntry]):
     pass
 
 
+class WhoAmI(ResponseModel):
+    """The token that asked: what the console shows, and which of its buttons it hides."""
+
+    principal: Annotated[
+        str,
+        Field(description="ROLE:FINGERPRINT, as the audit names it (never the token)"),
+    ]
+    role: Literal["viewer", "operator", "admin"]
+
+
 # ---- errors -------------------------------------------------------------------------------
 
 

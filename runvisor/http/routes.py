@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from runvisor.http import health, legacy, live_streams, nodes, scrape, v1
+from runvisor.http import console_files, health, legacy, live_streams, nodes, scrape, v1
 from runvisor.http.auth import Role
 from runvisor.http.legacy_responses import LegacyCommand, LegacyRun
 from runvisor.http.node_responses import Node, NodeList
@@ -27,14 +27,22 @@ from runvisor.http.responses import (
     Run,
     RunPage,
     ServerSentEvent,
+    WhoAmI,
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def is_console_path(path: str) -> bool:
+    """The operator console's page and static files (console_files.py)."""
+    return path == "/" or path.startswith("/console/")
+
+
 def is_legacy_path(path: str) -> bool:
-    """The original assignment's routes: everything outside /api/ and the probes."""
-    return not path.startswith(("/api/", "/healthz", "/readyz", "/metrics"))
+    """The original assignment's routes: everything outside /api/, the probes and the console."""
+    return not (
+        path.startswith(("/api/", "/healthz", "/readyz", "/metrics")) or is_console_path(path)
+    )
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,7 @@ class Reply:
     description: str
     body: Any = None
     media_type: str = "application/json"
+    other_media_types: tuple[str, ...] = ()  # the same body, sent as one of these instead
     headers: Mapping[str, tuple[type, str]] = field(default_factory=dict)
 
 
@@ -65,6 +74,10 @@ class Route:
     @property
     def legacy(self) -> bool:
         return is_legacy_path(self.path)
+
+    @property
+    def console(self) -> bool:
+        return is_console_path(self.path)
 
 
 _LOCATION = {"Location": (str, "URL of the new resource")}
@@ -139,6 +152,9 @@ ROUTE_TABLE: tuple[Route, ...] = (
           "Drain a node: it claims no more runs; its runs finish, or past deadline_s are "
           "stopped and restarted elsewhere by policy; 409 if it is not up",
           {202: Reply("Accepted: the node, draining", Node)}, body=DrainIn, extra_errors=(409,)),
+    Route("GET", "/api/v1/whoami", "whoami", _V, v1.whoami,
+          "Who the token is: its principal and role (the console hides what the role may not do)",
+          {200: Reply("The token's principal and role", WhoAmI)}),
     Route("GET", "/healthz", "healthz", None, health.healthz, "Liveness",
           {200: Reply("Alive", Health)}),
     Route("GET", "/readyz", "readyz", None, health.readyz,
@@ -147,6 +163,14 @@ ROUTE_TABLE: tuple[Route, ...] = (
            503: Reply("Not ready: `stores` says which is down", Readiness)}),
     Route("GET", "/api/v1/openapi.json", "getOpenapi", None, health.openapi, "This document",
           {200: Reply("The OpenAPI document", dict[str, Any])}),
+    # The operator console: static files, open (they hold no data; every API call the page
+    # makes sends the token).
+    Route("GET", "/", "getConsole", None, console_files.page, "The operator console (HTML)",
+          {200: Reply("The console's page", body=str, media_type="text/html")}),
+    Route("GET", "/console/{file}", "getConsoleFile", None, console_files.asset,
+          "A script, style sheet or icon of the console",
+          {200: Reply("The file", body=str, media_type="text/javascript",
+                      other_media_types=("text/css", "image/svg+xml"))}),
     Route("GET", "/metrics", "getMetrics", _V, scrape.metrics_text,
           "The node's metrics, in Prometheus's text format",
           {200: Reply("The metrics (text format 0.0.4)", body=str, media_type="text/plain")}),

@@ -23,7 +23,15 @@ from runvisor.http.params import (
     parse_text_param,
 )
 from runvisor.http.request_models import CommandIn, RunIn, StopIn
-from runvisor.http.responses import AuditEntry, AuditEntryPage, Command, CommandPage, Run, RunPage
+from runvisor.http.responses import (
+    AuditEntry,
+    AuditEntryPage,
+    Command,
+    CommandPage,
+    Run,
+    RunPage,
+    WhoAmI,
+)
 from runvisor.http.run_waits import MAX_WAIT_S
 from runvisor.http.streams import finish_within, write_within
 from runvisor.models import RunSpec
@@ -158,6 +166,12 @@ async def list_audit(request: web.Request) -> web.Response:
         items=[AuditEntry.of(e) for e in items], limit=limit, offset=offset, total=total
     )
     return web.json_response(page.to_json())
+
+
+async def whoami(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    body = WhoAmI.model_validate({"principal": principal.name, "role": principal.role.label})
+    return web.json_response(body.to_json())
 
 
 def _page(request: web.Request) -> tuple[int, int]:

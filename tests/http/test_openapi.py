@@ -39,6 +39,9 @@ EXPECTED = {
     ("GET", "/api/v1/nodes"): Role.VIEWER,
     ("GET", "/api/v1/nodes/{id}"): Role.VIEWER,
     ("POST", "/api/v1/nodes/{id}/drain"): Role.ADMIN,
+    ("GET", "/api/v1/whoami"): Role.VIEWER,
+    ("GET", "/"): None,
+    ("GET", "/console/{file}"): None,
     ("GET", "/healthz"): None,
     ("GET", "/readyz"): None,
     ("GET", "/api/v1/openapi.json"): None,
@@ -87,8 +90,13 @@ def test_routes_match_the_document_and_the_design(doc: dict[str, Any]) -> None:
     for method, path, op_id in ROUTES:
         assert REQUIRED_ROLES[op_id] == EXPECTED[(method, path)], op_id
         legacy = op_id.startswith("legacy")
-        assert ops[op_id][2]["tags"] == ["legacy" if legacy else "v1"], op_id
-        assert legacy == (not path.startswith(("/api/", "/healthz", "/readyz", "/metrics")))
+        console = op_id.startswith("getConsole")
+        tag = "legacy" if legacy else "console" if console else "v1"
+        assert ops[op_id][2]["tags"] == [tag], op_id
+        assert console == (path == "/" or path.startswith("/console/")), op_id
+        assert legacy == (
+            not path.startswith(("/api/", "/healthz", "/readyz", "/metrics")) and not console
+        )
 
 
 def test_security(doc: dict[str, Any]) -> None:
