@@ -12,9 +12,9 @@ from runvisor.client.api import JSON, RunvisorClient
 from runvisor.client.errors import RUN_FAILED, UNREACHABLE, ClientError
 
 TERMINAL = frozenset({"succeeded", "failed", "stopped", "timed_out", "lost"})
-# A stream cut (the node restarted, a proxy timed out) is resumed from the last byte received;
-# this many cuts in a row without a byte in between give up.
-MAX_CUTS_IN_A_ROW = 10
+# A stream cut or a node that does not answer (it restarts; a proxy timed out) is retried, from
+# the last byte received, for this long after the last request that succeeded.
+RECONNECT_WINDOW_S = 60.0
 
 
 def follow_run(client: RunvisorClient, run_id: int, *, offset: int = 0) -> JSON:
@@ -25,27 +25,55 @@ def follow_run(client: RunvisorClient, run_id: int, *, offset: int = 0) -> JSON:
     run and carries on from the bytes it has, so no byte is written twice or skipped.
     """
     sink = StdoutSink(offset)
-    cuts = 0
+    client.run(run_id)  # a wrong id, token or URL fails here, at once, before any retry
+    retry = _Reconnects(client.target.url)
     while True:
-        before = sink.offset
         try:
             client.output(run_id, offset=sink.offset, follow=True, write=sink.write)
-        except httpx.TransportError as exc:
-            cuts += 1
-            if cuts > MAX_CUTS_IN_A_ROW:
-                raise ClientError(
-                    f"the output stream of run {run_id} was cut {cuts} times: {exc}",
-                    exit_status=UNREACHABLE,
-                ) from None
-            time.sleep(min(0.2 * cuts, 2.0))
-        if sink.offset > before:
-            cuts = 0
-        # Answers at once when the run has ended; otherwise paces the next request.
-        run = client.run(run_id, wait_s=1)
+            # Answers at once when the run has ended; otherwise paces the next request.
+            run = client.run(run_id, wait_s=1)
+        except (httpx.TransportError, ClientError) as exc:
+            retry.after(exc)
+            continue
+        retry.succeeded()
         if run["status"] in TERMINAL:
             # The stream ended with the run; anything stored after it closed comes now.
             client.output(run_id, offset=sink.offset, follow=False, write=sink.write)
             return run
+
+
+class _Reconnects:
+    """Whether to try again after a failure, and how long to wait first."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.last_success = time.monotonic()
+        self.failures = 0
+
+    def succeeded(self) -> None:
+        self.last_success = time.monotonic()
+        self.failures = 0
+
+    def after(self, exc: Exception) -> None:
+        """Return to retry; re-raise what cannot get better (a 404, a 401) or has lasted too
+        long."""
+        if isinstance(exc, ClientError) and exc.exit_status != UNREACHABLE:
+            raise exc
+        if time.monotonic() - self.last_success > RECONNECT_WINDOW_S:
+            if isinstance(exc, ClientError):
+                raise exc
+            raise ClientError(
+                f"lost the connection to {self.url}: {exc}", exit_status=UNREACHABLE
+            ) from None
+        if self.failures == 0:
+            # stderr: stdout carries the run's output only.
+            print(f"runvisor: reconnecting to {self.url} ({_what(exc)})", file=sys.stderr)
+        self.failures += 1
+        time.sleep(min(0.2 * self.failures, 2.0))
+
+
+def _what(exc: Exception) -> str:
+    return exc.message if isinstance(exc, ClientError) else f"{type(exc).__name__}: {exc}"
 
 
 class StdoutSink:
