@@ -163,7 +163,8 @@ class RunvisorClient:
         """`401 invalid_token: the token is not valid`, from the server's error body."""
         code, message = _error_fields(response)
         if response.status_code == 401:
-            message += f" (token from {self.target.token_source})"
+            source = self.target.token_source
+            message += f" (token from {source})" if self.target.token else f" ({source})"
         return ClientError(
             f"{response.status_code} {code}: {message}",
             exit_status=exit_status_for_http(response.status_code),

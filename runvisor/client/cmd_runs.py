@@ -175,7 +175,7 @@ def show_run(*, client: RunvisorClient, run_id: int, as_json: bool) -> None:
         print_table(
             attempts,
             [
-                ("  #", lambda a: a.get("attempt")),
+                ("#", lambda a: a.get("attempt")),
                 ("NODE", lambda a: a.get("node")),
                 ("PID", lambda a: a.get("pid")),
                 ("STARTED", lambda a: when(a.get("started_at"))),
@@ -183,6 +183,7 @@ def show_run(*, client: RunvisorClient, run_id: int, as_json: bool) -> None:
                 ("EXIT", lambda a: _exit_text(a)),
                 ("REASON", lambda a: cell_text(a.get("reason"))),
             ],
+            indent="  ",
         )
 
 

@@ -19,7 +19,7 @@ ADMIN_TOKEN_FILE = "admin.token"
 class Target:
     url: str
     token: str | None
-    token_source: str  # said in errors instead of the token itself
+    token_source: str  # where the token came from, said in errors instead of the token
 
     def __repr__(self) -> str:  # never show the token, even in a debugger or a log
         return f"Target(url={self.url!r}, token_source={self.token_source!r})"
@@ -49,7 +49,7 @@ def resolve_target(*, url: str | None, token: str | None, data_dir: str | None) 
     try:
         text = path.read_text().strip()
     except FileNotFoundError:
-        return Target(url, None, "no token (none given, and no " + str(path) + ")")
+        return Target(url, None, f"no --token, RUNVISOR_TOKEN or {path}")
     except OSError as exc:
         raise ClientError(f"cannot read {path}: {exc.strerror}", exit_status=USAGE) from None
     return Target(url, _checked(text, str(path)), str(path))

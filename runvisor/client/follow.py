@@ -112,6 +112,6 @@ def describe_end(run: dict[str, Any]) -> str:
         parts.append(f"exit code {run['exit_code']}")
     if run.get("signal") is not None:
         parts.append(f"signal {run['signal']}")
-    if run.get("reason"):
+    if run.get("reason") and run["reason"] != "exited":  # exited: said by the exit code
         parts.append(str(run["reason"]))
     return ": ".join([parts[0], ", ".join(parts[1:])]) if len(parts) > 1 else parts[0]

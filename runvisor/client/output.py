@@ -16,16 +16,17 @@ def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
-def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> None:
-    """One line per row, columns padded to their widest cell; no line at all for no rows but
-    the header, so a person sees the list is empty rather than nothing."""
+def print_table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[Column], *, indent: str = ""
+) -> None:
+    """A header line, then one line per row, columns padded to their widest cell. No rows: the
+    header alone, so a person sees the list is empty rather than nothing."""
     cells = [[header for header, _ in columns]]
     cells += [[cell_text(value(row)) for _, value in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     for line in cells:
-        click.echo(
-            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        )
+        padded = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        click.echo((indent + "  ".join(padded)).rstrip())
 
 
 def print_fields(item: Mapping[str, Any], names: Sequence[str] | None = None) -> None:
@@ -34,7 +35,7 @@ def print_fields(item: Mapping[str, Any], names: Sequence[str] | None = None) ->
     width = max((len(k) for k in keys), default=0)
     for key in keys:
         if key in item:
-            click.echo(f"{key + ':':<{width + 1}} {cell_text(item[key], limit=None)}")
+            click.echo(f"{key + ':':<{width + 1}} {cell_text(item[key], limit=None)}".rstrip())
 
 
 def cell_text(value: Any, *, limit: int | None = 50) -> str:

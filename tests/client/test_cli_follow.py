@@ -61,7 +61,7 @@ def test_logs_follow_prints_as_it_comes_and_exits_with_the_runs_exit_code(
     assert out == api.output(run["id"]) == b"".join(b"line %d\n" % i for i in range(1, 9))
     ended = api.run(run["id"])
     assert ended["status"] == "failed" and ended["exit_code"] == 7
-    assert err.strip() == f"runvisor: run {run['id']} failed: exit code 7, exited (exit status 7)"
+    assert err.strip() == f"runvisor: run {run['id']} failed: exit code 7 (exit status 7)"
     print(f"first line after {first_after_s:.2f} s")
 
 

@@ -53,9 +53,7 @@ def test_a_postgres_outage_during_batches_neither_drops_nor_duplicates_output(
     )
     pg_proxy.cut()  # connections in the middle of a batch are cut with it
     cut_at = time.monotonic()
-    wait_until(
-        lambda: api.get("/readyz", token="").status_code == 503, 10, "the outage to be seen"
-    )
+    wait_until(lambda: api.get("/readyz", token="").status_code == 503, 10, "the outage to be seen")
     wait_until(lambda: time.monotonic() - cut_at >= 3, 5, "3 s of outage", poll_s=0.2)
     pg_proxy.restore()
     for run in runs:
