@@ -225,6 +225,8 @@ class Settings(BaseSettings):
     max_output_streams: Annotated[int, _integer(1)] = 64
     max_output_streams_per_token: Annotated[int, _integer(1)] = 16
     output_write_timeout_s: Annotated[float, _number(0.1)] = 30.0
+    max_live_streams_per_token: Annotated[int, _integer(1)] = 16
+    sse_heartbeat_s: Annotated[float, _number(0.1)] = 15.0
     ping_timeout_s: Annotated[float, _number(0.1)] = 10.0
     lease_ttl_s: Annotated[float, _number(2.0)] = 15.0
     tokens_file: Annotated[Path | None, _text(lambda raw: Path(raw.strip()).expanduser())] = None

@@ -309,9 +309,6 @@ def start_run_services(
     watcher = ExitWatcher()
     watcher.start()
     stack.callback(watcher.stop)
-    nudger = FlushNudger()
-    nudger.start()
-    stack.callback(nudger.stop)
     store_waits = StoreWaits()
     journal = open_journal(database_url, node_id=settings.node_id, store_waits=store_waits)
     stack.callback(journal.close)
@@ -319,6 +316,9 @@ def start_run_services(
         redis_client(redis_url), RedisKeys(settings.redis_prefix), store_waits=store_waits
     )
     stack.callback(live.close)
+    nudger = FlushNudger(live)  # stopped before the live state it publishes through
+    nudger.start()
+    stack.callback(nudger.stop)
     return RunDeps(
         settings=settings,
         journal=journal,

@@ -170,7 +170,14 @@ def _pump(
     stored_in_spool: int,
 ) -> OutputPump:
     """The attempt's output pump; the flush nudger watches its spool for `owner`."""
-    deps.nudger.watch(owner, spool_path, stored_in_spool)
+    deps.nudger.watch(
+        owner,
+        spool_path,
+        stored_in_spool,
+        run_id=run.id,
+        base_offset=base_offset,
+        max_output_bytes=run.max_output_bytes,
+    )
     return OutputPump(
         run_id=run.id,
         attempt=run.attempt,

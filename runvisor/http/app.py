@@ -15,6 +15,8 @@ from runvisor.http.appkeys import (
     CONTROL,
     HISTORY,
     ISOLATION,
+    LIVE_HUB,
+    LIVE_STREAMS,
     METRICS,
     OPENAPI,
     QUEUED_RUNS,
@@ -27,6 +29,9 @@ from runvisor.http.appkeys import (
 )
 from runvisor.http.auth import TokenTable
 from runvisor.http.control import RunControl
+from runvisor.http.live_hub import LiveHub
+from runvisor.http.live_hub import listening as hub_listening
+from runvisor.http.live_streams import MAX_LIVE_STREAMS
 from runvisor.http.middleware import OPERATION_ID, authenticate, errors, request_log
 from runvisor.http.openapi import build_openapi
 from runvisor.http.queued_runs import QueuedRuns
@@ -62,9 +67,17 @@ def create_app(
         max_streams=settings.max_output_streams,
         max_per_token=settings.max_output_streams_per_token,
     )
+    app[LIVE_STREAMS] = StreamSlots(
+        max_streams=MAX_LIVE_STREAMS,
+        max_per_token=settings.max_live_streams_per_token,
+        what="live streams",
+        node_limit=f"at most {MAX_LIVE_STREAMS} per node",
+        token_limit="RUNVISOR_MAX_LIVE_STREAMS_PER_TOKEN",
+    )
     app[OPENAPI] = build_openapi(version=__version__, max_page_limit=settings.max_page_limit)
     app[METRICS] = MetricsRegistry()
     app.cleanup_ctx.append(_stores(database_url, redis_url))
+    app.on_shutdown.append(_end_live_streams)
     add_routes(app)
     return app
 
@@ -74,6 +87,12 @@ def add_routes(app: web.Application) -> None:
     for route in ROUTE_TABLE:
         setattr(route.handler, OPERATION_ID, route.operation_id)
         app.router.add_route(route.method, route.path, route.handler, name=route.operation_id)
+
+
+async def _end_live_streams(app: web.Application) -> None:
+    """The node stops: live streams end now rather than hold the shutdown up."""
+    if LIVE_HUB in app:
+        app[LIVE_HUB].close()
 
 
 def _stores(database_url: str, redis_url: str) -> Any:
@@ -94,6 +113,8 @@ def _stores(database_url: str, redis_url: str) -> Any:
                 app[REDIS] = redis
                 waits = RunWaits(redis, RedisKeys(settings.redis_prefix).runs_ended())
                 app[RUN_WAITS] = await stack.enter_async_context(listening(waits))
+                hub = LiveHub(redis, RedisKeys(settings.redis_prefix))
+                app[LIVE_HUB] = await stack.enter_async_context(hub_listening(hub))
                 app[CONTROL] = RunControl(
                     history=history,
                     supervisor=app[SUPERVISOR],

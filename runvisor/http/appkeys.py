@@ -10,6 +10,7 @@ from aiohttp import web
 from runvisor.config import Settings
 from runvisor.http.auth import Principal, TokenTable
 from runvisor.http.control import RunControl
+from runvisor.http.live_hub import LiveHub
 from runvisor.http.queued_runs import QueuedRuns
 from runvisor.http.run_waits import RunWaits
 from runvisor.http.streams import StreamSlots
@@ -27,6 +28,8 @@ CONTROL = web.AppKey("control", RunControl)
 RUN_WAITS = web.AppKey("run_waits", RunWaits)
 ISOLATION = web.AppKey("isolation", RunIsolation)
 STREAMS = web.AppKey("streams", StreamSlots)
+LIVE_STREAMS = web.AppKey("live_streams", StreamSlots)  # /events and ?follow=1
+LIVE_HUB = web.AppKey("live_hub", LiveHub)
 OPENAPI = web.AppKey("openapi", dict[str, Any])  # the document, built once per app
 METRICS = web.AppKey("metrics", MetricsRegistry)
 QUEUED_RUNS = web.AppKey("queued_runs", QueuedRuns)  # for /metrics, with the History

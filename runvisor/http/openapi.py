@@ -114,6 +114,12 @@ def _query(name: str, max_page_limit: int) -> dict[str, Any]:
                    "answer once the run has ended, or after this many seconds with the run as"
                    " it is then (no polling)"),
         "output_limit": ("limit", {**big, "minimum": 1}, "at most this many bytes"),
+        "follow": ("follow", {"type": "boolean", "default": False},
+                   "1: stream the bytes (chunked) as the run writes them, until it ends"),
+        "events_offset": ("offset", {**big, "default": 0},
+                          "the byte offset to start at (Last-Event-ID wins)"),
+        "last_event_id": ("Last-Event-ID", {**big},
+                          "the id of the last event received: resume just after it"),
         "audit_action": ("action", text, "only this action (exact), e.g. run.stop"),
         "audit_actor": ("actor", text, "only this actor (exact), e.g. admin:ed626e10"),
         "audit_role": ("role", {"type": "string", "enum": list(AUDIT_ROLES)},
@@ -125,7 +131,7 @@ def _query(name: str, max_page_limit: int) -> dict[str, Any]:
     real, schema, description = params[name]
     out = {
         "name": real,
-        "in": "query",
+        "in": "header" if name == "last_event_id" else "query",
         "required": False,
         "schema": schema,
         "description": description,

@@ -141,3 +141,13 @@ def parse_output_range(query: Mapping[str, str]) -> tuple[int, int | None]:
     limit = parse_int_param(query, "limit", default=None, minimum=1)
     assert offset is not None
     return offset, limit
+
+
+def parse_flag(query: Mapping[str, str], name: str) -> bool:
+    """?name=1 / true / yes -> True; absent, empty, 0 / false / no -> False; else 400."""
+    raw = query.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise BadRequest(f"{name}: must be 1 or 0 (true or false)", code="invalid_parameter")

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from runvisor.http import health, legacy, scrape, v1
+from runvisor.http import health, legacy, live_streams, scrape, v1
 from runvisor.http.auth import Role
 from runvisor.http.legacy_responses import LegacyCommand, LegacyRun
 from runvisor.http.request_models import CommandIn, LegacyCommandIn, RunIn, StopIn
@@ -77,6 +77,14 @@ _OUTPUT = Reply(
         "X-Run-Status": (str, "the run's status"),
     },
 )
+_EVENTS = Reply(
+    "Server-Sent Events until the run has ended: `status` (the run, as getRun answers it; first,"
+    " then at each status change), `output` (data: one JSON string, the text; id: the byte"
+    " offset after it), `end` (the ended run; the stream closes). Heartbeat comments keep an"
+    " idle stream open",
+    body=str,
+    media_type="text/event-stream",
+)
 _V, _O, _A = Role.VIEWER, Role.OPERATOR, Role.ADMIN
 # fmt: off
 ROUTE_TABLE: tuple[Route, ...] = (
@@ -99,8 +107,15 @@ ROUTE_TABLE: tuple[Route, ...] = (
     Route("GET", "/api/v1/runs/{id}", "getRun", _V, v1.get_run, "Read a run",
           {200: Reply("The run", Run)}, query=("wait_s",), extra_errors=(429,)),
     Route("GET", "/api/v1/runs/{id}/output", "getRunOutput", _V, v1.get_run_output,
-          "Read a run's output bytes", {200: _OUTPUT}, query=("output_offset", "output_limit"),
+          "Read a run's output bytes; with follow=1, as they come until the run ends",
+          {200: _OUTPUT}, query=("output_offset", "output_limit", "follow"),
           extra_errors=(429,)),
+    Route("GET", "/api/v1/runs/{id}/events", "getRunEvents", _V, live_streams.run_events,
+          "Follow a run: its output so far, then new output and status changes as they come"
+          " (Server-Sent Events)",
+          {200: _EVENTS, 204: Reply("The run has ended and Last-Event-ID is at its end: an"
+                                    " EventSource stops reconnecting")},
+          query=("events_offset", "last_event_id"), extra_errors=(429,)),
     Route("POST", "/api/v1/runs/{id}/stop", "stopRun", _O, v1.stop_run,
           "Stop a run: SIGTERM to all its processes, SIGKILL after grace_s; 409 if finished",
           {202: Reply("Accepted: the run is stopping", Run)}, body=StopIn, extra_errors=(409,)),

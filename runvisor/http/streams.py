@@ -34,9 +34,18 @@ class StreamSlots:
     """Expensive reads under way on this node: at most `max_streams`, and `max_per_token` for
     each token. The event loop is the only user, so plain counters suffice."""
 
-    def __init__(self, *, max_streams: int, max_per_token: int) -> None:
+    def __init__(
+        self,
+        *,
+        max_streams: int,
+        max_per_token: int,
+        what: str = "output streams",
+        node_limit: str = "RUNVISOR_MAX_OUTPUT_STREAMS",
+        token_limit: str = "RUNVISOR_MAX_OUTPUT_STREAMS_PER_TOKEN",
+    ) -> None:
         self.max_streams = max_streams
         self.max_per_token = max_per_token
+        self._what, self._node_limit, self._token_limit = what, node_limit, token_limit
         self._by_holder: Counter[str] = Counter()
 
     @property
@@ -49,14 +58,14 @@ class StreamSlots:
         (429) when none is free."""
         if self.in_use >= self.max_streams:
             raise TooManyRequests(
-                f"this node is serving {self.max_streams} output streams already"
-                " (RUNVISOR_MAX_OUTPUT_STREAMS); retry shortly",
+                f"this node is serving {self.max_streams} {self._what} already"
+                f" ({self._node_limit}); retry shortly",
                 code="too_many_streams",
             )
         if self._by_holder[holder] >= self.max_per_token:
             raise TooManyRequests(
-                f"this token is reading {self.max_per_token} output streams already"
-                " (RUNVISOR_MAX_OUTPUT_STREAMS_PER_TOKEN); retry when one has ended",
+                f"this token is reading {self.max_per_token} {self._what} already"
+                f" ({self._token_limit}); retry when one has ended",
                 code="too_many_streams",
             )
         self._by_holder[holder] += 1

@@ -9,10 +9,12 @@ from aiohttp import web
 from runvisor.http.appkeys import CONTROL, HISTORY, RUN_WAITS, SETTINGS, STREAMS, principal_of
 from runvisor.http.auth import Role
 from runvisor.http.bodies import read_model
+from runvisor.http.live_streams import follow_output
 from runvisor.http.params import (
     AUDIT_ROLES,
     DEFAULT_PAGE_LIMIT,
     parse_choice_param,
+    parse_flag,
     parse_id,
     parse_int_param,
     parse_output_range,
@@ -98,6 +100,8 @@ async def get_run_output(request: web.Request) -> web.StreamResponse:
     a time and one of the node's RUNVISOR_MAX_OUTPUT_STREAMS slots (429 when none is free)."""
     run_id = parse_id(request.match_info["id"], "run")
     offset, limit = parse_output_range(request.query)
+    if parse_flag(request.query, "follow"):
+        return await follow_output(request, run_id, offset, limit)
     history = request.app[HISTORY]
     run = await history.get_run(run_id)
     # Everything below output_bytes is stored: serve exactly that range, even as more arrives.

@@ -75,7 +75,7 @@ class History:
     def __init__(self, pool: AsyncConnectionPool, *, default_max_output_bytes: int) -> None:
         self._pool = pool
         self._default_max_output_bytes = default_max_output_bytes
-        self._output = OutputReads(self._conn)
+        self.output_reads = OutputReads(self._conn)  # the live streams read pieces' offsets
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -257,11 +257,11 @@ class History:
 
     async def read_output(self, run_id: int, *, offset: int, limit: int) -> bytes:
         """At most `limit` bytes of the run's output from `offset` (see OutputReads)."""
-        return await self._output.read(run_id, offset=offset, limit=limit)
+        return await self.output_reads.read(run_id, offset=offset, limit=limit)
 
     def iter_output(self, run_id: int, *, offset: int, end: int | None) -> AsyncIterator[bytes]:
         """The run's output in [offset, end), streamed in batches (see OutputReads)."""
-        return self._output.iter(run_id, offset=offset, end=end)
+        return self.output_reads.iter(run_id, offset=offset, end=end)
 
     # Audit
 

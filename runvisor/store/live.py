@@ -29,15 +29,36 @@ def redis_client(url: str) -> redis.Redis:
     )
 
 
-# Append to the tail and, once it holds twice the cap, keep only the last cap bytes: the
-# amortised cost per flush is the new bytes, not the whole tail.
+# A run's new output, from the pump (after PostgreSQL committed it) and from the flush nudger
+# (as soon as it is in the spool, before): whichever comes first appends it to the tail and
+# publishes it; bytes below `tail_end` (the tail's end offset, in the state hash) were published
+# already and are skipped, so the tail stays contiguous and each byte is published once. A gap
+# (Redis lost the tail, or bytes beyond the cap) starts the tail afresh. Once the tail holds
+# twice the cap, only the last cap bytes are kept: the amortised cost is the new bytes.
+# The message is one JSON line, then the raw bytes (live_events.parse_event).
+# KEYS: tail, state hash. ARGV: data (its last cap bytes), end offset, cap, stored offset or '',
+# channel.
 _APPEND_TAIL = """
-local n = redis.call('APPEND', KEYS[1], ARGV[1])
-local cap = tonumber(ARGV[2])
-if n > 2 * cap then
-  redis.call('SET', KEYS[1], redis.call('GETRANGE', KEYS[1], n - cap, n - 1))
+local data, stop, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'output_bytes', ARGV[4]) end
+local tail_end = tonumber(redis.call('HGET', KEYS[2], 'tail_end') or '-1')
+if tail_end >= stop then return 0 end
+local start = stop - #data
+local fresh = data
+if tail_end >= start then
+  fresh = string.sub(data, tail_end - start + 1)
+  local n = redis.call('APPEND', KEYS[1], fresh)
+  if n > 2 * cap then
+    redis.call('SET', KEYS[1], redis.call('GETRANGE', KEYS[1], n - cap, n - 1), 'KEEPTTL')
+  end
+else
+  redis.call('SET', KEYS[1], fresh, 'KEEPTTL')
 end
-return n
+redis.call('HSET', KEYS[2], 'tail_end', string.format('%d', stop))
+local header = string.format('{"type": "output", "start": %d, "offset": %d, "bytes": %d}',
+  stop - #fresh, stop, #fresh)
+redis.call('PUBLISH', ARGV[5], header .. '\\n' .. fresh)
+return #fresh
 """
 
 
@@ -78,23 +99,33 @@ class LiveState:
 
         self._best_effort("publish state", write)
 
-    def publish_output(self, run_id: int, *, offset: int, data: bytes) -> None:
-        """Add to the run's capped tail and announce the new bytes (ending at `offset`)."""
+    def publish_output(self, run_id: int, *, offset: int, data: bytes, stored: bool = True) -> None:
+        """Add to the run's capped tail and publish the bytes not published yet (`data` ends at
+        `offset`). `stored`: PostgreSQL has committed them (the state's `output_bytes`)."""
+        self.publish_outputs([(run_id, offset, data)], stored=stored)
+
+    def publish_outputs(self, pieces: list[tuple[int, int, bytes]], *, stored: bool) -> None:
+        """publish_output for many runs (run id, end offset, data) in one round trip."""
         cap = RedisKeys.TAIL_BYTES
 
         def write() -> None:
             pipe = self._redis.pipeline(transaction=False)
-            self._append_tail(
-                keys=[self.keys.run_tail(run_id)], args=[data[-cap:], cap], client=pipe
-            )
-            pipe.hset(self.keys.run_state(run_id), "output_bytes", str(offset))
-            pipe.publish(
-                self.keys.run_events(run_id),
-                json.dumps({"type": "output", "offset": offset, "bytes": len(data)}),
-            )
+            for run_id, offset, data in pieces:
+                self._append_tail(
+                    keys=[self.keys.run_tail(run_id), self.keys.run_state(run_id)],
+                    args=[
+                        data[-cap:],
+                        offset,
+                        cap,
+                        str(offset) if stored else "",
+                        self.keys.run_events(run_id),
+                    ],
+                    client=pipe,
+                )
             pipe.execute()
 
-        self._best_effort("publish output", write)
+        if pieces:
+            self._best_effort("publish output", write)
 
     def renew_lease(self, node_id: str, ttl_s: float) -> bool:
         return (

@@ -40,7 +40,16 @@ class OutputReads:
         return b"".join([piece async for piece in self.iter(run_id, offset=offset, end=end)])
 
     async def iter(self, run_id: int, *, offset: int, end: int | None) -> AsyncIterator[bytes]:
-        """The run's output in [offset, end), OUTPUT_PIECE_BYTES at a time.
+        """The run's output in [offset, end), OUTPUT_PIECE_BYTES at a time (see iter_at)."""
+        async for _at, piece in self.iter_at(run_id, offset=offset, end=end):
+            yield piece
+            del piece
+
+    async def iter_at(
+        self, run_id: int, *, offset: int, end: int | None
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """The run's output in [offset, end), OUTPUT_PIECE_BYTES at a time, each piece with
+        its offset (past a gap between stored chunks, the next piece starts beyond the last).
 
         A reader holds one piece while it writes it, and no connection: each fetch takes a
         connection of its own, and fetches run OUTPUT_READS_AT_ONCE at a time per node, so
@@ -90,7 +99,7 @@ class OutputReads:
             chunk_end = chunk_offset + chunk_size
             chunk_at = chunk_end if at >= chunk_end else chunk_offset
             if piece:
-                yield piece
+                yield start, piece
             del piece  # not held while the next piece is fetched
 
 
