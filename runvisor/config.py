@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from runvisor.errors import SettingsError
+from runvisor.placement import PlacementError, parse_labels
 from runvisor.procs.limits import parse_run_limits
 from runvisor.procs.uid_range import UidRange, parse_uid_range
 
@@ -28,6 +29,8 @@ ENV_PREFIX = "RUNVISOR_"
 LogFormat = Literal["auto", "console", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 ProcessTracking = Literal["auto", "cgroup", "scan"]
+OnShutdown = Literal["detach", "drain"]
+ON_SHUTDOWN: tuple[OnShutdown, ...] = ("detach", "drain")
 LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "console", "json")
 PROCESS_TRACKING: tuple[ProcessTracking, ...] = ("auto", "cgroup", "scan")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
@@ -107,6 +110,13 @@ def _parse_node_id(raw: str) -> str:
     if not value or len(value) > 64 or not all(c.isalnum() or c in "-_." for c in value):
         raise _Refused("1-64 characters of letters, digits, '-', '_' or '.'")
     return value
+
+
+def _parse_node_labels(raw: str) -> dict[str, str]:
+    try:
+        return parse_labels(raw)
+    except PlacementError as exc:
+        raise _Refused(str(exc)) from None
 
 
 def _parse_prefix(raw: str) -> str:
@@ -213,6 +223,8 @@ class Settings(BaseSettings):
     log_format: Annotated[LogFormat, _choice(LOG_FORMATS)] = "auto"
     log_level: Annotated[LogLevel, _choice(LOG_LEVELS)] = "info"
     node_id: Annotated[str, _text(_parse_node_id)] = Field(default_factory=socket.gethostname)
+    # What runs may ask of this node (`key=value,…`): placement.py.
+    node_labels: Annotated[dict[str, str], _text(_parse_node_labels)] = Field(default_factory=dict)
     redis_prefix: Annotated[str, _text(_parse_prefix)] = "runvisor"
     max_running: Annotated[int, _integer(0)] = 0
     default_grace_s: Annotated[float, _number(0.0)] = 10.0
@@ -228,7 +240,15 @@ class Settings(BaseSettings):
     max_live_streams_per_token: Annotated[int, _integer(1)] = 16
     sse_heartbeat_s: Annotated[float, _number(0.1)] = 15.0
     ping_timeout_s: Annotated[float, _number(0.1)] = 10.0
-    lease_ttl_s: Annotated[float, _number(2.0)] = 15.0
+    # Renewed every second (TTL/3 if shorter) by a thread of its own; a dead node's runs are
+    # restarted elsewhere within the TTL + ~1 s.
+    lease_ttl_s: Annotated[float, _number(2.0)] = 5.0
+    # What a graceful stop (SIGTERM) does with the runs: leave them running for the next start
+    # (unattended for at most detach_ttl_s), or drain (wait, then stop them after
+    # drain_timeout_s, to be restarted elsewhere by policy).
+    on_shutdown: Annotated[OnShutdown, _choice(ON_SHUTDOWN)] = "detach"
+    detach_ttl_s: Annotated[float, _number(0.0)] = 300.0
+    drain_timeout_s: Annotated[float, _number(0.0)] = 60.0
     tokens_file: Annotated[Path | None, _text(lambda raw: Path(raw.strip()).expanduser())] = None
     # Resolved at start-up (runvisor.procs.run_user).
     run_as: Annotated[str | None, _text(_stripped)] = None

@@ -40,6 +40,7 @@ class AttemptEndReason(StrEnum):
     STOPPED = "stopped"
     LOST = "lost"
     ACTOR_FAILED = "actor_failed"
+    DRAINED = "drained"  # stopped at its node's drain deadline; restarted elsewhere by policy
 
 
 # Per-command resource limits (setrlimit(2)): CPU seconds, address space, largest file written,
@@ -95,6 +96,9 @@ class Command:
     max_output_bytes: int
     env: dict[str, str | None]  # the variables a run may set -> default value (None: none)
     limits: dict[str, int | str]  # LIMIT_NAMES -> positive int or "unlimited"
+    # Placement defaults of its runs: a node id, labels that must all match (placement.py).
+    place_node: str | None = None
+    place_labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -143,6 +147,11 @@ class Run:
     restart: dict[str, Any]
     max_output_bytes: int
     limits: dict[str, int | str]  # copied from the command when the run was created
+    # Where it asks to run (`node` is where it runs): the command's, or the start request's.
+    place_node: str | None = None
+    place_labels: dict[str, str] = field(default_factory=dict)
+    # Why it waits, while no live node may take it; cleared when a node claims it.
+    queued_reason: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -172,6 +181,8 @@ class CommandSpec:
     max_output_bytes: int | None = None  # None: the RUNVISOR_MAX_OUTPUT_BYTES default
     env: dict[str, str | None] = field(default_factory=dict)  # declared variables -> default
     limits: dict[str, int | str] = field(default_factory=dict)  # absent name: node default
+    place_node: str | None = None
+    place_labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +193,9 @@ class RunSpec:
     stuck_after_s: float | None = None
     restart: RestartPolicy | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # Placement overrides; None: the command's. `place_node` "" asks for no node in particular.
+    place_node: str | None = None
+    place_labels: dict[str, str] | None = None
     # Whoever asked may loosen the command's bounds (an admin); else only tighten them.
     may_loosen: bool = False
 

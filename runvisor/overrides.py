@@ -7,6 +7,7 @@ operator role allows. Only an admin may loosen (runvisor.store.history.History.c
 
 from __future__ import annotations
 
+from runvisor.errors import Unprocessable
 from runvisor.models import Command, RestartPolicy, RestartPolicyKind, RunSpec
 
 _POLICY_RANK = {
@@ -53,3 +54,18 @@ def _restart_loosened(command: RestartPolicy, run: RestartPolicy) -> list[str]:
                 f"command's {getattr(command, name):g}"
             )
     return found
+
+
+def undeclared_env(command_id: int, names: list[str]) -> Unprocessable:
+    """The 422 for variables the command does not declare, shaped as schemas.validate's."""
+    message = f"not declared by command {command_id}; a run may set only the variables its"
+    message += " command declares"
+    details = [
+        {"field": f"env.{name}", "message": message, "type": "not_declared"} for name in names
+    ]
+    shown = "; ".join(f"{d['field']}: {d['message']}" for d in details[:20])
+    if len(details) > 20:
+        shown += f"; and {len(details) - 20} more"
+    problem = Unprocessable(shown)
+    problem.details = details  # type: ignore[attr-defined]  # read by the error middleware
+    return problem

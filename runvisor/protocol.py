@@ -62,6 +62,20 @@ class Ping:
     """Asked by the Supervisor: a RunActor that does not answer in time is wedged."""
 
 
+@dataclass(frozen=True, slots=True)
+class Evict:
+    """The node's drain deadline has passed: SIGTERM now, SIGKILL after `grace_s`, and end the
+    attempt `drained`, which the restart policy may restart (on another node)."""
+
+    grace_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Superseded:
+    """Another node took this run over while this one was away (its lease lapsed): kill the
+    attempt's processes at once and write nothing more."""
+
+
 # Told to the Supervisor
 
 
@@ -98,6 +112,12 @@ class FillSlots:
     """Told by the Supervisor to itself: claim queued runs now (coalesces RunsQueued)."""
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseLapsed:
+    """Told by the lease keeper: this node's lease had expired when it renewed it (the process
+    was paused, or Redis was out of reach), so other nodes may have taken its runs over."""
+
+
 # Asked of the Supervisor (by the HTTP side, the control listener and the service)
 
 
@@ -121,6 +141,15 @@ class SupervisorCalls(Protocol):
         """Shutdown: every RunActor stores its output and stops; the processes go on."""
         ...
 
+    def drain(self, deadline_s: float | None) -> int:
+        """Claim nothing more; stop what still runs after `deadline_s` (None: never), to be
+        restarted elsewhere by policy. Returns how many runs this node still holds."""
+        ...
+
+    def active_count(self) -> int:
+        """Runs this node still holds: running, waiting to restart, or ending."""
+        ...
+
 
 class SupervisorProxy(ActorMemberMixin, pykka.ActorProxy[Any]):
     """The Supervisor's proxy, typed: each call returns a pykka Future of the call's result.
@@ -130,13 +159,44 @@ class SupervisorProxy(ActorMemberMixin, pykka.ActorProxy[Any]):
     stop_run = proxy_method(SupervisorCalls.stop_run)
     running_count = proxy_method(SupervisorCalls.running_count)
     detach_all = proxy_method(SupervisorCalls.detach_all)
+    drain = proxy_method(SupervisorCalls.drain)
+    active_count = proxy_method(SupervisorCalls.active_count)
 
 
 def supervisor_proxy(ref: pykka.ActorRef[Any]) -> SupervisorProxy:
     return cast(SupervisorProxy, ref.proxy())
 
 
-# Sent from one node to another over Redis (through LiveState)
+# Sent from one node to another over Redis (through LiveState): the control messages
+
+
+def _load_object(raw: bytes | str) -> dict[str, Any]:
+    try:
+        message = json.loads(raw)
+    # JSONDecodeError and UnicodeDecodeError are ValueErrors; deep nesting is a RecursionError.
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ValueError("not a JSON object")
+    return message
+
+
+def _seconds(value: Any, name: str) -> float:
+    # bool is an int to Python, never a number of seconds here.
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"{name}: must be a finite number of seconds, 0 or more")
+    return float(value)
+
+
+def _requester(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("by: must be a non-empty string")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,26 +217,51 @@ class StopRequest:
     @classmethod
     def from_json(cls, raw: bytes | str) -> StopRequest:
         """Parse a control message; ValueError, saying why, for anything but a valid stop."""
-        try:
-            message = json.loads(raw)
-        # JSONDecodeError and UnicodeDecodeError are ValueErrors; deep nesting is a RecursionError.
-        except (ValueError, RecursionError) as exc:
-            raise ValueError(f"not JSON: {exc}") from None
-        if not isinstance(message, dict):
-            raise ValueError("not a JSON object")
-        if message.get("type") != "stop":
-            raise ValueError(f"unknown type {message.get('type')!r}")
-        run_id, grace_s, by = message.get("run_id"), message.get("grace_s"), message.get("by")
-        # bool is an int to Python, never a run id or a grace period here.
+        message = parse_control_message(raw)
+        if not isinstance(message, StopRequest):
+            raise ValueError(f"unknown type {_TYPE_OF[type(message)]!r}")
+        return message
+
+    @classmethod
+    def _of(cls, message: dict[str, Any]) -> StopRequest:
+        run_id = message.get("run_id")
         if not isinstance(run_id, int) or isinstance(run_id, bool) or run_id < 1:
             raise ValueError("run_id: must be a positive integer")
-        if (
-            not isinstance(grace_s, int | float)
-            or isinstance(grace_s, bool)
-            or not math.isfinite(grace_s)
-            or grace_s < 0
-        ):
-            raise ValueError("grace_s: must be a finite number of seconds, 0 or more")
-        if not isinstance(by, str) or not by:
-            raise ValueError("by: must be a non-empty string")
-        return cls(run_id=run_id, grace_s=float(grace_s), requested_by=by)
+        grace_s = _seconds(message.get("grace_s"), "grace_s")
+        return cls(run_id=run_id, grace_s=grace_s, requested_by=_requester(message.get("by")))
+
+
+@dataclass(frozen=True, slots=True)
+class DrainRequest:
+    """Drain the receiving node: published on its control channel by the node that recorded
+    the drain in PostgreSQL (`nodes.state`), where the node also finds it should the message be
+    lost. `deadline_s`: seconds from now after which what still runs is stopped; None: never."""
+
+    deadline_s: float | None
+    requested_by: str
+
+    def to_json(self) -> str:
+        message = {"deadline_s": self.deadline_s, "by": self.requested_by}
+        return json.dumps({"type": "drain", **message})
+
+    @classmethod
+    def _of(cls, message: dict[str, Any]) -> DrainRequest:
+        raw_deadline = message.get("deadline_s")
+        deadline = None if raw_deadline is None else _seconds(raw_deadline, "deadline_s")
+        return cls(deadline_s=deadline, requested_by=_requester(message.get("by")))
+
+
+ControlMessage = StopRequest | DrainRequest
+_TYPE_OF: dict[type[ControlMessage], str] = {StopRequest: "stop", DrainRequest: "drain"}
+
+
+def parse_control_message(raw: bytes | str) -> ControlMessage:
+    """Parse what arrived on a control channel; ValueError, saying why, for anything else."""
+    message = _load_object(raw)
+    match message.get("type"):
+        case "stop":
+            return StopRequest._of(message)
+        case "drain":
+            return DrainRequest._of(message)
+        case other:
+            raise ValueError(f"unknown type {other!r}")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pykka
 from aiohttp import web
 
+from runvisor import __version__
 from runvisor.actors.deps import RunDeps
 from runvisor.actors.flush_nudger import FlushNudger
 from runvisor.actors.timer import TimerService
@@ -40,6 +41,8 @@ from runvisor.store.redis_keys import RedisKeys
 from runvisor.store.waits import StoreWaits
 from runvisor.supervisor.actor import Supervisor
 from runvisor.supervisor.control_listener import ControlListener
+from runvisor.supervisor.node_presence import NodePresence
+from runvisor.supervisor.shutdown import drain_before_exit, record_shutdown
 
 log = get_logger("runvisor.service")
 MIGRATE_WAIT_S = 60.0  # how long start-up waits for an external PostgreSQL to come up
@@ -47,7 +50,8 @@ ADMIN_TOKEN_FILE = "admin.token"
 
 
 def serve(settings: Settings) -> None:
-    """Run a node until SIGTERM or SIGINT. Runs are left running and adopted at the next start."""
+    """Run a node until SIGTERM or SIGINT. Runs are then left running and adopted at the next
+    start, or drained (RUNVISOR_ON_SHUTDOWN)."""
     # Until aiohttp installs its own handler, SIGTERM unwinds start-up like Ctrl-C does, so that
     # what already started (an embedded server, say) is stopped and not orphaned.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -66,6 +70,8 @@ def serve(settings: Settings) -> None:
         if not enable_child_subreaper():
             log.warning("not a child subreaper: orphaned grandchildren may escape a stop")
         deps = start_run_services(settings, database_url, redis_url, isolation, stack)
+        # Registered (state `up`) before the Supervisor reads back a drain of a previous run.
+        start_node_presence(deps, stack)
         supervisor = start_supervisor(deps, stack)
         start_control_listener(settings, deps.live, supervisor, stack)
         app = create_app(
@@ -86,7 +92,7 @@ def serve(settings: Settings) -> None:
             shutdown_timeout=5.0,
             handle_signals=True,
         )
-        log.info("shutting down; runs keep running and are adopted at the next start")
+        log.info("shutting down", on_shutdown=settings.on_shutdown)
 
 
 def _stop_all_actors() -> None:
@@ -310,7 +316,12 @@ def start_run_services(
     watcher.start()
     stack.callback(watcher.stop)
     store_waits = StoreWaits()
-    journal = open_journal(database_url, node_id=settings.node_id, store_waits=store_waits)
+    journal = open_journal(
+        database_url,
+        node_id=settings.node_id,
+        node_labels=settings.node_labels,
+        store_waits=store_waits,
+    )
     stack.callback(journal.close)
     live = LiveState(
         redis_client(redis_url), RedisKeys(settings.redis_prefix), store_waits=store_waits
@@ -335,11 +346,22 @@ def start_run_services(
 
 def start_supervisor(deps: RunDeps, stack: contextlib.ExitStack) -> SupervisorProxy:
     ref = Supervisor.start(deps=deps)
+    settings = deps.settings
 
     def stop() -> None:
+        proxy = supervisor_proxy(ref)
+        if settings.on_shutdown == "drain":
+            drain_before_exit(
+                proxy, timeout_s=settings.drain_timeout_s, grace_s=settings.default_grace_s
+            )
+        left = 1  # unknown: assume runs go on
         with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-            detached = supervisor_proxy(ref).detach_all().get(timeout=15)
+            left = proxy.active_count().get(timeout=10)
+            detached = proxy.detach_all().get(timeout=15)
             log.info("run actors detached", runs=detached)
+        # Before the lease stops being renewed (the Supervisor's on_stop): no gap in which
+        # another node could take the runs over.
+        record_shutdown(deps, detached=left > 0, detach_ttl_s=settings.detach_ttl_s)
         ref.stop(block=True, timeout=10)
 
     stack.callback(stop)
@@ -357,3 +379,18 @@ def start_control_listener(
     listener = ControlListener(live=live, node_id=settings.node_id, supervisor=supervisor)
     listener.start()
     stack.callback(listener.stop)
+
+
+def start_node_presence(deps: RunDeps, stack: contextlib.ExitStack) -> None:
+    """This node's row in `nodes`: registered now, seen every second (node_presence.py)."""
+    presence = NodePresence(
+        registry=deps.journal.nodes,
+        live=deps.live,
+        node_id=deps.settings.node_id,
+        labels=deps.settings.node_labels,
+        version=__version__,
+        capacity=deps.settings.max_running,
+        mechanism="cgroup" if deps.cgroups is not None else "scan",
+    )
+    presence.start()
+    stack.callback(presence.stop)

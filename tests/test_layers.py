@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "runvisor.models",
             "runvisor.env_names",
             "runvisor.policy",
+            "runvisor.placement",
             "runvisor.protocol",
             "runvisor.metrics",
         ],

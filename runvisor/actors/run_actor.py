@@ -186,6 +186,11 @@ class RunActor(pykka.ThreadingActor):
                 self._kill_now()
             case m.Detach():
                 self._detach()
+            case m.Evict(grace_s=grace_s):
+                self._terminate(AttemptEndReason.DRAINED, grace_s)
+            case m.Superseded():
+                if not self.phase.done:
+                    self._stand_down()
             case m.Ping():
                 return True
         return None

@@ -18,6 +18,7 @@ from runvisor.http.appkeys import (
     LIVE_HUB,
     LIVE_STREAMS,
     METRICS,
+    NODE_LEASES,
     OPENAPI,
     QUEUED_RUNS,
     REDIS,
@@ -29,6 +30,7 @@ from runvisor.http.appkeys import (
 )
 from runvisor.http.auth import TokenTable
 from runvisor.http.control import RunControl
+from runvisor.http.fleet import NodeLeases
 from runvisor.http.live_hub import LiveHub
 from runvisor.http.live_hub import listening as hub_listening
 from runvisor.http.live_streams import MAX_LIVE_STREAMS
@@ -111,6 +113,7 @@ def _stores(database_url: str, redis_url: str) -> Any:
                 app[HISTORY] = history
                 app[QUEUED_RUNS] = QueuedRuns(history)
                 app[REDIS] = redis
+                app[NODE_LEASES] = NodeLeases(redis, RedisKeys(settings.redis_prefix))
                 waits = RunWaits(redis, RedisKeys(settings.redis_prefix).runs_ended())
                 app[RUN_WAITS] = await stack.enter_async_context(listening(waits))
                 hub = LiveHub(redis, RedisKeys(settings.redis_prefix))
@@ -119,6 +122,7 @@ def _stores(database_url: str, redis_url: str) -> Any:
                     history=history,
                     supervisor=app[SUPERVISOR],
                     live=live,
+                    leases=app[NODE_LEASES],
                     node_id=settings.node_id,
                     default_grace_s=settings.default_grace_s,
                 )

@@ -10,6 +10,7 @@ from aiohttp import web
 from runvisor.config import Settings
 from runvisor.http.auth import Principal, TokenTable
 from runvisor.http.control import RunControl
+from runvisor.http.fleet import NodeLeases
 from runvisor.http.live_hub import LiveHub
 from runvisor.http.queued_runs import QueuedRuns
 from runvisor.http.run_waits import RunWaits
@@ -33,6 +34,7 @@ LIVE_HUB = web.AppKey("live_hub", LiveHub)
 OPENAPI = web.AppKey("openapi", dict[str, Any])  # the document, built once per app
 METRICS = web.AppKey("metrics", MetricsRegistry)
 QUEUED_RUNS = web.AppKey("queued_runs", QueuedRuns)  # for /metrics, with the History
+NODE_LEASES = web.AppKey("node_leases", NodeLeases)  # for /api/v1/nodes, with REDIS
 
 # Per request (request[...]): who is asking.
 PRINCIPAL = "runvisor.principal"

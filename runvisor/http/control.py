@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 from typing import TypeVar
 
+import psycopg
 import pykka
 
 from runvisor import metrics
-from runvisor.errors import Conflict, ServiceUnavailable
+from runvisor.errors import Conflict, ServiceUnavailable, StoreUnavailable
+from runvisor.http.fleet import NodeLeases, read_fleet
 from runvisor.logs import get_logger
 from runvisor.models import Run, RunSpec, RunStatus
+from runvisor.placement import Placement, unmet_reason
 from runvisor.protocol import RunsQueued, StopRequest, SupervisorProxy
 from runvisor.store.history import History
 from runvisor.store.live import LiveState
@@ -33,10 +36,12 @@ class RunControl:
         live: LiveState,
         node_id: str,
         default_grace_s: float,
+        leases: NodeLeases | None = None,
     ) -> None:
         self.history = history
         self.supervisor = supervisor
         self.live = live
+        self.leases = leases
         self.node_id = node_id
         self.default_grace_s = default_grace_s
 
@@ -45,12 +50,28 @@ class RunControl:
         once: the claim and the spawn happen right after, not while the client waits. Should
         the message be lost, the Supervisor's tick finds the run in the queue."""
         run = await self.history.create_run(command_id, spec, actor=actor)
+        await self._say_why_it_waits(run)
         try:
             self.supervisor.actor_ref.tell(RunsQueued())
         except pykka.ActorDeadError:
             # Shutting down: the run stays queued for this node's next start, or another node.
             log.warning("run left queued: the supervisor is stopping", run_id=run.id)
         return run
+
+    async def _say_why_it_waits(self, run: Run) -> None:
+        """A run no node that is up may take says so from the start (the nodes' presence
+        threads keep the reason up to date after that, and the claim clears it)."""
+        placement = Placement(run.place_node, run.place_labels)
+        if self.leases is None or not placement.pinned:
+            return  # any node may take it
+        try:
+            fleet = await read_fleet(self.history, self.leases)
+            reason = unmet_reason(placement, [node.view for node in fleet])
+            if reason is not None and await self.history.nodes.set_queued_reason(run.id, reason):
+                run.queued_reason = reason
+        except (StoreUnavailable, psycopg.Error) as exc:
+            # The run is queued (durable); only its reason waits for the next refresh.
+            log.info("queued_reason not set", run_id=run.id, error=str(exc))
 
     async def stop_run(self, run_id: int, *, grace_s: float | None, actor: str) -> Run:
         grace = self.default_grace_s if grace_s is None else grace_s

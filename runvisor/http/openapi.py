@@ -24,6 +24,7 @@ from runvisor.http.responses import Error, LegacyError
 from runvisor.http.routes import ROUTE_TABLE, Reply, Route
 from runvisor.http.run_waits import MAX_WAIT_S
 from runvisor.models import RunStatus
+from runvisor.placement import NODE_ID_PATTERN
 
 _REF = "#/components/schemas/{model}"
 _STATUS_FILTER = {"type": "string", "enum": [*(str(s) for s in RunStatus), "active", "terminal"]}
@@ -34,7 +35,7 @@ _ERRORS = {
     " before the service sees it, with a plain-text body",
     401: "No token, or an unknown one",
     403: "The token's role may not do this",
-    404: "No such command or run",
+    404: "No such command, run or node",
     409: "Conflicts with the current state",
     413: "The request body is too large (RUNVISOR_MAX_BODY_BYTES)",
     415: "The body is not application/json",
@@ -156,6 +157,10 @@ def _operation(
     if "{id}" in route.path:
         id_schema = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
         params.insert(0, {"name": "id", "in": "path", "required": True, "schema": id_schema})
+        errors |= {400, 404}
+    if "{node_id}" in route.path:
+        node_schema = {"type": "string", "pattern": NODE_ID_PATTERN}
+        params.insert(0, {"name": "node_id", "in": "path", "required": True, "schema": node_schema})
         errors |= {400, 404}
     if route.query:
         errors.add(400)

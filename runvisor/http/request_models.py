@@ -32,6 +32,13 @@ from runvisor.models import (
     RestartPolicyKind,
     RunSpec,
 )
+from runvisor.placement import (
+    LABEL_PATTERN,
+    MAX_LABELS,
+    NODE_ID_PATTERN,
+    check_label,
+    check_node_id,
+)
 
 MAX_SECONDS = 31_536_000  # one year
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -137,6 +144,34 @@ LIMIT_SCHEMA: dict[str, Any] = {
 LimitValue = Annotated[int | str, PlainValidator(_limit_value), WithJsonSchema(LIMIT_SCHEMA)]
 
 
+# Placement (placement.py): a node id as RUNVISOR_NODE_ID, labels as RUNVISOR_NODE_LABELS.
+# Checked by placement.py's own functions, so that a 422 words it as the settings do.
+NodeId = Annotated[
+    str,
+    AfterValidator(check_node_id),
+    WithJsonSchema({"type": "string", "pattern": NODE_ID_PATTERN}),
+    Field(description="a node's id (RUNVISOR_NODE_ID): run only there"),
+]
+LabelKey = Annotated[
+    str,
+    AfterValidator(lambda text: check_label("key", text)),
+    WithJsonSchema({"type": "string", "pattern": LABEL_PATTERN}),
+]
+LabelValue = Annotated[
+    str,
+    AfterValidator(lambda text: check_label("value", text)),
+    WithJsonSchema({"type": "string", "pattern": LABEL_PATTERN}),
+]
+Labels = Annotated[
+    dict[LabelKey, LabelValue],
+    Field(
+        max_length=MAX_LABELS,
+        json_schema_extra={"propertyNames": {"pattern": LABEL_PATTERN}},
+        description="labels a node must all have (RUNVISOR_NODE_LABELS) to take the run",
+    ),
+]
+
+
 class RestartIn(BaseModel):
     model_config = _STRICT
 
@@ -195,6 +230,8 @@ class CommandIn(BaseModel):
     max_output_bytes: Annotated[int, Field(ge=1, le=2**40)] | None = None
     env: EnvDeclaration | None = None
     limits: LimitsIn | None = None
+    node: NodeId | None = None
+    labels: Labels | None = None
 
     _code = field_validator("code")(_check_code)
 
@@ -209,6 +246,8 @@ class CommandIn(BaseModel):
             max_output_bytes=self.max_output_bytes,
             env=dict(self.env or {}),
             limits=self.limits.to_limits() if self.limits else {},
+            place_node=self.node,
+            place_labels=dict(self.labels or {}),
         )
 
 
@@ -219,13 +258,25 @@ class RunIn(BaseModel):
     stuck_after_s: Seconds | None = None
     restart: RestartIn | None = None
     env: Env | None = None
+    node: Annotated[
+        NodeId | None,
+        Field(description="run only on this node; null: on any (overrides the command's)"),
+    ] = None
+    labels: Annotated[
+        Labels | None,
+        Field(description="labels a node must all have; {}: none (overrides the command's)"),
+    ] = None
 
     def to_spec(self) -> RunSpec:
+        given = self.model_fields_set
         return RunSpec(
             timeout_s=self.timeout_s,
             stuck_after_s=self.stuck_after_s,
             restart=self.restart.to_policy() if self.restart else None,
             env=dict(self.env or {}),
+            # Left out: the command's. Given (even null or {}): replaces the command's.
+            place_node=(self.node or "") if "node" in given else None,
+            place_labels=dict(self.labels or {}) if "labels" in given else None,
         )
 
 

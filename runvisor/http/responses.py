@@ -74,6 +74,13 @@ class RestartPolicy(ResponseModel):
         return cls.model_validate(models.RestartPolicy.from_json(stored))
 
 
+class Placement(ResponseModel):
+    """Where a run asks to run: its command's placement, or the start request's."""
+
+    node: Annotated[str | None, Field(description="only this node may take it; null: any")]
+    labels: Annotated[dict[str, str], Field(description="labels a node must all have")]
+
+
 class Limits(ResponseModel):
     """Resource limits of the runs; a name left out takes the node's default."""
 
@@ -106,6 +113,8 @@ class Command(ResponseModel):
         ),
     ]
     limits: Limits
+    node: Annotated[str | None, Field(description="its runs run only on this node; null: any")]
+    labels: Annotated[dict[str, str], Field(description="labels a node must have for its runs")]
 
     @classmethod
     def of(cls, c: models.Command) -> Command:
@@ -122,6 +131,8 @@ class Command(ResponseModel):
             # Defaults are set by an admin and are not secrets (unlike a run's values).
             env=dict(sorted(c.env.items())),
             limits=Limits.of(c.limits),
+            node=c.place_node,
+            labels=dict(sorted(c.place_labels.items())),
         )
 
 
@@ -178,6 +189,12 @@ class Run(ResponseModel):
     max_output_bytes: int
     limits: Limits
     env_keys: Annotated[list[str], Field(description="names only: values stay secret")]
+    placement: Annotated[
+        Placement, Field(description="where it asks to run (`node` is where it runs)")
+    ]
+    queued_reason: Annotated[
+        str | None, Field(description="while queued: why no node that is up may take it")
+    ]
 
     @classmethod
     def of(cls, r: models.Run) -> Run:
@@ -209,6 +226,8 @@ class Run(ResponseModel):
             limits=Limits.of(r.limits),
             # Values may be secrets (API keys handed to a script): only the names are shown.
             env_keys=sorted(r.env),
+            placement=Placement(node=r.place_node, labels=dict(sorted(r.place_labels.items()))),
+            queued_reason=r.queued_reason,
         )
 
 

@@ -14,9 +14,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from runvisor.http import health, legacy, live_streams, scrape, v1
+from runvisor.http import health, legacy, live_streams, nodes, scrape, v1
 from runvisor.http.auth import Role
 from runvisor.http.legacy_responses import LegacyCommand, LegacyRun
+from runvisor.http.node_responses import Node, NodeList
 from runvisor.http.request_models import CommandIn, LegacyCommandIn, RunIn, StopIn
 from runvisor.http.responses import (
     AuditEntryPage,
@@ -124,6 +125,11 @@ ROUTE_TABLE: tuple[Route, ...] = (
           {200: Reply("A page of audit entries", AuditEntryPage)},
           query=("audit_action", "audit_actor", "audit_role", "audit_command_id", "audit_run_id",
                  "limit", "offset")),
+    Route("GET", "/api/v1/nodes", "listNodes", _V, nodes.list_nodes,
+          "List the nodes: labels, state, lease, capacity, running and queued runs",
+          {200: Reply("Every node that has ever started, by id", NodeList)}),
+    Route("GET", "/api/v1/nodes/{node_id}", "getNode", _V, nodes.get_node, "Read a node",
+          {200: Reply("The node", Node)}),
     Route("GET", "/healthz", "healthz", None, health.healthz, "Liveness",
           {200: Reply("Alive", Health)}),
     Route("GET", "/readyz", "readyz", None, health.readyz,

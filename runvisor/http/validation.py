@@ -51,6 +51,8 @@ def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
     is_key = bool(loc) and loc[-1] == "[key]"
     if is_key:
         loc.pop()
+    # The keys of `env` are variable names; other keys (placement labels) say what they are.
+    is_key = is_key and loc[:1] == ["env"]
     path = ".".join(shorten(part) if part else '""' for part in loc) or "body"
     ctx = error.get("ctx") or {}
     kind = error["type"]

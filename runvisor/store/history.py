@@ -12,7 +12,7 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from runvisor.errors import Conflict, Forbidden, NotFound, StoreUnavailable, Unprocessable
+from runvisor.errors import Conflict, Forbidden, NotFound, StoreUnavailable
 from runvisor.models import (
     ACTIVE_STATUSES,
     AuditEntry,
@@ -22,7 +22,7 @@ from runvisor.models import (
     RunSpec,
     RunStatus,
 )
-from runvisor.overrides import loosened
+from runvisor.overrides import loosened, undeclared_env
 from runvisor.store.columns import (
     AUDIT_COLUMNS,
     AUDIT_INSERT,
@@ -38,6 +38,7 @@ from runvisor.store.connection import (
     check_if_idle_async,
     note_returned_async,
 )
+from runvisor.store.nodes import NodeReads
 from runvisor.store.output_reads import OutputReads
 
 _ACTIVE = [str(s) for s in ACTIVE_STATUSES]
@@ -76,6 +77,7 @@ class History:
         self._pool = pool
         self._default_max_output_bytes = default_max_output_bytes
         self.output_reads = OutputReads(self._conn)  # the live streams read pieces' offsets
+        self.nodes = NodeReads(self._conn)  # the fleet's table (store/nodes.py)
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -94,8 +96,8 @@ class History:
     async def create_command(self, spec: CommandSpec, *, actor: str) -> Command:
         query = sql.SQL(
             "INSERT INTO commands (name, code, description, timeout_s, stuck_after_s, restart,"
-            " max_output_bytes, env, limits, created_by)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {}"
+            " max_output_bytes, env, limits, place_node, place_labels, created_by)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {}"
         ).format(COMMAND_COLUMNS)
         max_output = spec.max_output_bytes or self._default_max_output_bytes
         async with self._conn() as conn, conn.transaction():
@@ -112,6 +114,8 @@ class History:
                     max_output,
                     Jsonb(spec.env),
                     Jsonb(spec.limits),
+                    spec.place_node,
+                    Jsonb(spec.place_labels),
                     actor,
                 ),
             )
@@ -178,7 +182,7 @@ class History:
                 raise NotFound(f"command {command_id} not found")
             undeclared = sorted(name for name in spec.env if name not in command.env)
             if undeclared:
-                raise _undeclared_env(command.id, undeclared)
+                raise undeclared_env(command.id, undeclared)
             looser = [] if spec.may_loosen else loosened(command, spec)
             if looser:
                 raise Forbidden(
@@ -187,10 +191,12 @@ class History:
             env = {name: value for name, value in command.env.items() if value is not None}
             env.update(spec.env)
             restart = spec.restart.to_json() if spec.restart is not None else command.restart
+            place_node = command.place_node if spec.place_node is None else spec.place_node
+            place_labels = command.place_labels if spec.place_labels is None else spec.place_labels
             query = sql.SQL(
                 "INSERT INTO runs (command_id, code, env, timeout_s, stuck_after_s, restart,"
-                " max_output_bytes, limits, created_by)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {}"
+                " max_output_bytes, limits, place_node, place_labels, created_by)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {}"
             ).format(RUN_COLUMNS)
             cur = conn.cursor(row_factory=class_row(Run))
             await cur.execute(
@@ -204,6 +210,8 @@ class History:
                     Jsonb(restart),
                     command.max_output_bytes,
                     Jsonb(command.limits),
+                    place_node or None,  # "": the request asked for no node in particular
+                    Jsonb(place_labels),
                     actor,
                 ),
             )
@@ -376,21 +384,6 @@ async def _audit(
     detail: dict[str, Any] | None = None,
 ) -> None:
     await conn.execute(AUDIT_INSERT, (actor, action, command_id, run_id, Jsonb(detail or {})))
-
-
-def _undeclared_env(command_id: int, names: list[str]) -> Unprocessable:
-    """The 422 for variables the command does not declare, shaped as schemas.validate's."""
-    message = f"not declared by command {command_id}; a run may set only the variables its"
-    message += " command declares"
-    details = [
-        {"field": f"env.{name}", "message": message, "type": "not_declared"} for name in names
-    ]
-    shown = "; ".join(f"{d['field']}: {d['message']}" for d in details[:20])
-    if len(details) > 20:
-        shown += f"; and {len(details) - 20} more"
-    problem = Unprocessable(shown)
-    problem.details = details  # type: ignore[attr-defined]  # read by the error middleware
-    return problem
 
 
 def _first_line(exc: BaseException) -> str:

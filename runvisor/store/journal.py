@@ -7,7 +7,7 @@ after its runs were taken over cannot overwrite the newer attempt's record.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -29,11 +29,17 @@ from runvisor.store.columns import (
     attempts_from_json,
 )
 from runvisor.store.connection import CONNECTION_OPTIONS, check_if_idle, note_returned
+from runvisor.store.drains import Drains
 from runvisor.store.group_commit import BatchObserver, GroupCommit, Write
 from runvisor.store.journal_writes import AppendOutput, EndAttempt, RecordProcess
+from runvisor.store.nodes import NodeRegistry
 from runvisor.store.waits import StoreWaits
 
-QUEUED = sql.SQL("status = 'queued'")
+# Queued runs this node may take: any node, or this one; labels all among this node's. A run
+# pinned elsewhere is skipped, not waited on (the others behind it are still taken in order).
+QUEUED_FOR_NODE = sql.SQL(
+    "status = 'queued' AND (place_node IS NULL OR place_node = %s) AND place_labels <@ %s"
+)
 JOURNAL_OPTIONS = CONNECTION_OPTIONS["options"] + " -c lock_timeout=2000"
 
 
@@ -41,6 +47,7 @@ def open_journal(
     conninfo: str,
     *,
     node_id: str,
+    node_labels: Mapping[str, str] | None = None,
     max_size: int = 8,
     store_waits: StoreWaits | None = None,
     on_batch: BatchObserver | None = None,
@@ -61,7 +68,13 @@ def open_journal(
         reset=note_returned,
     )
     pool.open(wait=False)
-    return RunJournal(pool, node_id=node_id, store_waits=store_waits, on_batch=on_batch)
+    return RunJournal(
+        pool,
+        node_id=node_id,
+        node_labels=node_labels,
+        store_waits=store_waits,
+        on_batch=on_batch,
+    )
 
 
 class RunJournal:
@@ -70,17 +83,23 @@ class RunJournal:
         pool: ConnectionPool,
         *,
         node_id: str,
+        node_labels: Mapping[str, str] | None = None,
         store_waits: StoreWaits | None = None,
         on_batch: BatchObserver | None = None,
     ) -> None:
         self._pool = pool
         self.node_id = node_id
+        self.node_labels = dict(node_labels or {})  # RUNVISOR_NODE_LABELS: what it may claim
         self.actor = f"node:{node_id}"
         # Every call is marked there: the Supervisor does not take a RunActor waiting on
         # PostgreSQL for a wedged one.
         self._waits = store_waits or StoreWaits()
         self._on_batch = on_batch
         self._writer = GroupCommit(pool, on_batch=self._observe_batch)
+        # The fleet's table, on the same pool: registration, heartbeats, states.
+        self.nodes = NodeRegistry(self._conn)
+        # Drains read back and runs handed to the queue by a draining node.
+        self.drains = Drains(self._conn, node_id=node_id, actor=self.actor)
 
     def close(self) -> None:
         self._writer.close()  # what is queued is written first
@@ -110,20 +129,30 @@ class RunJournal:
         return runs[0] if runs else None
 
     def claim_run(self, run_id: int, *, marker: str, boot_id: str) -> Run | None:
-        """Take a queued (or restarting) run for this node and open its next attempt."""
-        runs = self._claim(sql.SQL("id = %s"), (run_id,), limit=1, boot_id=boot_id, marker=marker)
+        """Take a queued run, or this node's restarting run, and open its next attempt. (A
+        restarting run another node took over is that node's to restart.)"""
+        condition = sql.SQL("id = %s AND (status = 'queued' OR node = %s)")
+        runs = self._claim(
+            condition, (run_id, self.node_id), limit=1, boot_id=boot_id, marker=marker
+        )
         return runs[0] if runs else None
 
     def claim_next_queued(self, *, marker: str, boot_id: str) -> Run | None:
         """Take the oldest queued run no other node is claiming right now."""
-        runs = self._claim(QUEUED, (), limit=1, boot_id=boot_id, marker=marker)
+        runs = self._claim(
+            QUEUED_FOR_NODE, self._placement_params(), limit=1, boot_id=boot_id, marker=marker
+        )
         return runs[0] if runs else None
 
     def claim_queued(self, *, limit: int, boot_id: str) -> list[Run]:
         """Take up to `limit` of the oldest queued runs no other node is claiming right now,
         in one transaction: a burst of starts costs one claim, not one each. Each attempt gets
-        a new random process marker."""
-        return self._claim(QUEUED, (), limit=limit, boot_id=boot_id)
+        a new random process marker. Only runs this node may take (placement: any node or this
+        one, and labels this node has); the oldest of those first."""
+        return self._claim(QUEUED_FOR_NODE, self._placement_params(), limit=limit, boot_id=boot_id)
+
+    def _placement_params(self) -> tuple[Any, ...]:
+        return (self.node_id, Jsonb(self.node_labels))
 
     def _claim(
         self,
@@ -141,7 +170,7 @@ class RunJournal:
         query = sql.SQL(
             "UPDATE runs SET status = 'running', node = %s, attempt = attempt + 1, pid = NULL,"
             " exit_code = NULL, signal = NULL, reason = NULL, next_attempt_at = NULL,"
-            " started_at = coalesce(started_at, now())"
+            " queued_reason = NULL, started_at = coalesce(started_at, now())"
             " WHERE id IN (SELECT id FROM runs WHERE {} AND status IN ('queued', 'restarting')"
             "              AND stop_requested_at IS NULL"
             "              ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)"
@@ -288,11 +317,14 @@ class RunJournal:
         return markers
 
     def nodes_with_active_runs(self) -> list[str]:
-        """Other nodes that own running or restarting runs."""
+        """Other nodes that own running or restarting runs, but for those that detached and
+        whose detach time is not over (their runs go on unattended until then)."""
         with self._conn() as conn:
             rows = conn.execute(
                 "SELECT DISTINCT node FROM runs WHERE status IN ('running', 'restarting')"
-                " AND node IS NOT NULL AND node <> %s",
+                " AND node IS NOT NULL AND node <> %s AND NOT EXISTS (SELECT 1 FROM nodes"
+                "   WHERE nodes.id = runs.node AND nodes.state = 'detached'"
+                "   AND nodes.detached_until > now())",
                 (self.node_id,),
             ).fetchall()
         return [row[0] for row in rows]

@@ -16,7 +16,7 @@ from redis.typing import EncodableT, FieldT
 
 from runvisor import metrics
 from runvisor.logs import get_logger
-from runvisor.protocol import StopRequest
+from runvisor.protocol import ControlMessage, StopRequest, parse_control_message
 from runvisor.store.redis_keys import RedisKeys
 from runvisor.store.waits import StoreWaits
 
@@ -127,16 +127,20 @@ class LiveState:
         if pieces:
             self._best_effort("publish output", write)
 
-    def renew_lease(self, node_id: str, ttl_s: float) -> bool:
-        return (
-            self._best_effort(
-                "renew lease",
-                lambda: self._redis.set(
-                    self.keys.node_lease(node_id), f"{time.time():.3f}", px=int(ttl_s * 1000)
-                ),
-            )
-            is not None
-        )
+    def renew_lease(self, node_id: str, ttl_s: float) -> bool | None:
+        """Renew this node's lease: True if it was still held, False if it had expired (and
+        is now set again), None when Redis did not answer."""
+        key = self.keys.node_lease(node_id)
+        value, ttl_ms = f"{time.time():.3f}", int(ttl_s * 1000)
+
+        def renew() -> bool:
+            if self._redis.set(key, value, px=ttl_ms, xx=True):
+                return True
+            self._redis.set(key, value, px=ttl_ms)
+            return False
+
+        held: bool | None = self._best_effort("renew lease", renew)
+        return held
 
     def lease_held(self, node_id: str) -> bool | None:
         """Whether `node_id` holds its lease; None when Redis cannot tell (then assume nothing)."""
@@ -145,12 +149,43 @@ class LiveState:
         except redis.RedisError:
             return None
 
+    def node_attended(self, node_id: str) -> bool | None:
+        """Whether `node_id` holds its lease or detached within its detach TTL (its runs go on
+        unattended until then); None when Redis cannot tell (then assume nothing)."""
+        keys = (self.keys.node_lease(node_id), self.keys.node_detached(node_id))
+        try:
+            return bool(self._redis.exists(*keys))
+        except redis.RedisError:
+            return None
+
+    def mark_detached(self, node_id: str, ttl_s: float) -> bool:
+        """A node stops and leaves its runs running: none is taken over for `ttl_s`."""
+        key, until = self.keys.node_detached(node_id), f"{time.time() + ttl_s:.3f}"
+        return (
+            self._best_effort(
+                "mark detached", lambda: self._redis.set(key, until, px=int(ttl_s * 1000))
+            )
+            is not None
+        )
+
+    def clear_detached(self, node_id: str) -> bool:
+        """The node is back: a later crash must not leave its runs unattended for a detach TTL."""
+        key = self.keys.node_detached(node_id)
+        return self._best_effort("clear detached", lambda: self._redis.delete(key)) is not None
+
     def send_stop(self, node_id: str, request: StopRequest) -> bool:
         """Publish a stop on the control channel of `node_id`, which owns the run. False when
         Redis did not take it: the stop is recorded in PostgreSQL, where the owner finds it."""
+        return self.send_control(node_id, request)
+
+    def send_control(self, node_id: str, message: ControlMessage) -> bool:
+        """Publish a control message on the channel of `node_id`. False when Redis did not take
+        it (every message is recorded in PostgreSQL first, where the node finds it)."""
         channel = self.keys.node_control(node_id)
         return (
-            self._best_effort("send stop", lambda: self._redis.publish(channel, request.to_json()))
+            self._best_effort(
+                "send control", lambda: self._redis.publish(channel, message.to_json())
+            )
             is not None
         )
 
@@ -182,20 +217,21 @@ class LiveState:
 
 
 class ControlChannel:
-    """A node's subscription to its control channel: the stops other nodes send it."""
+    """A node's subscription to its control channel: the stops and drains other nodes send."""
 
     def __init__(self, pubsub: PubSub) -> None:
         self._pubsub = pubsub
 
-    def next_stop(self, timeout_s: float) -> StopRequest | None:
-        """The next stop request, waiting at most `timeout_s`; None if none came. A malformed
-        message is logged and ignored. Raises redis.RedisError when the connection fails."""
+    def next_message(self, timeout_s: float) -> ControlMessage | None:
+        """The next control message, waiting at most `timeout_s`; None if none came. A
+        malformed message is logged and ignored. Raises redis.RedisError when the connection
+        fails."""
         message = self._pubsub.get_message(timeout=timeout_s)
         if message is None:
             return None
         raw = message["data"]
         try:
-            return StopRequest.from_json(raw)
+            return parse_control_message(raw)
         except ValueError as exc:
             log.warning("ignored a malformed control message", raw=raw[:200], error=str(exc))
             return None

@@ -29,8 +29,13 @@ class RedisKeys:
         """String with a TTL: present while the node is alive."""
         return f"{self.prefix}:node:{node_id}:lease"
 
+    def node_detached(self, node_id: str) -> str:
+        """String with a TTL (RUNVISOR_DETACH_TTL_S): set by a node that stopped and left its
+        runs running; no other node takes them over while it exists."""
+        return f"{self.prefix}:node:{node_id}:detached"
+
     def node_control(self, node_id: str) -> str:
-        """Pub/sub channel: control messages (stop) to the node that owns a run."""
+        """Pub/sub channel: control messages (stop, drain) to a node."""
         return f"{self.prefix}:node:{node_id}:control"
 
     def all_keys_pattern(self) -> str:

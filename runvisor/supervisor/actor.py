@@ -3,10 +3,11 @@
 It owns the table of live RunActors of this node. Decisions about a finished attempt are made
 by the RunActor with the restart policy; the Supervisor schedules the restarts, fills free
 slots from the queue in PostgreSQL, pings RunActors to catch a wedged one, re-delivers stop
-requests recorded in PostgreSQL, takes over the runs of nodes whose lease expired, and at
-start-up adopts the runs this node owned before it stopped or crashed. The adoption
-(recovery.py), the pings (watchdog.py) and ending an attempt without its RunActor (closer.py)
-are in modules of their own; this one keeps the table of RunActors and acts on what they say.
+requests recorded in PostgreSQL, takes over the runs of nodes whose lease expired, drains, and
+at start-up adopts the runs this node owned before it stopped or crashed. The adoption
+(recovery.py), the pings (watchdog.py), ending an attempt without its RunActor (closer.py), the
+lease (lease.py), finding dead nodes (takeover.py) and a drain's state (drain.py) are in
+modules of their own; this one keeps the table of RunActors and acts on what they say.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from runvisor.logs import get_logger
 from runvisor.models import Attempt, AttemptEndReason, Run, RunStatus
 from runvisor.procs.spawn import boot_id
 from runvisor.supervisor.closer import AttemptCloser, Unended
+from runvisor.supervisor.drain import Drain
 from runvisor.supervisor.lease import NodeLease
 from runvisor.supervisor.recovery import (
     Adopt,
@@ -38,10 +40,11 @@ from runvisor.supervisor.recovery import (
     plan_recovery,
 )
 from runvisor.supervisor.slots import free_slots
+from runvisor.supervisor.takeover import take_over_dead_nodes
 from runvisor.supervisor.watchdog import LiveAttempt, Verdict, Watchdog
 
-TICK_S = 1.0
-SLOW_CHECK_S = 5.0  # how often to re-deliver stop requests and look for expired leases
+TICK_S = 1.0  # also how often to look for expired leases: failover within the TTL + ~1 s
+SLOW_CHECK_S = 5.0  # how often to re-deliver stop and drain requests recorded in PostgreSQL
 
 log = get_logger("runvisor.supervisor")
 
@@ -67,13 +70,19 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
         self.stopping = False
         self.tick: TimerHandle | None = None
         self.next_slow_check = 0.0
-        self.lease = NodeLease(deps.live, node_id=self.node_id, ttl_s=deps.settings.lease_ttl_s)
+        self.lease = NodeLease(
+            deps.live,
+            node_id=self.node_id,
+            ttl_s=deps.settings.lease_ttl_s,
+            on_lapse=lambda: self.actor_ref.tell(m.LeaseLapsed()),
+        )
+        self.draining: Drain | None = None  # while the node drains
 
     # Lifecycle
 
     def on_start(self) -> None:
         metrics.count_running(lambda: len(self.live))  # read by each scrape, from its thread
-        self.lease.renew()
+        self.lease.start()
         self._recover()
         self.tick = self.deps.timers.schedule(TICK_S, self.actor_ref, m.SupervisorTick())
 
@@ -83,7 +92,9 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
         for handle in self.restarts.values():
             handle.cancel()
         # The lease is left to expire rather than dropped: a node restarted within the lease
-        # time adopts its own runs; only a node that stays away has them taken over.
+        # time (or its detach time, service.py) adopts its own runs; only a node that stays
+        # away has them taken over.
+        self.lease.stop()
 
     # Asked through its proxy (m.SupervisorProxy: from HTTP, the control listener, the service)
 
@@ -110,6 +121,19 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
 
     def running_count(self) -> int:
         return len(self.live)
+
+    def drain(self, deadline_s: float | None) -> int:
+        """Claim nothing more; stop what still runs after `deadline_s` (None: never)."""
+        if self.draining is None:
+            log.info("draining", deadline_s=deadline_s, running=len(self.live))
+            self.draining = Drain.within(deadline_s)
+        else:
+            self.draining.update(deadline_s)
+        self._drain_tick()
+        return self.active_count()
+
+    def active_count(self) -> int:
+        return len(self.live) + len(self.restarts) + len(self.unended)
 
     def detach_all(self, timeout_s: float = 10.0) -> int:
         """Shutdown: every RunActor stores its output and stops; the processes go on."""
@@ -164,10 +188,11 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
             case m.FillSlots():
                 if self.fill_requested:
                     self._fill_slots()
+            case m.LeaseLapsed():
+                self._stand_down_superseded()
 
     def _on_tick(self) -> None:
         try:
-            self.lease.renew()
             if not self.recovered:
                 self._recover()
             for run_id, unended in list(self.unended.items()):
@@ -178,7 +203,10 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
             if time.monotonic() >= self.next_slow_check:
                 self.next_slow_check = time.monotonic() + SLOW_CHECK_S
                 self._redeliver_stops()
-                self._take_over_dead_nodes()
+                self._read_back_drain()
+            self._take_over_dead_nodes()
+            if self.draining is not None:
+                self._drain_tick()
             self._fill_slots()
         finally:
             self.tick = self.deps.timers.schedule(TICK_S, self.actor_ref, m.SupervisorTick())
@@ -242,6 +270,8 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
     def _fill_slots(self, *, raise_errors: bool = False) -> None:
         """Claim queued runs, oldest first, a batch per claim, while slots are free."""
         self.fill_requested = False
+        if self.draining is not None:
+            return  # a draining node claims nothing more
         try:
             while free := self._free_slots():
                 runs = self.deps.journal.claim_queued(limit=free, boot_id=boot_id())
@@ -269,6 +299,9 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
         )
 
     def _restart(self, run_id: int) -> None:
+        if self.draining is not None:
+            self._release(run_id)
+            return
         if not self._free_slots() > 0:
             self._schedule_restart(run_id, TICK_S)  # RUNVISOR_MAX_RUNNING counts restarts too
             return
@@ -360,34 +393,70 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
                     self._forget(run_id, entry.attempt)
 
     def _take_over_dead_nodes(self) -> None:
-        """Runs of a node whose lease expired are lost there: end their attempts, restart here."""
-        if not self.lease.settled():
+        """Runs of a node whose lease expired are lost there: end their attempts, restart here
+        (a draining node takes none: another node will)."""
+        if self.draining is not None:
             return
+        taken = take_over_dead_nodes(
+            journal=self.deps.journal, live=self.deps.live, lease=self.lease
+        )
+        for node, run in taken:
+            if run.status is RunStatus.RESTARTING:
+                self._schedule_restart(run.id, 0.0)
+            else:
+                # When the dead node ran on this machine too, its cgroup of the attempt holds
+                # every process, even those the marker no longer finds.
+                self.closer.kill_cgroup(run.id, run.attempt, node)
+                attempt = run.current_attempt
+                marker = attempt.process_marker if attempt else None
+                self._close(run.id, Unended(run.attempt, AttemptEndReason.LOST, marker, False), run)
+
+    def _stand_down_superseded(self) -> None:
+        """This node's lease had lapsed: what another node took over meanwhile must not run on
+        here beside the attempt that replaced it. Killed now, not at its next write."""
+        attempts = [(run_id, entry.attempt) for run_id, entry in self.live.items()]
         try:
-            nodes = self.deps.journal.nodes_with_active_runs()
+            owned = self.deps.journal.drains.still_owned(attempts)
+        except StoreUnavailable:
+            return  # its writes are fenced off meanwhile; the next lapse or write settles it
+        for run_id, attempt in attempts:
+            if (run_id, attempt) not in owned:
+                entry = self._forget(run_id, attempt)
+                if entry is not None:
+                    log.warning("run taken over by another node; killing this copy", run_id=run_id)
+                    with contextlib.suppress(pykka.ActorDeadError):
+                        entry.ref.tell(m.Superseded())
+
+    # Drains
+
+    def _read_back_drain(self) -> None:
+        """A drain recorded in PostgreSQL reaches this node even if its message did not."""
+        try:
+            order = self.deps.journal.drains.drain_request()
         except StoreUnavailable:
             return
-        for node in nodes:
-            if self.deps.live.lease_held(node) is not False:
-                continue  # alive, or Redis cannot tell: never take over on a guess
-            try:
-                runs = self.deps.journal.take_over_runs(node)
-            except StoreUnavailable:
-                return
-            log.warning(
-                "took over the runs of a node whose lease expired",
-                node=node,
-                runs=[r.id for r in runs],
-            )
-            for run in runs:
-                if run.status is RunStatus.RESTARTING:
-                    self._schedule_restart(run.id, 0.0)
-                else:
-                    # When the dead node ran on this machine too, its cgroup of the attempt
-                    # holds every process, even those the marker no longer finds.
-                    self.closer.kill_cgroup(run.id, run.attempt, node)
-                    attempt = run.current_attempt
-                    marker = attempt.process_marker if attempt else None
-                    self._close(
-                        run.id, Unended(run.attempt, AttemptEndReason.LOST, marker, False), run
-                    )
+        if order is not None:
+            self.drain(order.deadline_s)
+
+    def _drain_tick(self) -> None:
+        drain = self.draining
+        if drain is None or not drain.past_deadline():
+            return
+        for run_id, entry in list(self.live.items()):
+            if (run_id, entry.attempt) not in drain.evicted:
+                drain.evicted.add((run_id, entry.attempt))
+                log.info("drain deadline passed: stopping the run", run_id=run_id)
+                with contextlib.suppress(pykka.ActorDeadError):
+                    entry.ref.tell(m.Evict(grace_s=self.deps.settings.default_grace_s))
+        for run_id in list(self.restarts):
+            self.restarts.pop(run_id).cancel()
+            self._release(run_id)
+
+    def _release(self, run_id: int) -> None:
+        """Hand a run due to restart to the queue: another node restarts it."""
+        try:
+            released = self.deps.journal.drains.release_restarting(run_id)
+        except StoreUnavailable:
+            self._schedule_restart(run_id, TICK_S)
+            return
+        log.info("draining: run handed to the queue", run_id=run_id, released=released)

@@ -1,4 +1,5 @@
-"""Receives control messages for this node through Redis (a stop sent by another node)."""
+"""Receives control messages for this node through Redis (a stop or a drain sent by another
+node)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import threading
 import redis
 
 from runvisor.logs import get_logger
-from runvisor.protocol import SupervisorProxy
+from runvisor.protocol import ControlMessage, DrainRequest, StopRequest, SupervisorProxy
 from runvisor.store.live import LiveState
 
 log = get_logger(__name__)
@@ -36,12 +37,19 @@ class ControlListener:
                 while not self._stopping.is_set():
                     # A malformed message comes back as None (LiveState logs it): the listener
                     # never dies of what another process publishes.
-                    request = channel.next_stop(timeout_s=0.5)
-                    if request is not None:
-                        self._supervisor.stop_run(
-                            request.run_id, request.grace_s, request.requested_by
-                        )
+                    message = channel.next_message(timeout_s=0.5)
+                    if message is not None:
+                        self._deliver(message)
                 channel.close()
             except redis.RedisError as exc:
                 log.warning("control channel unavailable; retrying", error=str(exc))
                 self._stopping.wait(RETRY_S)
+
+    def _deliver(self, message: ControlMessage) -> None:
+        # Told, not awaited: the Supervisor's answer is of no use here.
+        match message:
+            case StopRequest(run_id=run_id, grace_s=grace_s, requested_by=by):
+                self._supervisor.stop_run(run_id, grace_s, by)
+            case DrainRequest(deadline_s=deadline_s, requested_by=by):
+                log.info("drain requested", by=by, deadline_s=deadline_s)
+                self._supervisor.drain(deadline_s)
