@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate as validate_spec
 
-from runvisor.http import legacy_responses, responses
+from runvisor.http import legacy_responses, node_responses, responses
 from runvisor.http.auth import Role
 from runvisor.http.openapi import build_openapi
 from runvisor.http.routes import REQUIRED_ROLES, ROUTE_TABLE, ROUTES
@@ -35,6 +35,8 @@ EXPECTED = {
     ("GET", "/api/v1/runs/{id}/output"): Role.VIEWER,
     ("POST", "/api/v1/runs/{id}/stop"): Role.OPERATOR,
     ("GET", "/api/v1/audit"): Role.ADMIN,
+    ("GET", "/api/v1/nodes"): Role.VIEWER,
+    ("GET", "/api/v1/nodes/{node_id}"): Role.VIEWER,
     ("GET", "/healthz"): None,
     ("GET", "/readyz"): None,
     ("GET", "/api/v1/openapi.json"): None,
@@ -297,7 +299,7 @@ def test_response_shapes_match_the_models(doc: dict[str, Any]) -> None:
 def _response_models() -> list[type[responses.ResponseModel]]:
     """Every concrete response model of the two modules (not the base classes)."""
     found = []
-    for module in (responses, legacy_responses):
+    for module in (responses, legacy_responses, node_responses):
         for value in vars(module).values():
             if (
                 isinstance(value, type)

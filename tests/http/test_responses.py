@@ -29,12 +29,13 @@ T0_JSON = "2024-05-01T12:00:00.000000Z"
 
 # The fields in the order they are sent (the README's examples show them so).
 COMMAND_FIELDS = ["id", "name", "code", "description", "created_at", "timeout_s", "stuck_after_s",
-                  "restart", "max_output_bytes", "env", "limits"]  # fmt: skip
+                  "restart", "max_output_bytes", "env", "limits", "node", "labels"]  # fmt: skip
 RUN_FIELDS = [
     "id", "command_id", "status", "exit_code", "signal", "reason", "node", "pid", "attempt",
     "restart_count", "next_attempt_at", "attempts", "created_at", "started_at", "finished_at",
     "output_bytes", "output_truncated", "stop_requested_by", "stop_requested_at",
     "code", "timeout_s", "stuck_after_s", "restart", "max_output_bytes", "limits", "env_keys",
+    "placement", "queued_reason",
 ]  # fmt: skip
 ATTEMPT_FIELDS = ["attempt", "node", "pid", "started_at", "finished_at", "exit_code", "signal",
                   "reason", "output_offset", "leftovers_killed"]  # fmt: skip
@@ -165,6 +166,12 @@ def test_run_json_fields() -> None:
     assert out["attempts"][1]["output_offset"] == 10
     assert out["limits"] == {"nofile": 256, "fsize": "unlimited"}
     assert responses.Run.of(make_run(limits={})).to_json()["limits"] == {}
+    # Where it asks to run, apart from where it runs (`node`), and why it waits.
+    assert out["placement"] == {"node": None, "labels": {}} and out["queued_reason"] is None
+    pinned = make_run(place_node="n2", place_labels={"zone": "a", "gpu": "1"}, queued_reason="x")
+    shown = responses.Run.of(pinned).to_json()
+    assert shown["placement"] == {"node": "n2", "labels": {"gpu": "1", "zone": "a"}}
+    assert shown["queued_reason"] == "x"
     json.dumps(out)
 
 
