@@ -38,6 +38,7 @@ RUN_FIELDS = (
     "output_truncated",
     "stop_requested_by",
     "env_keys",
+    "placement",
     "queued_reason",
 )
 RUN_COLUMNS = [

@@ -46,10 +46,22 @@ class Follower:
         return status, self.out, self.proc.stderr.read().decode()
 
 
+def output_requests(api: Api) -> float:
+    """How many output reads the node has answered (its /metrics)."""
+    text = api.get("/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("runvisor_http_requests_total{")
+        and 'route="/api/v1/runs/{id}/output"' in line
+    )
+
+
 def test_logs_follow_prints_as_it_comes_and_exits_with_the_runs_exit_code(
     service: Service, api: Api
 ) -> None:
     run = api.run_code("for i in $(seq 1 8); do echo line $i; sleep 0.4; done; exit 7")
+    reads_before = output_requests(api)
     follower = Follower(service, "logs", "-f", str(run["id"]))
     started = time.monotonic()
     assert follower.next_line() == b"line 1\n"
@@ -58,6 +70,8 @@ def test_logs_follow_prints_as_it_comes_and_exits_with_the_runs_exit_code(
     first_after_s = time.monotonic() - started
     status, out, err = follower.finish()
     assert status == 7, err
+    # One followed stream for the whole run, and the read after its end: no polling.
+    assert output_requests(api) - reads_before == 2
     assert out == api.output(run["id"]) == b"".join(b"line %d\n" % i for i in range(1, 9))
     ended = api.run(run["id"])
     assert ended["status"] == "failed" and ended["exit_code"] == 7
