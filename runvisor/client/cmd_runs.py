@@ -80,8 +80,17 @@ def _ended(run: dict[str, Any]) -> int:
     help="set a variable the command declares (repeatable)",
 )
 @click.option("--timeout", "timeout_s", type=float, help="a shorter timeout for this run")
-@click.option("--node", help="run on this node")
-@click.option("--label", "labels", multiple=True, callback=parse_pairs, metavar="KEY=VALUE")
+@click.option("--node", help="run on this node (overrides the command's)")
+@click.option("--any-node", is_flag=True, help="run on any node, whatever the command says")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    callback=parse_pairs,
+    metavar="KEY=VALUE",
+    help="run on a node with this label (repeatable; overrides the command's labels)",
+)
+@click.option("--no-labels", is_flag=True, help="ignore the command's labels")
 @click.option(
     "-f", "--follow", is_flag=True, help="print the output as it comes; exit as the run does"
 )
@@ -94,19 +103,25 @@ def run_command(
     env: dict[str, str],
     timeout_s: float | None,
     node: str | None,
+    any_node: bool,
     labels: dict[str, str],
+    no_labels: bool,
     follow: bool,
     as_json: bool,
 ) -> int:
     """Start a run of a command (operator)."""
+    if any_node and node is not None:
+        raise click.UsageError("--node and --any-node: give one")
+    if no_labels and labels:
+        raise click.UsageError("--label and --no-labels: give one")
     body: dict[str, Any] = {}
     if env:
         body["env"] = env
     if timeout_s is not None:
         body["timeout_s"] = timeout_s
-    if node is not None:
-        body["node"] = node
-    if labels:
+    if node is not None or any_node:
+        body["node"] = node  # null: any node
+    if labels or no_labels:
         body["labels"] = labels
     run = client.start_run(command_id, body)
     if as_json and not follow:
