@@ -13,7 +13,7 @@ from runvisor.client.errors import RUN_FAILED, UNREACHABLE, ClientError
 
 TERMINAL = frozenset({"succeeded", "failed", "stopped", "timed_out", "lost"})
 # A stream cut or a node that does not answer (it restarts; a proxy timed out) is retried, from
-# the last byte received, for this long after the last request that succeeded.
+# the last byte received, for this long after the first failure in a row.
 RECONNECT_WINDOW_S = 60.0
 
 
@@ -43,15 +43,15 @@ def follow_run(client: RunvisorClient, run_id: int, *, offset: int = 0) -> JSON:
 
 
 class _Reconnects:
-    """Whether to try again after a failure, and how long to wait first."""
+    """Whether to try again after a failure, and how long to wait first: failures in a row are
+    retried for RECONNECT_WINDOW_S from the first of them."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.last_success = time.monotonic()
         self.failures = 0
+        self.outage_since = 0.0
 
     def succeeded(self) -> None:
-        self.last_success = time.monotonic()
         self.failures = 0
 
     def after(self, exc: Exception) -> None:
@@ -59,15 +59,17 @@ class _Reconnects:
         long."""
         if isinstance(exc, ClientError) and exc.exit_status != UNREACHABLE:
             raise exc
-        if time.monotonic() - self.last_success > RECONNECT_WINDOW_S:
+        now = time.monotonic()
+        if self.failures == 0:
+            self.outage_since = now
+            # stderr: stdout carries the run's output only.
+            print(f"runvisor: reconnecting to {self.url} ({_what(exc)})", file=sys.stderr)
+        elif now - self.outage_since > RECONNECT_WINDOW_S:
             if isinstance(exc, ClientError):
                 raise exc
             raise ClientError(
-                f"lost the connection to {self.url}: {exc}", exit_status=UNREACHABLE
+                f"lost the connection to {self.url}: {_what(exc)}", exit_status=UNREACHABLE
             ) from None
-        if self.failures == 0:
-            # stderr: stdout carries the run's output only.
-            print(f"runvisor: reconnecting to {self.url} ({_what(exc)})", file=sys.stderr)
         self.failures += 1
         time.sleep(min(0.2 * self.failures, 2.0))
 
