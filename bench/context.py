@@ -26,6 +26,8 @@ class Sizes:
     b4b_repeats: int
     b5_runs: int
     b5_repeats: int
+    b8_runs: int
+    b8_seconds: int
     b1_clients: int = 16
     b1_raw_threads: int = 8
     # How often a client asks whether its run has ended (the API has no way to wait for the
@@ -51,6 +53,8 @@ QUICK = Sizes(
     b4b_repeats=2,
     b5_runs=20,
     b5_repeats=2,
+    b8_runs=100,
+    b8_seconds=8,
 )
 FULL = Sizes(
     b1_seconds=10,
@@ -66,6 +70,8 @@ FULL = Sizes(
     b4b_repeats=3,
     b5_runs=100,
     b5_repeats=3,
+    b8_runs=1000,
+    b8_seconds=20,
 )
 
 

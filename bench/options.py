@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bench.b3_big_output import GENERATORS
 
-BENCHMARKS = ("b1", "b2", "b3", "b4", "b4b", "b5")
+BENCHMARKS = ("b1", "b2", "b3", "b4", "b4b", "b5", "b8")
 DEFAULT_PEER_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 

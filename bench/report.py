@@ -66,6 +66,7 @@ TARGETS: dict[str, Target] = {
     "B7 /healthz p99": Target("≤ 100 ms", 100, True, stretch=20),
     "B7 /readyz p99": Target("≤ 100 ms", 100, True, stretch=20),
     "B7 pool warnings": Target("0", 0, True),
+    "B8 SSE latency p99 (load)": Target("≤ 250 ms", 250, True),
 }
 
 

@@ -24,7 +24,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import b1_short_runs, b2_light_load, b3_big_output, b4_many_runs, b4b_sleepers, b5_stop
+from bench import (
+    b1_short_runs,
+    b2_light_load,
+    b3_big_output,
+    b4_many_runs,
+    b4b_sleepers,
+    b5_stop,
+    b8_live_output,
+)
 from bench.context import FULL, QUICK, Context
 from bench.docs_section import DOC, section_body, write_section
 from bench.errors import BenchFailed, Misbehaved
@@ -42,6 +50,7 @@ TITLES = {
     "b4": "B4 + B7 many runs printing at once",
     "b4b": "B4b sleeps started at once",
     "b5": "B5 runs stopped at once",
+    "b8": "B8 live output: byte written -> byte on the SSE stream",
 }
 
 
@@ -77,6 +86,7 @@ async def run_benchmark(key: str, ctx: Context, peer: Any, profile: Path | None)
         "b4": b4_many_runs.measure,
         "b4b": b4b_sleepers.measure,
         "b5": b5_stop.measure,
+        "b8": b8_live_output.measure,
     }
     return await measures[key](ctx)
 

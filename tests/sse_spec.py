@@ -76,9 +76,8 @@ class SseReader:
         elif field == "id":
             if "\0" not in value:
                 self._id_buffer = value
-        elif field == "retry":
-            if value and all("0" <= c <= "9" for c in value):
-                self.retry_ms = int(value)
+        elif field == "retry" and value and all("0" <= c <= "9" for c in value):
+            self.retry_ms = int(value)
         return None
 
     def _dispatch(self) -> SseEvent | None:

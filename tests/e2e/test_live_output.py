@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+
 import pytest
 import requests
 
@@ -40,13 +41,16 @@ class EventStream:
         self.response.close()
 
 
-def read_with_disconnects(api: Api, run_id: int, cuts: int, rng: random.Random) -> str:
+def read_with_disconnects(
+    api: Api, run_id: int, cuts: int, rng: random.Random
+) -> tuple[str, dict[str, object]]:
     """Read the run's events to `end`, dropping the connection `cuts` times at random points
     (in the middle of a chunk, so mid-event too) and resuming with Last-Event-ID, as an
-    EventSource does. Returns the text of the `output` events put together."""
+    EventSource does. Returns the text of the `output` events put together, and the run of
+    the `end` event."""
     text: list[str] = []
     last_id: str | None = None
-    ended = False
+    ended: dict[str, object] = {}
     left = cuts
     connections = 0
     while not ended:
@@ -65,7 +69,7 @@ def read_with_disconnects(api: Api, run_id: int, cuts: int, rng: random.Random) 
                     if event.type == "output":
                         text.append(json.loads(event.data))
                     elif event.type == "end":
-                        ended = True
+                        ended = json.loads(event.data)
                 if stream.reader.last_event_id:
                     last_id = stream.reader.last_event_id
                 if ended or (budget is not None and got >= budget):
@@ -76,14 +80,15 @@ def read_with_disconnects(api: Api, run_id: int, cuts: int, rng: random.Random) 
             left -= 1
             time.sleep(rng.uniform(0, 0.4))  # the client is away a while
     assert connections == cuts + 1
-    return "".join(text)
+    return "".join(text), ended
 
 
 def test_an_event_stream_cut_three_times_resumes_without_gap_or_duplicate(api: Api) -> None:
     run = api.run_code(TICKER)
-    rng = random.Random()
-    text = read_with_disconnects(api, run["id"], 3, rng)
-    assert text == EXPECTED_TICKER
+    seed = random.randrange(1 << 30)
+    text, ended = read_with_disconnects(api, run["id"], 3, random.Random(seed))
+    assert ended["status"] == "succeeded", ended
+    assert text == EXPECTED_TICKER, f"seed {seed}"
     assert api.output(run["id"]).decode() == EXPECTED_TICKER
     assert api.run(run["id"])["status"] == "succeeded"
 
@@ -95,8 +100,10 @@ def test_the_other_node_of_two_streams_the_run_through_redis(
     run = node_a.api.run_code(TICKER)
     owner = wait_until(lambda: node_a.api.run(run["id"])["node"], 10, "the run to be claimed")
     other = node_b if owner == "node-a" else node_a
-    text = read_with_disconnects(other.api, run["id"], 3, random.Random())
-    assert text == EXPECTED_TICKER
+    seed = random.randrange(1 << 30)
+    text, ended = read_with_disconnects(other.api, run["id"], 3, random.Random(seed))
+    assert ended["status"] == "succeeded", ended
+    assert text == EXPECTED_TICKER, f"seed {seed}"
     assert other.api.output(run["id"]).decode() == EXPECTED_TICKER
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 
 import pytest
 import redis
+from redis import asyncio as aioredis
 from structlog.testing import capture_logs
 
 from runvisor.protocol import StopRequest
 from runvisor.store.live import LiveState, redis_client
+from runvisor.store.live_events import OutputEvent, StatusEvent, parse_event, read_tail
 from runvisor.store.redis_keys import RedisKeys
 from runvisor.store.waits import StoreWaits
 from tests.fix_metrics import scrape_in_process, value
@@ -170,3 +173,62 @@ def test_redis_reachability_is_what_the_last_call_found(
         assert value(scrape_in_process(), "runvisor_store_up", up) == 1
     finally:
         live.close()
+
+
+def test_output_published_early_is_not_published_again_and_carries_its_offsets(
+    redis_server_url: str, redis_prefix: str
+) -> None:
+    keys = RedisKeys(redis_prefix)
+    live = LiveState(redis_client(redis_server_url), keys)
+    raw = redis.Redis.from_url(redis_server_url)
+    pubsub = raw.pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe(keys.run_events(4))
+        assert pubsub.get_message(timeout=1) is None
+        live.publish_outputs([(4, 5, b"hello")], stored=False)  # the nudger, before the commit
+        live.publish_output(4, offset=8, data=b"hello, w"[2:])  # the pump: [2, 8) stored
+        live.publish_output(4, offset=8, data=b"llo, w")  # again: nothing new
+        live.publish_outputs([(4, 20, b"after a gap")], stored=False)
+        messages = [pubsub.get_message(timeout=2) for _ in range(3)]
+        events = [parse_event(m["data"]) for m in messages if m is not None]
+        assert events == [
+            OutputEvent(0, b"hello"),
+            OutputEvent(5, b", w"),
+            OutputEvent(9, b"after a gap"),
+        ]
+        assert pubsub.get_message(timeout=0.3) is None  # the repeat published nothing
+        assert raw.hget(keys.run_state(4), "output_bytes") == b"8"  # what the pump stored
+        # A gap starts the tail afresh.
+        assert _tail(redis_server_url, keys, 4) == OutputEvent(9, b"after a gap")
+    finally:
+        pubsub.close()
+        live.close()
+        raw.close()
+
+
+def _tail(url: str, keys: RedisKeys, run_id: int) -> OutputEvent | None:
+    async def read() -> OutputEvent | None:
+        client = aioredis.Redis.from_url(url)
+        try:
+            return await read_tail(client, keys, run_id)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())
+
+
+def test_events_that_are_not_understood_are_none() -> None:
+    assert parse_event(b'{"type": "status", "status": "running"}') == StatusEvent("running")
+    assert parse_event(b'{"type": "output", "start": 3, "offset": 5, "bytes": 2}\nab') == (
+        OutputEvent(3, b"ab")
+    )
+    for bad in [
+        b"",
+        b"\xff",
+        b"[1]",
+        b'{"type": "output", "start": 3, "offset": 5, "bytes": 3}\nab',  # not 3 bytes
+        b'{"type": "output", "start": -1, "offset": 1, "bytes": 2}\nab',
+        b'{"type": "output", "start": 0, "offset": 2, "bytes": 2}',  # no data line
+        b'{"type": "status"}',
+    ]:
+        assert parse_event(bad) is None, bad
