@@ -18,7 +18,7 @@ async def list_nodes(request: web.Request) -> web.Response:
 
 
 async def get_node(request: web.Request) -> web.Response:
-    raw = request.match_info["node_id"]
+    raw = request.match_info["id"]
     try:
         node_id = check_node_id(raw)
     except PlacementError as exc:

@@ -155,12 +155,10 @@ def _operation(
     params = [_query(q, max_page_limit) for q in route.query]
     errors = set(route.extra_errors)
     if "{id}" in route.path:
-        id_schema = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+        id_schema: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+        if route.path.startswith("/api/v1/nodes/"):  # a node's id is its RUNVISOR_NODE_ID
+            id_schema = {"type": "string", "pattern": NODE_ID_PATTERN}
         params.insert(0, {"name": "id", "in": "path", "required": True, "schema": id_schema})
-        errors |= {400, 404}
-    if "{node_id}" in route.path:
-        node_schema = {"type": "string", "pattern": NODE_ID_PATTERN}
-        params.insert(0, {"name": "node_id", "in": "path", "required": True, "schema": node_schema})
         errors |= {400, 404}
     if route.query:
         errors.add(400)

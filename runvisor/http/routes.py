@@ -128,7 +128,7 @@ ROUTE_TABLE: tuple[Route, ...] = (
     Route("GET", "/api/v1/nodes", "listNodes", _V, nodes.list_nodes,
           "List the nodes: labels, state, lease, capacity, running and queued runs",
           {200: Reply("Every node that has ever started, by id", NodeList)}),
-    Route("GET", "/api/v1/nodes/{node_id}", "getNode", _V, nodes.get_node, "Read a node",
+    Route("GET", "/api/v1/nodes/{id}", "getNode", _V, nodes.get_node, "Read a node",
           {200: Reply("The node", Node)}),
     Route("GET", "/healthz", "healthz", None, health.healthz, "Liveness",
           {200: Reply("Alive", Health)}),

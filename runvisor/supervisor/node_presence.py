@@ -48,7 +48,7 @@ class NodePresence:
         self.reasons_every_s = reasons_every_s
         self.registered = False
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="node-presence", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="runvisor-nodes", daemon=True)
         self._next_reasons = 0.0
         self._store_down = False  # logged once per outage, not per beat
 
