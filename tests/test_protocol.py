@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runvisor.protocol import StopRequest
+from runvisor.protocol import DrainRequest, StopRequest, parse_control_message
 
 
 @given(
@@ -79,3 +79,41 @@ def test_a_malformed_control_message_is_refused_with_its_reason(raw: bytes, reas
 def test_the_good_message_of_the_malformed_cases_is_accepted() -> None:
     # The cases above each break one thing of this one: they fail for that thing alone.
     assert StopRequest.from_json(json.dumps(GOOD)) == StopRequest(3, 1.0, "admin:ed626e10")
+
+
+@given(
+    deadline_s=st.none() | st.floats(0, 7 * 86400, allow_nan=False, allow_infinity=False),
+    requested_by=st.text(min_size=1),
+)
+def test_a_drain_request_survives_the_round_trip(
+    deadline_s: float | None, requested_by: str
+) -> None:
+    request = DrainRequest(deadline_s=deadline_s, requested_by=requested_by)
+    assert parse_control_message(request.to_json().encode()) == request
+
+
+def test_the_control_channel_tells_stops_and_drains_apart() -> None:
+    stop = StopRequest(run_id=3, grace_s=1.0, requested_by="admin:x")
+    assert parse_control_message(stop.to_json()) == stop
+    assert json.loads(DrainRequest(None, "admin:x").to_json()) == {
+        "type": "drain",
+        "deadline_s": None,
+        "by": "admin:x",
+    }
+    with pytest.raises(ValueError, match="unknown type 'drain'"):
+        StopRequest.from_json(DrainRequest(1.0, "admin:x").to_json())  # a drain is no stop
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        ({"type": "drain", "deadline_s": -1, "by": "a"}, "deadline_s: must be a finite number"),
+        ({"type": "drain", "deadline_s": True, "by": "a"}, "deadline_s: must be a finite number"),
+        ({"type": "drain", "deadline_s": "5", "by": "a"}, "deadline_s: must be a finite number"),
+        ({"type": "drain", "deadline_s": 5}, "by: must be a non-empty string"),
+        ({"type": "drain", "deadline_s": 5, "by": ""}, "by: must be a non-empty string"),
+    ],
+)
+def test_a_malformed_drain_is_refused_with_a_reason(raw: dict[str, object], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        parse_control_message(json.dumps(raw))

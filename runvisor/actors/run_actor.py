@@ -188,18 +188,15 @@ class RunActor(pykka.ThreadingActor):
                 self._detach()
             case m.Evict(grace_s=grace_s):
                 self._terminate(AttemptEndReason.DRAINED, grace_s)
-            case m.Superseded():
-                if not self.phase.done:
-                    self._stand_down()
+            case m.Superseded() if not self.phase.done:
+                self._stand_down()
             case m.Ping():
                 return True
         return None
 
     def _stand_down(self) -> None:
-        """The attempt was superseded while this actor was away: stop, write nothing more.
-
-        Its processes must not run on beside the attempt that replaced it.
-        """
+        """The attempt was superseded while this actor was away (a write fenced off, or told
+        Superseded): its processes must not run beside the attempt that replaced it."""
         self.log.warning("attempt superseded; this actor stands down")
         self.phase = Phase.DONE
         if self.procs.identity is not None:

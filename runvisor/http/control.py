@@ -13,12 +13,12 @@ import psycopg
 import pykka
 
 from runvisor import metrics
-from runvisor.errors import Conflict, ServiceUnavailable, StoreUnavailable
+from runvisor.errors import Conflict, NotFound, ServiceUnavailable, StoreUnavailable
 from runvisor.http.fleet import NodeLeases, read_fleet
 from runvisor.logs import get_logger
 from runvisor.models import Run, RunSpec, RunStatus
 from runvisor.placement import Placement, unmet_reason
-from runvisor.protocol import RunsQueued, StopRequest, SupervisorProxy
+from runvisor.protocol import DrainRequest, RunsQueued, StopRequest, SupervisorProxy
 from runvisor.store.history import History
 from runvisor.store.live import LiveState
 
@@ -106,6 +106,27 @@ class RunControl:
                 # The stop is recorded: the owning node re-delivers it to itself within seconds.
                 log.warning("stop not sent through Redis; the owner will find it")
         return requested
+
+    async def drain_node(self, node_id: str, *, deadline_s: float | None, actor: str) -> None:
+        """Record the drain in PostgreSQL (where the node reads it back within seconds), then
+        tell the node: its Supervisor if it is this one, else its control channel."""
+        recorded = await self.history.drains.request(node_id, deadline_s=deadline_s, actor=actor)
+        if recorded is None:
+            raise NotFound(f"node {node_id} not found")
+        if isinstance(recorded, str):
+            raise Conflict(
+                f"node {node_id} is {recorded}: only a node that is up (or draining) drains",
+                code="node_not_up",
+            )
+        if node_id == self.node_id:
+            try:
+                self.supervisor.drain(deadline_s)  # told, not awaited
+            except pykka.ActorDeadError:
+                raise ServiceUnavailable("the service is shutting down") from None
+            return
+        request = DrainRequest(deadline_s=deadline_s, requested_by=actor)
+        if not await asyncio.to_thread(self.live.send_control, node_id, request):
+            log.warning("drain not sent through Redis; the node will find it", node=node_id)
 
     async def running_count(self) -> int:
         return await _ask(self.supervisor.running_count())

@@ -286,6 +286,23 @@ class StopIn(BaseModel):
     grace_s: Annotated[float, Field(ge=0, le=3600)] | None = None
 
 
+class DrainIn(BaseModel):
+    model_config = _STRICT
+
+    deadline_s: (
+        Annotated[
+            float,
+            Field(
+                ge=0,
+                le=7 * 24 * 3600,
+                description="seconds after which the node stops what still runs (to be restarted "
+                "elsewhere by policy); absent or null: its runs may finish, however long they take",
+            ),
+        ]
+        | None
+    ) = None
+
+
 class LegacyCommandIn(BaseModel):
     """The original's `{"code", "description"}`; unknown fields rejected, as it does."""
 

@@ -18,7 +18,7 @@ from runvisor.http import health, legacy, live_streams, nodes, scrape, v1
 from runvisor.http.auth import Role
 from runvisor.http.legacy_responses import LegacyCommand, LegacyRun
 from runvisor.http.node_responses import Node, NodeList
-from runvisor.http.request_models import CommandIn, LegacyCommandIn, RunIn, StopIn
+from runvisor.http.request_models import CommandIn, DrainIn, LegacyCommandIn, RunIn, StopIn
 from runvisor.http.responses import (
     AuditEntryPage,
     Command,
@@ -130,6 +130,10 @@ ROUTE_TABLE: tuple[Route, ...] = (
           {200: Reply("Every node that has ever started, by id", NodeList)}),
     Route("GET", "/api/v1/nodes/{id}", "getNode", _V, nodes.get_node, "Read a node",
           {200: Reply("The node", Node)}),
+    Route("POST", "/api/v1/nodes/{id}/drain", "drainNode", _A, nodes.drain_node,
+          "Drain a node: it claims no more runs; its runs finish, or past deadline_s are "
+          "stopped and restarted elsewhere by policy; 409 if it is not up",
+          {202: Reply("Accepted: the node, draining", Node)}, body=DrainIn, extra_errors=(409,)),
     Route("GET", "/healthz", "healthz", None, health.healthz, "Liveness",
           {200: Reply("Alive", Health)}),
     Route("GET", "/readyz", "readyz", None, health.readyz,

@@ -99,11 +99,23 @@ class DrainRecorded:
     drain_deadline: datetime | None
 
 
-async def request_drain(
+class DrainRequests:
+    """The HTTP side (async, History's pool)."""
+
+    def __init__(self, connect: AsyncConnect) -> None:
+        self._conn = connect
+
+    async def request(
+        self, node_id: str, *, deadline_s: float | None, actor: str
+    ) -> DrainRecorded | str | None:
+        """Record a drain of `node_id`: the recorded drain; the node's state when it cannot
+        be drained (detached or stopped: nothing there to hand over); None: no such node."""
+        return await _request_drain(self._conn, node_id, deadline_s=deadline_s, actor=actor)
+
+
+async def _request_drain(
     connect: AsyncConnect, node_id: str, *, deadline_s: float | None, actor: str
 ) -> DrainRecorded | str | None:
-    """Record a drain of `node_id`: the recorded drain; the node's state when it cannot be
-    drained (detached or stopped: it runs nothing it could hand over); None: no such node."""
     async with connect() as conn, conn.transaction():
         cur = await conn.execute(REQUEST_DRAIN, (deadline_s, deadline_s, node_id))
         row = await cur.fetchone()

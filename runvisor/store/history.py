@@ -38,6 +38,7 @@ from runvisor.store.connection import (
     check_if_idle_async,
     note_returned_async,
 )
+from runvisor.store.drains import DrainRequests
 from runvisor.store.nodes import NodeReads
 from runvisor.store.output_reads import OutputReads
 
@@ -78,6 +79,7 @@ class History:
         self._default_max_output_bytes = default_max_output_bytes
         self.output_reads = OutputReads(self._conn)  # the live streams read pieces' offsets
         self.nodes = NodeReads(self._conn)  # the fleet's table (store/nodes.py)
+        self.drains = DrainRequests(self._conn)  # store/drains.py
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:

@@ -6,8 +6,8 @@ slots from the queue in PostgreSQL, pings RunActors to catch a wedged one, re-de
 requests recorded in PostgreSQL, takes over the runs of nodes whose lease expired, drains, and
 at start-up adopts the runs this node owned before it stopped or crashed. The adoption
 (recovery.py), the pings (watchdog.py), ending an attempt without its RunActor (closer.py), the
-lease (lease.py), finding dead nodes (takeover.py) and a drain's state (drain.py) are in
-modules of their own; this one keeps the table of RunActors and acts on what they say.
+lease (lease.py), and what passes between nodes (fleet.py: takeover, drains) are in modules of
+their own; this one keeps the table of RunActors and acts on what they say.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from runvisor.models import Attempt, AttemptEndReason, Run, RunStatus
 from runvisor.procs.spawn import boot_id
 from runvisor.supervisor.closer import AttemptCloser, Unended
 from runvisor.supervisor.drain import Drain
+from runvisor.supervisor.fleet import FleetDuties
 from runvisor.supervisor.lease import NodeLease
 from runvisor.supervisor.recovery import (
     Adopt,
@@ -40,7 +41,6 @@ from runvisor.supervisor.recovery import (
     plan_recovery,
 )
 from runvisor.supervisor.slots import free_slots
-from runvisor.supervisor.takeover import take_over_dead_nodes
 from runvisor.supervisor.watchdog import LiveAttempt, Verdict, Watchdog
 
 TICK_S = 1.0  # also how often to look for expired leases: failover within the TTL + ~1 s
@@ -49,7 +49,7 @@ SLOW_CHECK_S = 5.0  # how often to re-deliver stop and drain requests recorded i
 log = get_logger("runvisor.supervisor")
 
 
-class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
+class Supervisor(pykka.ThreadingActor, FleetDuties, m.SupervisorCalls):
     def __init__(self, *, deps: RunDeps, run_actor_class: type[RunActor] = RunActor) -> None:
         super().__init__()
         self.deps = deps
@@ -391,72 +391,3 @@ class Supervisor(pykka.ThreadingActor, m.SupervisorCalls):
                     self._close(run_id, unended, finding.run)
                 case Verdict.GONE:
                     self._forget(run_id, entry.attempt)
-
-    def _take_over_dead_nodes(self) -> None:
-        """Runs of a node whose lease expired are lost there: end their attempts, restart here
-        (a draining node takes none: another node will)."""
-        if self.draining is not None:
-            return
-        taken = take_over_dead_nodes(
-            journal=self.deps.journal, live=self.deps.live, lease=self.lease
-        )
-        for node, run in taken:
-            if run.status is RunStatus.RESTARTING:
-                self._schedule_restart(run.id, 0.0)
-            else:
-                # When the dead node ran on this machine too, its cgroup of the attempt holds
-                # every process, even those the marker no longer finds.
-                self.closer.kill_cgroup(run.id, run.attempt, node)
-                attempt = run.current_attempt
-                marker = attempt.process_marker if attempt else None
-                self._close(run.id, Unended(run.attempt, AttemptEndReason.LOST, marker, False), run)
-
-    def _stand_down_superseded(self) -> None:
-        """This node's lease had lapsed: what another node took over meanwhile must not run on
-        here beside the attempt that replaced it. Killed now, not at its next write."""
-        attempts = [(run_id, entry.attempt) for run_id, entry in self.live.items()]
-        try:
-            owned = self.deps.journal.drains.still_owned(attempts)
-        except StoreUnavailable:
-            return  # its writes are fenced off meanwhile; the next lapse or write settles it
-        for run_id, attempt in attempts:
-            if (run_id, attempt) not in owned:
-                entry = self._forget(run_id, attempt)
-                if entry is not None:
-                    log.warning("run taken over by another node; killing this copy", run_id=run_id)
-                    with contextlib.suppress(pykka.ActorDeadError):
-                        entry.ref.tell(m.Superseded())
-
-    # Drains
-
-    def _read_back_drain(self) -> None:
-        """A drain recorded in PostgreSQL reaches this node even if its message did not."""
-        try:
-            order = self.deps.journal.drains.drain_request()
-        except StoreUnavailable:
-            return
-        if order is not None:
-            self.drain(order.deadline_s)
-
-    def _drain_tick(self) -> None:
-        drain = self.draining
-        if drain is None or not drain.past_deadline():
-            return
-        for run_id, entry in list(self.live.items()):
-            if (run_id, entry.attempt) not in drain.evicted:
-                drain.evicted.add((run_id, entry.attempt))
-                log.info("drain deadline passed: stopping the run", run_id=run_id)
-                with contextlib.suppress(pykka.ActorDeadError):
-                    entry.ref.tell(m.Evict(grace_s=self.deps.settings.default_grace_s))
-        for run_id in list(self.restarts):
-            self.restarts.pop(run_id).cancel()
-            self._release(run_id)
-
-    def _release(self, run_id: int) -> None:
-        """Hand a run due to restart to the queue: another node restarts it."""
-        try:
-            released = self.deps.journal.drains.release_restarting(run_id)
-        except StoreUnavailable:
-            self._schedule_restart(run_id, TICK_S)
-            return
-        log.info("draining: run handed to the queue", run_id=run_id, released=released)

@@ -50,9 +50,10 @@ def record_shutdown(deps: RunDeps, *, detached: bool, detach_ttl_s: float) -> No
     `detach_ttl_s`) or `stopped` (it holds nothing). Best effort: Redis or PostgreSQL down
     costs the record, not the shutdown."""
     node_id = deps.journal.node_id
-    if detached and detach_ttl_s > 0:
-        deps.live.mark_detached(node_id, detach_ttl_s)
-        until = datetime.now(UTC) + timedelta(seconds=detach_ttl_s)
+    until = datetime.now(UTC) + timedelta(seconds=detach_ttl_s)
+    if detached:
+        if detach_ttl_s > 0:
+            deps.live.mark_detached(node_id, detach_ttl_s)
         log.info("detached: runs go on unattended", until=until.isoformat())
     with contextlib.suppress(StoreUnavailable):
         if detached:

@@ -37,6 +37,7 @@ EXPECTED = {
     ("GET", "/api/v1/audit"): Role.ADMIN,
     ("GET", "/api/v1/nodes"): Role.VIEWER,
     ("GET", "/api/v1/nodes/{id}"): Role.VIEWER,
+    ("POST", "/api/v1/nodes/{id}/drain"): Role.ADMIN,
     ("GET", "/healthz"): None,
     ("GET", "/readyz"): None,
     ("GET", "/api/v1/openapi.json"): None,
@@ -117,7 +118,7 @@ def test_status_codes(doc: dict[str, Any]) -> None:
             assert param["schema"]["type"] == ("string" if node else "integer"), op_id
         if "requestBody" in op:
             assert {"400", "413", "415", "422"} <= codes, op_id
-        if op_id in ("deleteCommand", "stopRun", "legacyStopRun"):
+        if op_id in ("deleteCommand", "stopRun", "legacyStopRun", "drainNode"):
             assert "409" in codes
         # The reads that stream output share a cap: 429 past it (RUNVISOR_MAX_OUTPUT_STREAMS);
         # so do the reads that wait for a run's end (run_waits.MAX_RUN_WAITS).
@@ -154,6 +155,7 @@ def test_request_bodies(doc: dict[str, Any]) -> None:
         "createCommand": ("CommandIn", True),
         "startRun": ("RunIn", False),
         "stopRun": ("StopIn", False),
+        "drainNode": ("DrainIn", False),
         "legacyCreateCommand": ("LegacyCommandIn", True),
     }
     for op_id, (_, _, op) in ops.items():
