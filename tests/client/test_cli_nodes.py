@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 
 from tests.client.cli_runner import cli, one_error_line
-from tests.fix_service import Service
+from tests.fix_service import VIEWER, Service
 
 
 def test_nodes_lists_and_shows_the_nodes(service_factory: Callable[..., Service]) -> None:
@@ -53,3 +53,30 @@ def test_placement_from_the_cli(service_factory: Callable[..., Service]) -> None
     assert b.api.wait_finished(run["id"])["node"] == "cli-place-a"
     both = cli(b, "run", str(command["id"]), "--any-node", "--node", "cli-place-a")
     assert both.returncode == 2 and "--any-node" in both.stderr
+
+
+def test_drain_a_node(service_factory: Callable[..., Service]) -> None:
+    a = service_factory("cli-drain-a")
+    b = service_factory("cli-drain-b")
+    refused = cli(b, "drain", "cli-drain-a", token=VIEWER)
+    assert refused.returncode == 2
+    assert one_error_line(refused).startswith("runvisor: 403 forbidden")
+    missing = cli(b, "drain", "cli-drain-zz")
+    assert missing.returncode == 4
+    one_error_line(missing)
+
+    drained = cli(b, "drain", "cli-drain-a", "--deadline", "30", "--json")
+    assert drained.returncode == 0, drained.stderr
+    node = json.loads(drained.stdout)
+    assert node["id"] == "cli-drain-a" and node["state"] == "draining"
+    assert node["drain_deadline"] is not None
+    table = cli(a, "nodes").stdout.splitlines()
+    states = {line.split()[0]: line.split()[1] for line in table[1:]}
+    assert states == {"cli-drain-a": "draining", "cli-drain-b": "up"}
+    # A draining node takes no new run: the other one does.
+    command = a.api.create_command("echo after the drain")
+    run = json.loads(cli(a, "run", str(command["id"]), "--json").stdout)
+    assert a.api.wait_finished(run["id"])["node"] == "cli-drain-b"
+    # Without a deadline, for people: one line.
+    again = cli(b, "drain", "cli-drain-b")
+    assert again.returncode == 0 and again.stdout == "draining node cli-drain-b (state draining)\n"
