@@ -33,7 +33,7 @@ def nodes(*, client: RunvisorClient, node_id: str | None, as_json: bool) -> None
             ("STATE", lambda n: n.get("state")),
             ("RUNNING", lambda n: n.get("running")),
             ("QUEUED", lambda n: n.get("queued")),
-            ("CAPACITY", lambda n: n.get("capacity")),
+            ("CAPACITY", lambda n: n.get("capacity") or "unlimited"),  # 0: no limit
             ("LABELS", lambda n: labels_text(n.get("labels"))),
             ("VERSION", lambda n: n.get("version")),
             ("STARTED", lambda n: when(n.get("started_at"))),
