@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -120,3 +121,14 @@ def test_logs_follow_goes_on_across_a_restart_of_the_node(service: Service, api:
     expected = b"".join(b"line %d\n" % i for i in range(1, 41))
     assert out == api.output(run["id"]) == expected  # no byte lost or written twice
     assert "reconnecting to" in err
+
+
+def test_ctrl_c_ends_logs_follow_with_130_and_no_traceback(service: Service, api: Api) -> None:
+    run = api.run_code("echo started; while :; do sleep 0.1; done")
+    follower = Follower(service, "logs", "-f", str(run["id"]))
+    assert follower.next_line() == b"started\n"
+    follower.proc.send_signal(signal.SIGINT)
+    status, out, err = follower.finish()
+    assert status == 130 and out == b"started\n"
+    assert err == ""
+    assert api.run(run["id"])["status"] == "running"  # the run is not the client's to stop

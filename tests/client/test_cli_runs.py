@@ -74,6 +74,9 @@ def test_logs_prints_the_exact_bytes(service: Service, api: Api) -> None:
     missing = cli(service, "logs", "999999")
     assert missing.returncode == 4
     assert one_error_line(missing) == "runvisor: 404 not_found: run 999999 not found"
+    followed = cli(service, "logs", "-f", "999999")
+    assert followed.returncode == 4
+    assert one_error_line(followed) == "runvisor: 404 not_found: run 999999 not found"
 
 
 def test_stop_sends_the_grace_and_a_second_stop_is_a_conflict(service: Service, api: Api) -> None:
