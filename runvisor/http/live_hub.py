@@ -25,7 +25,9 @@ from runvisor.store.live_events import LiveEvent, OutputEvent, parse_event
 from runvisor.store.redis_keys import RedisKeys
 
 RESUBSCRIBE_S = 1.0  # after Redis failed, the listener tries again this soon
-INBOX_BYTES = 1024 * 1024  # output a stream may have waiting; more is dropped (a hole, refilled)
+# Output a stream may have waiting (in its inbox, and again past a hole); more is dropped and
+# read from PostgreSQL instead: what a slow or stalled stream costs the node is bounded.
+INBOX_BYTES = 256 * 1024
 
 log = get_logger(__name__)
 
@@ -114,12 +116,12 @@ class LiveHub:
     async def _send(self, command: str, run_id: int) -> None:
         """Best effort: without Redis a stream reads PostgreSQL, and the listener subscribes
         again to every channel of the streams there are when it reconnects."""
-        pubsub = self._pubsub
-        if pubsub is None:
-            return
         channel = self.keys.run_events(run_id)
         try:
             async with self._lock:
+                pubsub = self._pubsub
+                if pubsub is None:
+                    return
                 if command == "SUBSCRIBE":
                     await pubsub.subscribe(channel)
                 else:
@@ -142,11 +144,14 @@ class LiveHub:
         while True:
             try:
                 async with self._redis.pubsub() as pubsub:
-                    # Always subscribed to something, so that listen() waits for messages.
-                    channels = [self.keys.runs_ended()]
-                    channels += [self.keys.run_events(run_id) for run_id in self._inboxes]
-                    await pubsub.subscribe(*channels)
-                    self._pubsub = pubsub
+                    # Under the lock: a stream that registers meanwhile is in the list, or
+                    # subscribes itself once the connection is there.
+                    async with self._lock:
+                        # Always subscribed to something, so that listen() waits for messages.
+                        channels = [self.keys.runs_ended()]
+                        channels += [self.keys.run_events(run_id) for run_id in self._inboxes]
+                        await pubsub.subscribe(*channels)
+                        self._pubsub = pubsub
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
                             self._deliver(message["channel"], message["data"])

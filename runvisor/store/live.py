@@ -127,6 +127,17 @@ class LiveState:
         if pieces:
             self._best_effort("publish output", write)
 
+    def restart_tail(self, run_id: int, offset: int) -> None:
+        """A new attempt writes from `offset` on: the tail is empty and ends there."""
+
+        def write() -> None:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.set(self.keys.run_tail(run_id), b"", keepttl=True)
+            pipe.hset(self.keys.run_state(run_id), "tail_end", str(offset))
+            pipe.execute()
+
+        self._best_effort("restart tail", write)
+
     def renew_lease(self, node_id: str, ttl_s: float) -> bool | None:
         """Renew this node's lease: True if it was still held, False if it had expired (and
         is now set again), None when Redis did not answer."""

@@ -12,8 +12,10 @@ import time
 from collections.abc import Callable
 
 import pytest
+import redis
 import requests
 
+from runvisor.store.redis_keys import RedisKeys
 from tests.fix_service import ADMIN, VIEWER, Api, Service
 from tests.polling import wait_until
 from tests.sse_spec import SseEvent, SseReader
@@ -296,3 +298,27 @@ def test_follow_starts_at_offset_and_stops_at_limit(api: Api) -> None:
     assert response.headers.get("Transfer-Encoding") == "chunked"
     limited = api.get(f"/api/v1/runs/{run['id']}/output?follow=1&offset=2&limit=4")
     assert limited.content == b"2345"
+
+
+def test_streams_of_a_node_share_one_subscription(
+    service_factory: Callable[..., Service], redis_server_url: str, redis_prefix: str
+) -> None:
+    node_a, node_b = service_factory(), service_factory()
+    run = node_a.api.run_code("sleep 30")
+    channel = RedisKeys(redis_prefix).run_events(run["id"])
+    raw = redis.Redis.from_url(redis_server_url)
+
+    def subscribers() -> int:
+        return int(raw.pubsub_numsub(channel)[0][1])
+
+    streams = [EventStream(node_a.api, run["id"]) for _ in range(3)]
+    try:
+        wait_until(lambda: subscribers() == 1, 10, "node a to subscribe")
+        streams.append(EventStream(node_b.api, run["id"], token=VIEWER))
+        wait_until(lambda: subscribers() == 2, 10, "node b to subscribe")
+    finally:
+        for stream in streams:
+            stream.close()
+    # Once the clients have gone, nobody on either node follows the run.
+    wait_until(lambda: subscribers() == 0, 10, "the nodes to unsubscribe")
+    raw.close()

@@ -33,6 +33,7 @@ EXPECTED = {
     ("GET", "/api/v1/runs"): Role.VIEWER,
     ("GET", "/api/v1/runs/{id}"): Role.VIEWER,
     ("GET", "/api/v1/runs/{id}/output"): Role.VIEWER,
+    ("GET", "/api/v1/runs/{id}/events"): Role.VIEWER,
     ("POST", "/api/v1/runs/{id}/stop"): Role.OPERATOR,
     ("GET", "/api/v1/audit"): Role.ADMIN,
     ("GET", "/api/v1/nodes"): Role.VIEWER,
@@ -122,10 +123,18 @@ def test_status_codes(doc: dict[str, Any]) -> None:
             assert "409" in codes
         # The reads that stream output share a cap: 429 past it (RUNVISOR_MAX_OUTPUT_STREAMS);
         # so do the reads that wait for a run's end (run_waits.MAX_RUN_WAITS).
-        expensive = op_id in ("getRunOutput", "legacyGetCommand", "legacyGetResult", "getRun")
+        # Live streams have their own cap (RUNVISOR_MAX_LIVE_STREAMS_PER_TOKEN).
+        expensive = op_id in (
+            "getRunOutput",
+            "legacyGetCommand",
+            "legacyGetResult",
+            "getRun",
+            "getRunEvents",
+        )
         assert ("429" in codes) == expensive, op_id
         ok = [c for c in codes if c.startswith("2")]
-        assert len(ok) == 1, op_id
+        # An ended run's events answer 204 to a reconnect at its end (EventSource stops).
+        assert len(ok) == (2 if op_id == "getRunEvents" else 1), op_id
         legacy = op["tags"] == ["legacy"]
         for code in codes - set(ok):
             if op_id == "readyz":
@@ -185,7 +194,13 @@ def test_query_parameters(doc: dict[str, Any]) -> None:
     assert params("listCommands")["limit"]["schema"]["minimum"] == 1
     assert params("listCommands")["offset"]["schema"]["minimum"] == 0
     assert set(params("listRuns")) == {"command_id", "status", "limit", "offset"}
-    assert set(params("getRunOutput")) == {"offset", "limit"}
+    assert set(params("getRunOutput")) == {"offset", "limit", "follow"}
+    assert params("getRunOutput")["follow"]["schema"]["type"] == "boolean"
+    assert set(params("getRunEvents")) == {"offset"}
+    events = operations(doc)["getRunEvents"][2]
+    (header,) = [p for p in events["parameters"] if p["in"] == "header"]
+    assert header["name"] == "Last-Event-ID" and header["schema"]["minimum"] == 0
+    assert set(events["responses"]["200"]["content"]) == {"text/event-stream"}
     assert params("legacyListCommands")["limit"]["schema"]["default"] == 10
     audit = params("listAudit")
     assert set(audit) == {"action", "actor", "role", "command_id", "run_id", "limit", "offset"}
