@@ -107,13 +107,13 @@ def test_a_stop_sent_through_live_state_is_read_at_the_other_end(
     receiver = LiveState(redis_client(redis_server_url), keys)
     channel = receiver.control_channel("node-a")
     try:
-        assert channel.next_stop(timeout_s=0.2) is None  # nothing sent yet
+        assert channel.next_message(timeout_s=0.2) is None  # nothing sent yet
         request = StopRequest(run_id=5, grace_s=1.5, requested_by="operator:0123abcd")
         assert sender.send_stop("node-a", request)
         assert sender.send_stop("node-b", StopRequest(6, 0.0, "admin:x"))  # another node's
-        received = wait_until(lambda: channel.next_stop(timeout_s=0.5), 5, "the stop")
+        received = wait_until(lambda: channel.next_message(timeout_s=0.5), 5, "the stop")
         assert received == request
-        assert channel.next_stop(timeout_s=0.3) is None  # node-b's stop is not node-a's
+        assert channel.next_message(timeout_s=0.3) is None  # node-b's stop is not node-a's
     finally:
         channel.close()
         sender.close()
@@ -134,7 +134,7 @@ def test_a_malformed_control_message_is_logged_and_ignored(
                 raw.publish(keys.node_control("node-a"), message)
             raw.publish(keys.node_control("node-a"), StopRequest(8, 2.0, "admin:y").to_json())
             # None for each ignored message (and for the subscription's confirmation).
-            received = wait_until(lambda: channel.next_stop(timeout_s=0.5), 5, "the good stop")
+            received = wait_until(lambda: channel.next_message(timeout_s=0.5), 5, "the good stop")
         assert received == StopRequest(8, 2.0, "admin:y")
         ignored = [e for e in logs if e["event"] == "ignored a malformed control message"]
         assert [e["raw"] for e in ignored] == garbage
@@ -163,13 +163,14 @@ def test_redis_reachability_is_what_the_last_call_found(
     )
     up = {"store": "redis"}
     try:
-        assert live.renew_lease("n", 5)
+        assert live.renew_lease("n", 5) is not None  # False: set anew (it had no lease)
+        assert live.renew_lease("n", 5) is True  # renewed
         assert value(scrape_in_process(), "runvisor_store_up", up) == 1
         redis_proxy.cut()
-        assert not live.renew_lease("n", 5)
+        assert live.renew_lease("n", 5) is None  # Redis did not answer
         assert value(scrape_in_process(), "runvisor_store_up", up) == 0
         redis_proxy.restore()
-        wait_until(lambda: live.renew_lease("n", 5), 10, "Redis to answer again")
+        wait_until(lambda: live.renew_lease("n", 5) is not None, 10, "Redis to answer again")
         assert value(scrape_in_process(), "runvisor_store_up", up) == 1
     finally:
         live.close()
