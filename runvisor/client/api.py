@@ -72,15 +72,17 @@ class RunvisorClient:
         self, run_id: int, *, offset: int, follow: bool, write: Callable[[bytes], None]
     ) -> int:
         """Stream the run's output from `offset` into `write`, a chunk as it arrives; with
-        `follow`, until the run ends. Answers how many bytes were written. A connection cut
-        mid-stream raises httpx.TransportError (the caller resumes from its offset)."""
+        `follow`, until the run ends. Answers how many bytes were written. With `follow`, a
+        connection cut mid-stream raises httpx.TransportError (the caller resumes from its
+        offset); without, a ClientError like any other failure."""
         params: dict[str, Any] = {"offset": offset}
         if follow:
             params["follow"] = 1
         # A followed run may print nothing for hours: no read timeout then.
         timeout = httpx.Timeout(None, connect=CONNECT_TIMEOUT_S) if follow else None
         written = 0
-        with self._stream(f"/api/v1/runs/{run_id}/output", params, timeout) as response:
+        path = f"/api/v1/runs/{run_id}/output"
+        with self._stream(path, params, timeout, resumable=follow) as response:
             for chunk in response.iter_bytes():
                 write(chunk)
                 written += len(chunk)
@@ -121,19 +123,25 @@ class RunvisorClient:
 
     @contextmanager
     def _stream(
-        self, path: str, params: Mapping[str, Any], timeout: httpx.Timeout | None
+        self,
+        path: str,
+        params: Mapping[str, Any],
+        timeout: httpx.Timeout | None,
+        *,
+        resumable: bool,
     ) -> Iterator[httpx.Response]:
         kw: dict[str, Any] = {"params": params}
         if timeout is not None:
             kw["timeout"] = timeout
-        with self._errors_of(path, during_stream=True), self._http.stream("GET", path, **kw) as r:
+        errors = self._errors_of(path, resumable=resumable)
+        with errors, self._http.stream("GET", path, **kw) as r:
             if r.is_error:
                 r.read()
                 raise self._http_error(r)
             yield r
 
     @contextmanager
-    def _errors_of(self, path: str, *, during_stream: bool = False) -> Iterator[None]:
+    def _errors_of(self, path: str, *, resumable: bool = False) -> Iterator[None]:
         try:
             yield
         except httpx.ConnectError as exc:
@@ -145,8 +153,8 @@ class RunvisorClient:
                 f"{self.target.url} did not answer in time ({path})", exit_status=UNREACHABLE
             ) from None
         except (httpx.ReadError, httpx.RemoteProtocolError):
-            if during_stream:
-                raise  # the follower resumes from its offset
+            if resumable:
+                raise  # a follower resumes from its offset
             raise ClientError(
                 f"{self.target.url} closed the connection ({path})", exit_status=UNREACHABLE
             ) from None
