@@ -24,9 +24,18 @@ log = get_logger(__name__)
 
 
 def redis_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(
-        url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10
+    # The node's threads share one pool. A caller waits (up to 2 s) for a free connection
+    # rather than fail: redis-py's default pool refuses a 101st connection ("Too many
+    # connections"), which a thousand RunActors publishing at once reach.
+    pool = redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=64,
+        timeout=2.0,
+        socket_timeout=2.0,
+        socket_connect_timeout=2.0,
+        health_check_interval=10,
     )
+    return redis.Redis(connection_pool=pool)
 
 
 # A run's new output, from the pump (after PostgreSQL committed it) and from the flush nudger
@@ -75,6 +84,13 @@ class LiveState:
 
     def close(self) -> None:
         self._redis.close()
+
+    def with_own_connection(self) -> LiveState:
+        """The same live state over a connection of its own: a thread that must keep its pace
+        (the live relay) never waits for the shared pool, which a busy node may exhaust."""
+        kwargs = self._redis.connection_pool.connection_kwargs
+        pool = redis.BlockingConnectionPool(max_connections=1, timeout=2.0, **kwargs)  # type: ignore[no-untyped-call]
+        return LiveState(redis.Redis(connection_pool=pool), self.keys, store_waits=self._waits)
 
     def ping(self) -> bool:
         return self._best_effort("ping", self._redis.ping) is not None
@@ -126,6 +142,17 @@ class LiveState:
 
         if pieces:
             self._best_effort("publish output", write)
+
+    def followed_runs(self, run_ids: list[int]) -> set[int] | None:
+        """Those of `run_ids` whose events channel has a subscriber (a live stream on some
+        node); None when Redis cannot say."""
+        if not run_ids:
+            return set()
+        channels = [self.keys.run_events(run_id) for run_id in run_ids]
+        counts = self._best_effort("ask who follows", lambda: self._redis.pubsub_numsub(*channels))
+        if not isinstance(counts, list):
+            return None
+        return {run_id for run_id, (_, n) in zip(run_ids, counts, strict=True) if n}
 
     def restart_tail(self, run_id: int, offset: int) -> None:
         """A new attempt writes from `offset` on: the tail is empty and ends there."""
