@@ -183,8 +183,11 @@ def test_values_are_parsed_as_before() -> None:
             "RUNVISOR_REDIS_URL": " unix:///tmp/v.sock ",
             "RUNVISOR_DEFAULT_GRACE_S": "0",
             "RUNVISOR_MAX_CODE_BYTES": "131000",
+            "RUNVISOR_NODE_LABELS": " gpu=1, zone=eu-1 ",
         }
     )
+    assert settings.node_labels == {"gpu": "1", "zone": "eu-1"}
+    assert load_settings({}).node_labels == {}
     assert settings.run_limits == {"cpu": 60, "as": 2 * 1024**3, "nproc": "unlimited"}
     assert settings.tokens_file == Path("~/tokens").expanduser()
     assert settings.log_level == "warning" and settings.process_tracking == "scan"
@@ -207,6 +210,18 @@ def test_values_are_parsed_as_before() -> None:
         ),
         ("RUNVISOR_RUN_LIMITS", "cpu=0", "RUNVISOR_RUN_LIMITS: cpu='0': must be 1 to 2^62"),
         ("RUNVISOR_RUN_LIMITS", "cpu=1,cpu=2", "RUNVISOR_RUN_LIMITS: cpu is given twice"),
+        ("RUNVISOR_NODE_LABELS", "gpu", "RUNVISOR_NODE_LABELS='gpu': 'gpu' is not key=value"),
+        (
+            "RUNVISOR_NODE_LABELS",
+            "gpu=1,gpu=2",
+            "RUNVISOR_NODE_LABELS='gpu=1,gpu=2': label 'gpu' is given twice",
+        ),
+        (
+            "RUNVISOR_NODE_LABELS",
+            "g/pu=1",
+            "RUNVISOR_NODE_LABELS='g/pu=1': label key 'g/pu' must be 1-63 characters of letters,"
+            " digits, '_', '.' or '-'",
+        ),
         (
             "RUNVISOR_NODE_ID",
             "x" * 65,
