@@ -204,6 +204,8 @@ class Supervisor(pykka.ThreadingActor, FleetDuties, m.SupervisorCalls):
                 self.next_slow_check = time.monotonic() + SLOW_CHECK_S
                 self._redeliver_stops()
                 self._read_back_drain()
+                if self.lease.may_have_lapsed():
+                    self._stand_down_superseded()  # cut off from Redis: PostgreSQL can tell
             self._take_over_dead_nodes()
             if self.draining is not None:
                 self._drain_tick()

@@ -34,6 +34,7 @@ class NodeLease:
         self._on_lapse = on_lapse
         # Since when Redis has answered our renewals without a break (None: it failed).
         self.redis_ok_since: float | None = None
+        self.last_renewed: float | None = None  # when Redis last took a renewal
         self._held = False  # renewed at least once by this process
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="runvisor-lease", daemon=True)
@@ -60,8 +61,9 @@ class NodeLease:
         if held is None:
             self.redis_ok_since = None
             return
+        self.last_renewed = time.monotonic()
         if self.redis_ok_since is None:
-            self.redis_ok_since = time.monotonic()
+            self.redis_ok_since = self.last_renewed
         if not self._held:
             self._held = True
             # A detach mark left by the previous run of this node is over: should this one
@@ -70,6 +72,12 @@ class NodeLease:
         elif held is False:
             log.warning("this node's lease had expired; its runs may have been taken over")
             self._on_lapse()
+
+    def may_have_lapsed(self) -> bool:
+        """Redis has taken no renewal for a lease time: cut off from Redis, this node may have
+        lost its runs to another node without knowing it yet (the Supervisor asks PostgreSQL)."""
+        last = self.last_renewed
+        return last is not None and time.monotonic() - last >= self.ttl_s
 
     def settled(self) -> bool:
         """Whether a missing lease of another node means a dead node. After a Redis outage

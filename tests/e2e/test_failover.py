@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.fix_proxy import TcpProxy, proxied_redis_url
 from tests.fix_service import OPERATOR, Service, kill_pids, stop_active_runs
 from tests.polling import wait_until
 
@@ -158,6 +159,25 @@ def test_a_paused_node_kills_what_was_taken_over_as_it_resumes(
         current = node_b.api.run(run["id"])
         assert current["node"] == B and current["status"] == "running"
         assert [a["reason"] for a in current["attempts"]] == ["lost", None]
+
+
+def test_a_node_cut_off_from_redis_kills_what_was_taken_over_without_waiting_for_redis(
+    service_factory, other_machine, redis_server_url: str, redis_proxy: TcpProxy
+) -> None:
+    scan = {**FAST, "RUNVISOR_PROCESS_TRACKING": "scan"}
+    url = proxied_redis_url(redis_server_url, redis_proxy)
+    node_a: Service = service_factory(A, redis_url=url, **scan)
+    node_b = other_machine(B, **scan)
+    run = node_a.api.run_code('echo "attempt $RUNVISOR_ATTEMPT"; sleep 1000', restart=ON_FAILURE)
+    wait_until(lambda: node_a.api.output(run["id"]) == b"attempt 1\n", 10, "attempt 1")
+    redis_proxy.cut()  # node-a's lease lapses; node-b reaches Redis and takes the run over
+    try:
+        wait_until(lambda: _attempt_on(node_b.api, run["id"], 2, B), 20, "the takeover")
+        # Still cut off: PostgreSQL tells node-a its attempt is no longer its own.
+        wait_until(lambda: not node_a.run_processes(), 15, "node-a to kill its stale copy")
+    finally:
+        redis_proxy.restore()
+    assert node_b.api.output(run["id"]) == b"attempt 1\nattempt 2\n"
 
 
 COUNT = "for i in $(seq 1 16); do echo $i; sleep 0.5; done"

@@ -10,6 +10,7 @@ import redis
 from runvisor.store.live import LiveState, redis_client
 from runvisor.store.redis_keys import RedisKeys
 from runvisor.supervisor.lease import NodeLease
+from tests.fix_proxy import TcpProxy, proxied_redis_url
 from tests.polling import wait_until
 
 
@@ -77,5 +78,29 @@ def test_a_detached_node_is_attended_until_its_mark_expires_or_it_is_back(
         back.renew()  # the node's next start: its lease, and no detach mark left behind
         assert live.lease_held("n4") is True
         assert not redis.Redis.from_url(redis_server_url).exists(keys.node_detached("n4"))
+    finally:
+        live.close()
+
+
+def test_a_node_cut_off_from_redis_for_a_lease_time_may_have_lost_its_lease(
+    redis_server_url: str, redis_prefix: str, redis_proxy: TcpProxy
+) -> None:
+    url = proxied_redis_url(redis_server_url, redis_proxy)
+    live = LiveState(redis_client(url), RedisKeys(redis_prefix))
+    lease = NodeLease(live, node_id="n5", ttl_s=2.0)
+    try:
+        lease.renew()
+        assert not lease.may_have_lapsed()
+        redis_proxy.cut()
+        lease.renew()
+        assert not lease.may_have_lapsed()  # not yet a lease time
+        wait_until(lease.may_have_lapsed, 5, "a lease time without a renewal")
+        redis_proxy.restore()
+
+        def renewed() -> bool:
+            lease.renew()
+            return not lease.may_have_lapsed()
+
+        wait_until(renewed, 10, "Redis to take a renewal again")
     finally:
         live.close()
