@@ -184,8 +184,11 @@ def _operation(
 
 def build_openapi(*, version: str, max_page_limit: int = 1000) -> dict[str, Any]:
     """The OpenAPI 3.1 document; `max_page_limit` is RUNVISOR_MAX_PAGE_LIMIT."""
-    body_types = [
-        reply.body for route in ROUTE_TABLE for reply in route.replies.values() if reply.body
+    body_types = [  # the JSON ones: other media types' schemas are written in place
+        reply.body
+        for route in ROUTE_TABLE
+        for reply in route.replies.values()
+        if reply.body and reply.media_type == "application/json"
     ]
     bodies, response_schemas = _body_schemas([*body_types, Error, LegacyError])
     paths: dict[str, dict[str, Any]] = {}

@@ -382,3 +382,11 @@ class LegacyError(ResponseModel):
     @classmethod
     def of(cls, exc: RunvisorError) -> LegacyError:
         return cls(error=exc.message)
+
+
+class ServerSentEvent(BaseModel):
+    """One event of GET /api/v1/runs/{id}/events (the text/event-stream answer's schema)."""
+
+    event: Literal["status", "output", "end"]
+    data: str  # status, end: the run as JSON; output: one JSON string, the text
+    id: str  # the byte offset after the output given so far

@@ -27,6 +27,7 @@ from runvisor.http.responses import (
     Readiness,
     Run,
     RunPage,
+    ServerSentEvent,
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -83,7 +84,7 @@ _EVENTS = Reply(
     " then at each status change), `output` (data: one JSON string, the text; id: the byte"
     " offset after it), `end` (the ended run; the stream closes). Heartbeat comments keep an"
     " idle stream open",
-    body=str,
+    body=ServerSentEvent,
     media_type="text/event-stream",
 )
 _V, _O, _A = Role.VIEWER, Role.OPERATOR, Role.ADMIN

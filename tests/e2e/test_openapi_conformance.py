@@ -278,7 +278,8 @@ def _streams_of_ended_runs(case: Any, known_ids: dict[str, list[int]]) -> None:
     for 30 s. Streams (events, output?follow=) go to a run that has ended; other ids stay."""
     params = case.path_parameters or {}
     follow = case.operation.path.endswith("/events") or "follow" in (case.query or {})
-    if follow and params.get("id") in known_ids["run"][:2]:
+    running = {str(run_id) for run_id in known_ids["run"][:2]}
+    if follow and str(params.get("id")) in running:  # an int, or a string of digits
         params["id"] = known_ids["run"][2]
 
 
