@@ -34,6 +34,9 @@ LAYERS: list[tuple[str, list[str]]] = [
     ),
     ("operating-system side", ["runvisor.procs"]),
     ("settings", ["runvisor.config"]),
+    # The command-line client talks HTTP to a node; of the server it may know the default data
+    # dir (config) and nothing above (checked again below, from the other side).
+    ("client", ["runvisor.client"]),
     ("stores", ["runvisor.store"]),
     ("actors", ["runvisor.actors"]),
     ("supervisor", ["runvisor.supervisor"]),
@@ -122,6 +125,8 @@ def test_every_module_imports_only_its_layer_and_those_below() -> None:
         ("runvisor.actors.run_actor", "def f():\n    import runvisor.http.app\n"),
         ("runvisor.store.journal", "from ..actors import messages"),
         ("runvisor.procs.spawn", "from runvisor.config import Settings"),
+        ("runvisor.client.api", "from runvisor.http.responses import Run"),
+        ("runvisor.client.connection", "from runvisor.service import ADMIN_TOKEN_FILE"),
         ("runvisor.policy", "from runvisor.store.journal import RunJournal"),
     ],
 )
@@ -138,10 +143,25 @@ def test_an_upward_import_is_found(module: str, source: str) -> None:
         ("runvisor.store.live", "from runvisor.protocol import StopRequest"),
         ("runvisor.config", "from runvisor.procs.limits import parse_run_limits"),
         ("runvisor.cli", "from runvisor import __version__"),
+        ("runvisor.client.connection", "from runvisor.config import default_data_dir"),
     ],
 )
 def test_a_downward_or_sideways_import_is_allowed(module: str, source: str) -> None:
     assert upward_imports(source, module) == []
+
+
+def test_only_the_runvisor_command_imports_the_client() -> None:
+    """The server never needs the client: only cli.py, which joins both in one command."""
+    importers = {
+        module_name(path)
+        for path in runvisor_modules()
+        if not module_name(path).startswith("runvisor.client")
+        for _, target in imported_modules(
+            path.read_text(), module_name(path), path.name == "__init__.py"
+        )
+        if target == "runvisor.client" or target.startswith("runvisor.client.")
+    }
+    assert importers == {"runvisor.cli"}
 
 
 def test_no_module_is_over_the_line_limit() -> None:
