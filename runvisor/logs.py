@@ -57,5 +57,7 @@ def _identity(
 
 
 def get_logger(name: str, **bound: object) -> structlog.stdlib.BoundLogger:
-    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name).bind(**bound)
+    # Lazy: modules take their logger at import, which may come before configure_logging (the
+    # CLI imports the service first); binding now would freeze structlog's default set-up.
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name, **bound)
     return logger
