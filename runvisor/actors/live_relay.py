@@ -25,8 +25,11 @@ from typing import Any
 
 import pykka
 
+from runvisor.logs import get_logger
 from runvisor.models import output_head_tail
 from runvisor.store.live import LiveState
+
+log = get_logger(__name__)
 
 LOOK_EVERY_S = 0.05
 FOLLOWED_EVERY_S = 0.5
@@ -82,18 +85,26 @@ class LiveRelay:
     def _loop(self) -> None:
         asked_at = 0.0
         while not self._stopping.wait(LOOK_EVERY_S):
-            if time.monotonic() - asked_at >= FOLLOWED_EVERY_S:
-                asked_at = time.monotonic()
-                self._ask_followed()
-            with self._lock:
-                followed = [s for s in self._spools.values() if s.followed]
-            fresh: list[tuple[int, int, bytes]] = []
-            for spool in followed:
-                piece = _new(spool)
-                if piece:  # (run, the offset it ends at, the bytes)
-                    fresh.append((spool.run_id, spool.base_offset + spool.published, piece))
-            if fresh:
-                self._live.publish_outputs(fresh, stored=False)
+            try:
+                if time.monotonic() - asked_at >= FOLLOWED_EVERY_S:
+                    asked_at = time.monotonic()
+                    self._ask_followed()
+                self._look()
+            except Exception:  # a dead relay would leave live streams at the flush's pace
+                log.exception("live relay: a look failed; trying again")
+                self._stopping.wait(1.0)
+
+    def _look(self) -> None:
+        """Publish what the followed runs' spools gained since the last look."""
+        with self._lock:
+            followed = [s for s in self._spools.values() if s.followed]
+        fresh: list[tuple[int, int, bytes]] = []
+        for spool in followed:
+            piece = _new(spool)
+            if piece:  # (run, the offset it ends at, the bytes)
+                fresh.append((spool.run_id, spool.base_offset + spool.published, piece))
+        if fresh:
+            self._live.publish_outputs(fresh, stored=False)
 
     def _ask_followed(self) -> None:
         with self._lock:

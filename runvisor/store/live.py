@@ -88,8 +88,14 @@ class LiveState:
     def with_own_connection(self) -> LiveState:
         """The same live state over a connection of its own: a thread that must keep its pace
         (the live relay) never waits for the shared pool, which a busy node may exhaust."""
-        kwargs = self._redis.connection_pool.connection_kwargs
-        pool = redis.BlockingConnectionPool(max_connections=1, timeout=2.0, **kwargs)  # type: ignore[no-untyped-call]
+        shared = self._redis.connection_pool
+        # The class too: a unix socket (the embedded Valkey) takes `path`, which TCP refuses.
+        pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
+            max_connections=1,
+            timeout=2.0,
+            connection_class=shared.connection_class,
+            **shared.connection_kwargs,
+        )
         return LiveState(redis.Redis(connection_pool=pool), self.keys, store_waits=self._waits)
 
     def ping(self) -> bool:

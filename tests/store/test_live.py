@@ -233,3 +233,16 @@ def test_events_that_are_not_understood_are_none() -> None:
         b'{"type": "status"}',
     ]:
         assert parse_event(bad) is None, bad
+
+
+def test_a_connection_of_its_own_keeps_a_unix_socket_url() -> None:
+    """The live relay's own connection copies the shared pool's connection class: over a unix
+    socket (the embedded Valkey) a TCP connection given `path` raised TypeError and killed the
+    relay, leaving live streams at the flush's pace. No server here: down is a clean False."""
+    shared = LiveState(redis_client("unix:///nonexistent/runvisor.sock"), RedisKeys("rv-test"))
+    own = shared.with_own_connection()
+    try:
+        assert own.ping() is False  # ConnectionError, caught as an outage; not a TypeError
+    finally:
+        own.close()
+        shared.close()
