@@ -26,6 +26,8 @@ exec 4<&-
     (exec 2>&3 3>&-; exec /bin/bash -c -- "$2")
   fi
 s=$?
-# Atomic (write + rename): a reader never sees a partial status.
-printf '%s\n' "$s" >"$1.tmp" && /bin/mv -f -- "$1.tmp" "$1"
+# Written in place, not to a temporary file renamed (a fork and exec of mv: a third of the
+# wrapper's cost): the service reads it only once this process is gone, when the write is
+# complete or, if the wrapper was killed first, the file is missing or empty (no status).
+printf '%s\n' "$s" >"$1"
 exit "$s"

@@ -152,7 +152,10 @@ def test_exit_status_via_waitpid_and_status_file(
     attempt = procs.start(code)
     assert procs.wait_exit(attempt) == expected
     assert read_status_file(attempt.status) == expected
-    assert not attempt.status.with_name(attempt.status.name + ".tmp").exists()  # renamed
+    # Written in place: nothing beside it (no temporary file, no mv).
+    assert [p.name for p in attempt.status.parent.glob(attempt.status.name + "*")] == [
+        attempt.status.name
+    ]
     assert attempt.output() == b""  # nothing of the wrapper's ("Killed") in the user's output
 
 

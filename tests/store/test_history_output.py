@@ -89,3 +89,27 @@ async def test_a_read_ends_where_bytes_are_missing(database_url: str) -> None:
     assert b"".join(await pieces(database_url, run_id, 5, 25)) == b"fghij"
     assert b"".join(await pieces(database_url, run_id, 12, None)) == b""
     assert b"".join(await pieces(database_url, run_id, 20, 25)) == b"KLMNO"
+
+
+def test_output_is_compressed_with_lz4_where_the_server_has_it(database_url: str) -> None:
+    """Migration 0006: lz4, not pglz, for stored chunks (several times cheaper for PostgreSQL
+    to compress); a server built without lz4 keeps pglz, and the migration still applies."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT 'lz4' = ANY (enumvals) FROM pg_settings"
+            " WHERE name = 'default_toast_compression'"
+        ).fetchone()
+        has_lz4 = bool(row and row[0])
+        method = conn.execute(
+            "SELECT attcompression FROM pg_attribute"
+            " WHERE attrelid = 'run_output'::regclass AND attname = 'data'"
+        ).fetchone()
+        assert method is not None
+        assert method[0] == ("l" if has_lz4 else "")
+        # and a compressible chunk stored now is lz4's (pg_column_compression says which)
+        run_id = stored_run(database_url, [(0, b"z" * (256 * KIB))])
+        used = conn.execute(
+            "SELECT pg_column_compression(data) FROM run_output WHERE run_id = %s", (run_id,)
+        ).fetchone()
+        assert used is not None
+        assert used[0] == ("lz4" if has_lz4 else "pglz")
