@@ -215,7 +215,7 @@ class RunActor(pykka.ThreadingActor):
         drained = self._flush()
         if self.phase.done:
             return
-        if self.phase.awaits_exit and self.procs.identity and not self.procs.leader_alive():
+        if self.phase.awaits_exit and self.procs.leader_seen_gone():
             self._on_process_exited()  # a safety net: the exit watcher tells at once, normally
             return
         if self.phase is Phase.EXITED:

@@ -246,3 +246,31 @@ def test_a_connection_of_its_own_keeps_a_unix_socket_url() -> None:
     finally:
         own.close()
         shared.close()
+
+
+def _calls(raw: redis.Redis, command: str) -> int:
+    stats = raw.info("commandstats").get(f"cmdstat_{command}")
+    return int(stats["calls"]) if stats else 0
+
+
+def test_output_is_published_in_one_round_trip_even_after_redis_lost_its_scripts(
+    redis_server_url: str, redis_prefix: str
+) -> None:
+    """EVALSHA in a plain pipeline: no SCRIPT EXISTS before each publish (redis-py's Script
+    in a pipeline asks it every time); a script cache Redis lost is loaded again."""
+    keys = RedisKeys(redis_prefix)
+    live = LiveState(redis_client(redis_server_url), keys)
+    raw = redis.Redis.from_url(redis_server_url, decode_responses=True)
+    try:
+        live.publish_output(3, offset=2, data=b"ab")  # the script is loaded from here on
+        exists_before = _calls(raw, "script|exists")
+        for end in range(3, 23):
+            live.publish_output(3, offset=end, data=b"x")
+        assert _calls(raw, "script|exists") == exists_before
+        raw.script_flush()  # as a restarted Redis: no scripts
+        live.publish_output(3, offset=24, data=b"yz")
+        assert raw.get(keys.run_tail(3)) == "ab" + "x" * 20 + "yz"
+        assert raw.hget(keys.run_state(3), "output_bytes") == "24"
+    finally:
+        live.close()
+        raw.close()
