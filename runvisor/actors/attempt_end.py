@@ -22,6 +22,7 @@ from runvisor.procs.spawn import ExitStatus
 from runvisor.procs.spool import SpoolLayout
 from runvisor.store.journal import RunJournal
 from runvisor.store.live import LiveState
+from runvisor.store.output_writes import HeldOutput
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,14 +62,16 @@ def end_attempt(
     live_state: Callable[[RunStatus], dict[str, Any]],
     log: BoundLogger,
     on_recorded: Callable[[Recorded], None],
+    output: HeldOutput | None = None,
 ) -> Recorded | None:
     """End the attempt `run.attempt`: decide and record (record_end), then `on_recorded`
     (the RunActor tells the Supervisor there, before a stop can look for the run), release
     the attempt's cgroup (`procs`; None when the caller removed it already), publish
     `live_state(status)`, and remove the run's directories if it ended, else the attempt's
     spool files. None if this node lost the run meanwhile: nothing else is done. Raises
-    StoreUnavailable, and then nothing is recorded and nothing deleted."""
-    recorded = record_end(journal, run, outcome)
+    StoreUnavailable, and then nothing is recorded and nothing deleted. `output`: the
+    attempt's last batch of output, stored in the same transaction."""
+    recorded = record_end(journal, run, outcome, output)
     if recorded is None:
         return None
     metrics.attempt_ended(
@@ -85,7 +88,9 @@ def end_attempt(
     return recorded
 
 
-def record_end(journal: RunJournal, run: Run, outcome: Outcome) -> Recorded | None:
+def record_end(
+    journal: RunJournal, run: Run, outcome: Outcome, output: HeldOutput | None = None
+) -> Recorded | None:
     """Decide by the restart policy and record; None if this node lost the run meanwhile.
     Raises StoreUnavailable, and then nothing is recorded."""
     succeeded = outcome.spawn_error is None and outcome.exit.succeeded
@@ -104,6 +109,7 @@ def record_end(journal: RunJournal, run: Run, outcome: Outcome) -> Recorded | No
         run_status=decision.status,
         run_reason=run_reason,
         restart_delay_s=decision.restart_delay_s,
+        output=output,
     )
     if stored is None:
         return None

@@ -23,6 +23,7 @@ from runvisor.models import OnOutputLimit, Run, output_head_tail
 from runvisor.procs.file_space import BLOCK, PunchUnsupported, punch_hole
 from runvisor.store.journal import RunJournal
 from runvisor.store.live import LiveState
+from runvisor.store.output_writes import HeldOutput
 
 CHUNK_BYTES = 256 * 1024  # one run_output row; also "flush sooner" threshold
 # At most this much per transaction and per flush message, so a Stop never waits long behind
@@ -63,6 +64,7 @@ class OutputPump:
         self._punched = 0  # spool bytes below this are a hole
         self._dropped_punched = 0  # and between the head and this, once the gap is known
         self._can_punch = True
+        self.held: HeldOutput | None = None  # see flush(hold_last=True)
 
     @property
     def stored_bytes(self) -> int:
@@ -98,18 +100,24 @@ class OutputPump:
         """Whether no output has been written for more than `seconds` (see observe)."""
         return time.monotonic() - self.last_output_at > seconds
 
-    def flush(self, *, to_eof: bool = False) -> bool:
-        """Store new output. True when nothing readable is left behind.
+    def flush(self, *, to_eof: bool = False, hold_last: bool = False) -> bool:
+        """Store new output. True when nothing readable is left behind. `hold_last` (the
+        attempt's end, to the spool's end): the last batch is read, not stored, and held in
+        `held` for the end's own transaction (held_stored once it committed).
 
         Raises StoreUnavailable when PostgreSQL is down; nothing is lost, the next call retries.
         Raises Fenced when the attempt was superseded.
         """
+        self.held = None
         while True:
             self.observe()
             self._skip_to_tail()
             self._free_dropped()
             chunks, at_end = self._read_batch()
             if not chunks:
+                return True
+            if at_end and hold_last:
+                self.held = HeldOutput(self.stored_bytes, chunks, self.max_output_bytes)
                 return True
             ok = self._journal.append_output(
                 self.run_id,
@@ -127,6 +135,13 @@ class OutputPump:
                 return True
             if not to_eof:
                 return False
+
+    def held_stored(self) -> None:
+        """The held batch is committed (with the attempt's end): past it, and published."""
+        if self.held is not None:
+            self.position += sum(len(chunk) for chunk in self.held.chunks)
+            self._publish(list(self.held.chunks))
+            self.held = None
 
     def _skip_to_tail(self) -> None:
         """Past the head, bytes more than a tail's worth before the spool's end can only fall

@@ -231,7 +231,7 @@ class RunActor(pykka.ThreadingActor):
         delay = 0.0 if drained is False else self.deps.settings.flush_interval_s
         self.timers.schedule("flush", delay, m.FlushTick())
 
-    def _flush(self, *, to_eof: bool = False) -> bool | None:
+    def _flush(self, *, to_eof: bool = False, hold_last: bool = False) -> bool | None:
         """True: all stored; False: more is waiting; None: PostgreSQL is down, retry later."""
         if self.pump is None:
             return True
@@ -240,7 +240,7 @@ class RunActor(pykka.ThreadingActor):
                 self.deps.journal, self.run, self.procs, self.log
             )
         try:
-            drained: bool | None = self.pump.flush(to_eof=to_eof)
+            drained: bool | None = self.pump.flush(to_eof=to_eof, hold_last=hold_last)
             self.deps.nudger.stored(self.actor_ref, self.pump.position)
         except StoreUnavailable as exc:
             self.log.warning("output not stored yet; will retry", error=exc.message)
@@ -322,7 +322,7 @@ class RunActor(pykka.ThreadingActor):
             leftovers = self.procs.kill()
             if leftovers:
                 self.log.info("killed leftover processes", processes=leftovers)
-        if self._flush(to_eof=True) is None:
+        if self._flush(to_eof=True, hold_last=True) is None:  # the last batch: with the end
             if not self.phase.done:
                 self.timers.schedule("flush", RETRY_S, m.FlushTick())
             return
@@ -354,6 +354,7 @@ class RunActor(pykka.ThreadingActor):
                 live_state=lambda status: self._live_state(status, outcome.exit),
                 log=self.log,
                 on_recorded=lambda recorded: self._on_end_recorded(recorded, outcome),
+                output=self.pump.held if self.pump else None,
             )
         except StoreUnavailable as exc:
             self.log.warning("outcome not stored yet; will retry", error=exc.message)
@@ -366,6 +367,8 @@ class RunActor(pykka.ThreadingActor):
 
     def _on_end_recorded(self, recorded: Recorded, outcome: Outcome) -> None:
         self.phase = Phase.DONE
+        if self.pump is not None:
+            self.pump.held_stored()
         self.log.info(
             "run ended" if recorded.is_terminal else "attempt ended",
             status=str(recorded.status),

@@ -33,7 +33,7 @@ from runvisor.store.drains import Drains
 from runvisor.store.group_commit import BatchObserver, GroupCommit, Write
 from runvisor.store.journal_writes import EndAttempt, RecordProcess
 from runvisor.store.nodes import NodeRegistry
-from runvisor.store.output_writes import AppendOutput
+from runvisor.store.output_writes import AppendOutput, EndWithOutput, HeldOutput
 from runvisor.store.waits import StoreWaits
 
 # Queued runs this node may take: any node, or this one; labels all among this node's. A run
@@ -239,8 +239,10 @@ class RunJournal:
         run_status: RunStatus,
         run_reason: str | None,
         restart_delay_s: float | None = None,
+        output: HeldOutput | None = None,
     ) -> RunStatus | None:
         """Close the attempt and set the run's status; None if this node lost the run.
+        `output`, the attempt's last batch, is stored in the same transaction, before.
 
         PostgreSQL has the last word on a stop: if one was requested (whatever the RunActor
         knew), the run ends `stopped` and is not restarted. Returns the status stored.
@@ -258,8 +260,15 @@ class RunJournal:
             run_reason=run_reason,
             restart_delay_s=restart_delay_s,
         )
-        stored: RunStatus | None = self._write(write)
-        return stored
+        if output is None:
+            stored: RunStatus | None = self._write(write)
+            return stored
+        append = AppendOutput(self.node_id, run.id, run.attempt, output.offset, output.chunks,
+                              output.max_output_bytes)  # fmt: skip
+        new_bytes, status = self._write(EndWithOutput(append, write))
+        if new_bytes is not None:
+            metrics.output_stored(new_bytes)
+        return status  # type: ignore[no-any-return]
 
     def _observe_batch(self, size: int, seconds: float) -> None:
         metrics.observe_journal_batch(size, seconds)

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 
 from runvisor.models import output_head_tail
+from runvisor.store.journal_writes import EndAttempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,3 +159,37 @@ def _insert_chunks(
         "INSERT INTO run_output (run_id, byte_offset, data) VALUES (%s, %s, %b)" + conflict,
         list(zip(run_ids, offsets, data, strict=True)),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class HeldOutput:
+    """An attempt's last batch of output, read from its spool and held back to be stored with
+    the attempt's end (EndWithOutput)."""
+
+    offset: int
+    chunks: Sequence[bytes]
+    max_output_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class EndWithOutput:
+    """An attempt's last output and its end in one transaction: a short run's end costs one
+    commit, not two. Answers (bytes stored anew, status stored); (None, None) if the node
+    lost the run. The end is written only where the output was (the same fence)."""
+
+    output: AppendOutput
+    end: EndAttempt
+
+    @property
+    def size_bytes(self) -> int:
+        return self.output.size_bytes
+
+    @classmethod
+    def write_all(cls, conn: psycopg.Connection[Any], writes: Sequence[EndWithOutput]) -> list[Any]:
+        stored = AppendOutput.write_all(conn, [w.output for w in writes])
+        kept = [i for i, new_bytes in enumerate(stored) if new_bytes is not None]
+        statuses = EndAttempt.write_all(conn, [writes[i].end for i in kept])
+        answers: list[Any] = [(None, None)] * len(writes)
+        for i, status in zip(kept, statuses, strict=True):
+            answers[i] = (stored[i], status)
+        return answers

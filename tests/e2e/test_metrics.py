@@ -71,9 +71,10 @@ def test_runs_move_the_counters_by_exactly_what_they_did(service: Service) -> No
     assert moved(before, after, "runvisor_output_stored_bytes_total") == (
         OUTPUT_BYTES + flaky_bytes
     )
-    # Per attempt its start, its end and at least one output write: group commit may gather
-    # them into fewer transactions, but the batch sizes add up to every write.
-    assert moved(before, after, "runvisor_journal_batch_size_sum") >= 3 * 3
+    # Per attempt its start and its end, which carries its last output (a short run's output
+    # is that one batch): group commit may gather them into fewer transactions, but the batch
+    # sizes add up to every write.
+    assert moved(before, after, "runvisor_journal_batch_size_sum") >= 3 * 2
     assert moved(before, after, "runvisor_journal_batch_seconds_count") >= 1
     assert value(after, "runvisor_store_up", {"store": "postgres"}) == 1
     assert value(after, "runvisor_store_up", {"store": "redis"}) == 1

@@ -11,8 +11,9 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from runvisor.errors import StoreUnavailable
-from runvisor.models import RunStatus
+from runvisor.models import Run, RunStatus
 from runvisor.store.journal import RunJournal, open_journal
+from runvisor.store.output_writes import HeldOutput
 from runvisor.store.waits import StoreWaits
 from tests.fix_journal import claimed_run
 from tests.fix_metrics import moved, scrape_in_process, value
@@ -243,3 +244,95 @@ def test_a_burst_of_queued_runs_is_claimed_oldest_first_a_batch_per_transaction(
     assert [r.id for r in journal.claim_queued(limit=64, boot_id="b")] == [ids[4]]
     assert journal.claim_queued(limit=64, boot_id="b") == []
     assert journal.claim_queued(limit=0, boot_id="b") == []
+
+
+def _end(journal: RunJournal, run: Run, output: HeldOutput | None) -> RunStatus | None:
+    return journal.end_attempt(
+        run,
+        exit_code=0,
+        signal=None,
+        reason="exited",
+        leftovers_killed=0,
+        run_status=RunStatus.SUCCEEDED,
+        run_reason=None,
+        output=output,
+    )
+
+
+def test_the_last_output_and_the_end_are_one_transaction(
+    database_url: str, journal: RunJournal
+) -> None:
+    """A short run's end costs one commit: its last batch of output is stored with it (after
+    what was stored before, the new bytes only, counted once)."""
+    run = claimed_run(database_url, journal, max_output_bytes=1_000_000)
+    assert journal.append_output(run.id, 1, offset=0, chunks=[DATA[:100]], max_output_bytes=NO_CAP)
+    before = scrape_in_process()
+    held = HeldOutput(100, [DATA[100:300], DATA[300:301]], NO_CAP)
+    assert _end(journal, run, held) is RunStatus.SUCCEEDED
+    after = scrape_in_process()
+    assert moved(before, after, "runvisor_journal_batch_size_count") == 1  # one transaction
+    assert moved(before, after, "runvisor_output_stored_bytes_total") == 201
+    assert stored(database_url, run.id) == (301, DATA[:301])
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT status FROM runs WHERE id = %s", (run.id,)).fetchone()
+    assert row == ("succeeded",)
+
+
+def test_a_fenced_end_with_output_stores_neither(database_url: str, journal: RunJournal) -> None:
+    run = claimed_run(database_url, journal, max_output_bytes=1_000_000)
+    with psycopg.connect(database_url, autocommit=True) as conn:  # taken over by another node
+        conn.execute("UPDATE runs SET node = 'another-node' WHERE id = %s", (run.id,))
+    assert _end(journal, run, HeldOutput(0, [DATA[:50]], NO_CAP)) is None
+    assert stored(database_url, run.id) == (0, b"")
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT status, (SELECT finished_at FROM run_attempts WHERE run_id = %s)"
+            " FROM runs WHERE id = %s",
+            (run.id, run.id),
+        ).fetchone()
+    assert row == ("running", None)
+
+
+def test_ends_with_output_of_many_runs_share_a_batch(
+    database_url: str, journal: RunJournal
+) -> None:
+    """Runs ending at once: their outputs and ends in one transaction, each its own answer."""
+    runs = [claimed_run(database_url, journal, max_output_bytes=1_000_000) for _ in range(6)]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE runs SET node = 'another-node' WHERE id = %s", (runs[2].id,))
+    answers: dict[int, RunStatus | None] = {}
+    blocker = psycopg.connect(database_url)  # holds the writer's first batch back
+    blocker.execute("SELECT 1 FROM runs WHERE id = %s FOR UPDATE", (runs[0].id,))
+
+    def end(run: Run) -> None:
+        answers[run.id] = _end(journal, run, HeldOutput(0, [DATA[: run.id % 50 + 1]], NO_CAP))
+
+    threads = [threading.Thread(target=end, args=(run,)) for run in runs]
+    before = scrape_in_process()
+    threads[0].start()  # its batch waits on the row lock (up to lock_timeout, 2 s)
+    wait_until(lambda: _waiting_on_a_lock(database_url), 2, "the first batch to wait")
+    for thread in threads[1:]:
+        thread.start()
+    wait_until(lambda: journal.queued_writes() == 5, 2, "the other ends to queue")
+    blocker.rollback()
+    blocker.close()
+    for thread in threads:
+        thread.join(10)
+    after = scrape_in_process()
+    assert moved(before, after, "runvisor_journal_batch_size_count") == 2  # 1, then 5
+    for run in runs:
+        if run is runs[2]:
+            assert answers[run.id] is None and stored(database_url, run.id) == (0, b"")
+        else:
+            size = run.id % 50 + 1
+            assert answers[run.id] is RunStatus.SUCCEEDED
+            assert stored(database_url, run.id) == (size, DATA[:size])
+
+
+def _waiting_on_a_lock(database_url: str) -> bool:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return row is not None and row[0] > 0
