@@ -326,6 +326,7 @@ def start_run_services(
     live = LiveState(
         redis_client(redis_url), RedisKeys(settings.redis_prefix), store_waits=store_waits
     )
+    live.publish_in_background()  # a RunActor never waits on Redis for its live view
     stack.callback(live.close)
     nudger = FlushNudger(live)  # stopped before the live state it publishes through
     nudger.start()

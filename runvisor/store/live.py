@@ -6,17 +6,20 @@ only costs freshness. Errors are logged once per outage, not per write.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
-from redis.client import PubSub
+from redis.client import Pipeline, PubSub
 from redis.typing import EncodableT, FieldT
 
 from runvisor import metrics
 from runvisor.logs import get_logger
 from runvisor.protocol import ControlMessage, StopRequest, parse_control_message
+from runvisor.store.live_publisher import LivePublisher
 from runvisor.store.redis_keys import RedisKeys
 from runvisor.store.waits import StoreWaits
 
@@ -81,8 +84,11 @@ class LiveState:
         self._waits = store_waits or StoreWaits()
         self._down_since: float | None = None
         self._append_tail = client.register_script(_APPEND_TAIL)
+        self._publisher: LivePublisher[Callable[[Pipeline], None]] | None = None
 
     def close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.close()  # what is queued is sent first
         self._redis.close()
 
     def with_own_connection(self) -> LiveState:
@@ -101,25 +107,33 @@ class LiveState:
     def ping(self) -> bool:
         return self._best_effort("ping", self._redis.ping) is not None
 
+    def publish_in_background(self) -> None:
+        """From now on publish_state and the stored output of publish_output(s) are queued for
+        one thread, which sends what queued meanwhile in one round trip (live_publisher)."""
+        if self._publisher is None:
+            self._publisher = LivePublisher(self._send)
+
     def publish_state(self, run_id: int, state: dict[str, Any], *, terminal: bool) -> None:
         fields: dict[FieldT, EncodableT] = {
             k: ("" if v is None else str(v)) for k, v in state.items()
         }
         fields["updated_at"] = f"{time.time():.3f}"
         key = self.keys.run_state(run_id)
+        event = json.dumps({"type": "status", **state})
 
-        def write() -> None:
-            pipe = self._redis.pipeline(transaction=False)
+        def add(pipe: Pipeline) -> None:
             pipe.hset(key, mapping=fields)
             if terminal:
                 pipe.expire(key, RedisKeys.FINISHED_RUN_TTL_S)
                 pipe.expire(self.keys.run_tail(run_id), RedisKeys.FINISHED_RUN_TTL_S)
-            pipe.publish(self.keys.run_events(run_id), json.dumps({"type": "status", **state}))
+            pipe.publish(self.keys.run_events(run_id), event)
             if terminal:  # wakes the requests waiting for this run's end, on every node
                 pipe.publish(self.keys.runs_ended(), str(run_id))
-            pipe.execute()
 
-        self._best_effort("publish state", write)
+        if self._publisher is not None:
+            self._publisher.put(add, droppable=False)
+        else:
+            self._send([add])
 
     def publish_output(self, run_id: int, *, offset: int, data: bytes, stored: bool = True) -> None:
         """Add to the run's capped tail and publish the bytes not published yet (`data` ends at
@@ -129,29 +143,47 @@ class LiveState:
     def publish_outputs(self, pieces: list[tuple[int, int, bytes]], *, stored: bool) -> None:
         """publish_output for many runs (run id, end offset, data) in one round trip."""
         cap = RedisKeys.TAIL_BYTES
+        adds: list[Callable[[Pipeline], None]] = [
+            functools.partial(self._append_piece, run_id, offset, data[-cap:], stored)
+            for run_id, offset, data in pieces
+        ]
+        if self._publisher is not None and stored:
+            for add in adds:
+                self._publisher.put(add, droppable=True)
+        elif adds:
+            self._send(adds)
 
-        def append_all() -> None:
-            # EVALSHA in a plain pipeline: redis-py's Script in a pipeline asks SCRIPT EXISTS
-            # first, a second round trip on every publish (a sixth of a busy node's time).
+    def _append_piece(
+        self, run_id: int, offset: int, data: bytes, stored: bool, pipe: Pipeline
+    ) -> None:
+        # EVALSHA, not redis-py's Script: in a pipeline that asks SCRIPT EXISTS first, a second
+        # round trip on every publish (a sixth of a busy node's time).
+        keys = [self.keys.run_tail(run_id), self.keys.run_state(run_id)]
+        stored_at = str(offset) if stored else ""
+        args: list[EncodableT] = [
+            data, offset, RedisKeys.TAIL_BYTES, stored_at, self.keys.run_events(run_id)
+        ]  # fmt: skip
+        pipe.evalsha(self._append_tail.sha, len(keys), *keys, *args)
+
+    def _send(self, writes: list[Callable[[Pipeline], None]]) -> None:
+        """The writes, in order, in one pipelined round trip (best effort)."""
+
+        def execute() -> None:
             pipe = self._redis.pipeline(transaction=False)
-            for run_id, offset, data in pieces:
-                keys = [self.keys.run_tail(run_id), self.keys.run_state(run_id)]
-                stored_at = str(offset) if stored else ""
-                args = [data[-cap:], offset, cap, stored_at, self.keys.run_events(run_id)]
-                pipe.evalsha(self._append_tail.sha, len(keys), *keys, *args)
+            for add in writes:
+                add(pipe)
             pipe.execute()
 
         def write() -> None:
             try:
-                append_all()
+                execute()
             except redis.exceptions.NoScriptError:
-                # Redis lost its scripts (a restart, SCRIPT FLUSH): load it, append again
-                # (the script skips what it appended already).
+                # Redis lost its scripts (a restart, SCRIPT FLUSH): load it, send again (the
+                # script skips output it appended already; a state is set again).
                 self._redis.script_load(_APPEND_TAIL)
-                append_all()
+                execute()
 
-        if pieces:
-            self._best_effort("publish output", write)
+        self._best_effort("publish live state", write)
 
     def followed_runs(self, run_ids: list[int]) -> set[int] | None:
         """Those of `run_ids` whose events channel has a subscriber (a live stream on some
@@ -239,7 +271,7 @@ class LiveState:
 
     def control_channel(self, node_id: str) -> ControlChannel:
         """Subscribe to the control channel of `node_id` (this node). Raises redis.RedisError."""
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8
         try:
             pubsub.subscribe(self.keys.node_control(node_id))
         except redis.RedisError:
