@@ -21,8 +21,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import psycopg
@@ -54,10 +52,34 @@ class Write(Protocol):
     def write_all(cls, conn: psycopg.Connection[Any], writes: Sequence[Any]) -> list[Any]: ...
 
 
-@dataclass
 class _Pending:
-    write: Write
-    answer: Future[Any] = field(default_factory=Future)
+    """A write and its answer, which one caller waits for. A bare lock, held until the answer
+    is set: a concurrent.futures.Future builds a Condition (and its RLock) per write, which
+    cost a twelfth of a busy node's time."""
+
+    __slots__ = ("_answer", "_done", "_error", "write")
+
+    def __init__(self, write: Write) -> None:
+        self.write = write
+        self._answer: Any = None
+        self._error: BaseException | None = None
+        self._done = threading.Lock()
+        self._done.acquire()
+
+    def set_result(self, answer: Any) -> None:
+        self._answer = answer
+        self._done.release()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._done.release()
+
+    def result(self) -> Any:
+        with self._done:
+            pass
+        if self._error is not None:
+            raise self._error
+        return self._answer
 
 
 class GroupCommit:
@@ -83,7 +105,7 @@ class GroupCommit:
             raise StoreUnavailable("the journal is closed")
         pending = _Pending(write)
         self._queue.put(pending)
-        return pending.answer.result()
+        return pending.result()
 
     def queued(self) -> int:
         """Writes waiting for a batch (not counting the one being performed)."""
@@ -130,19 +152,19 @@ class GroupCommit:
                     self._perform([pending])
                 return
             for pending in batch:
-                pending.answer.set_exception(exc)
+                pending.set_exception(exc)
             return
         except Exception:
             if len(batch) == 1:
                 log.exception("journal write failed")
-                batch[0].answer.set_exception(StoreUnavailable("the journal write failed"))
+                batch[0].set_exception(StoreUnavailable("the journal write failed"))
                 return
             log.warning("journal batch failed; its writes are retried one by one", exc_info=True)
             for pending in batch:
                 self._perform([pending])
             return
         for pending, answer in zip(batch, answers, strict=True):
-            pending.answer.set_result(answer)
+            pending.set_result(answer)
         if self._on_batch is not None:
             self._on_batch(len(batch), time.monotonic() - started)
 
