@@ -19,6 +19,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runvisor.procs.posix_spawn import posix_spawn
 from runvisor.procs.run_user import RunUser
 
 # Held around the creation of a process; handed its pid (ExitWatcher.spawn_watched).
@@ -191,12 +192,13 @@ def spawn_attempt(
             str(switch.gid) if switch else "",
         ]
         # posix_spawn, not subprocess.Popen: no Popen object that could reap the pid behind the
-        # RunActor's back (Popen.__del__ / _cleanup), and vfork-speed spawning.
+        # RunActor's back (Popen.__del__ / _cleanup), and vfork-speed spawning; libc's, called
+        # without the GIL (procs/posix_spawn.py), so the node goes on while the child starts.
         with spawn_guard() if spawn_guard is not None else _no_guard() as keep:
-            pid = os.posix_spawn(
+            pid = posix_spawn(
                 SHELL,
                 argv,
-                dict(env),
+                env,
                 file_actions=actions,
                 setsid=True,
                 setsigmask=(),  # nothing blocked, whatever the calling thread blocks
