@@ -395,7 +395,8 @@ def test_legacy_error_json() -> None:
 
 
 ISOLATION = {"user": "nobody", "uid": 65534, "gid": 65534, "uids": None, "process_tracking": "scan",
-             "cgroup": None, "cgroup_controllers": [], "no_cgroup_reason": "no v2"}  # fmt: skip
+             "cgroup": None, "cgroup_controllers": [], "no_cgroup_reason": "no v2",
+             "cgroup_favordynmods": None}  # fmt: skip
 
 
 def sample_bodies() -> list[tuple[type[responses.ResponseModel], dict[str, Any]]]:

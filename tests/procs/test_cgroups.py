@@ -10,13 +10,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from runvisor.errors import SettingsError
+from runvisor.procs import cgroups, isolation
 from runvisor.procs.cgroups import (
     AttemptCgroup,
     CgroupTree,
     CgroupUnavailable,
     cgroup2_mount,
+    favors_dynamic_moves,
     open_cgroup_tree,
     own_cgroup,
 )
@@ -44,6 +47,40 @@ def test_the_mount_and_own_cgroup_are_found() -> None:
     own = own_cgroup()
     assert own is not None and own.startswith("/")
     assert (mount / own.lstrip("/") / "cgroup.procs").exists()
+
+
+MOUNTINFO = """\
+25 30 0:22 / /sys ro,nosuid shared:7 - sysfs sysfs rw
+31 25 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:10 - cgroup2 cgroup2 {options}
+42 31 0:39 / /sys/fs/cgroup/cpu rw,relatime shared:11 - cgroup cgroup rw,cpu
+"""
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [("rw,favordynmods", True), ("rw,nsdelegate,favordynmods,memory_recursiveprot", True),
+     ("rw", False), ("rw,nsdelegate", False)],
+)  # fmt: skip
+def test_favordynmods_is_read_from_the_cgroup2_mounts_super_options(
+    tmp_path: Path, options: str, expected: bool
+) -> None:
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(MOUNTINFO.format(options=options))
+    unified = Path("/sys/fs/cgroup/unified")
+    assert favors_dynamic_moves(unified, str(mountinfo)) is expected
+    assert favors_dynamic_moves(Path("/sys/fs/cgroup/cpu"), str(mountinfo)) is False  # v1
+    assert favors_dynamic_moves(Path("/elsewhere"), str(mountinfo)) is False
+    assert favors_dynamic_moves(unified, str(tmp_path / "missing")) is False
+
+
+def test_the_node_knows_whether_its_cgroup_mount_favors_moves(tree: CgroupTree) -> None:
+    options = [
+        line.split(" - ")[1].split()[2].split(",")
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if line.split()[4] == str(tree.mount) and " - cgroup2 " in line
+    ]
+    assert tree.favordynmods is ("favordynmods" in options[0])
 
 
 def test_a_setsid_env_i_orphan_stays_in_the_cgroup_and_dies_with_it(tree: CgroupTree) -> None:
@@ -134,3 +171,25 @@ def test_parse_run_limits(raw: str, expected: dict[str, object]) -> None:
 def test_bad_run_limits_are_refused(raw: str) -> None:
     with pytest.raises(SettingsError, match="RUNVISOR_RUN_LIMITS"):
         parse_run_limits(raw)
+
+
+@pytest.mark.parametrize("favored", [True, False])
+def test_a_mount_without_favordynmods_is_warned_about_at_start(
+    monkeypatch: pytest.MonkeyPatch, favored: bool
+) -> None:
+    if cgroup2_mount() is None:
+        pytest.skip("no cgroup2 mount")
+    monkeypatch.setattr(cgroups, "favors_dynamic_moves", lambda mount: favored)
+    node = f"test-{uuid.uuid4().hex[:8]}"
+    with capture_logs() as logs:
+        found, reason = isolation.choose_process_tracking("auto", node)
+    if found is None:
+        pytest.skip(f"no cgroup per attempt here: {reason}")
+    try:
+        warned = [e for e in logs if "favordynmods" in e["event"]]
+        assert found.favordynmods is favored
+        assert len(warned) == (0 if favored else 1)
+        if warned:
+            assert f"mount -o remount,favordynmods {found.mount}" in warned[0]["event"]
+    finally:
+        found.root.rmdir()
