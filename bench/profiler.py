@@ -12,12 +12,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from bench.errors import BenchFailed
 
 FORMATS = {".svg": "flamegraph", ".json": "speedscope"}
+RATE_HZ = 100
 
 
 def py_spy() -> str:
@@ -35,12 +37,14 @@ def profiled(pid: int, output: Path) -> Iterator[None]:
     fmt = FORMATS.get(output.suffix, "raw")
     proc = subprocess.Popen(
         [py_spy(), "record", "--pid", str(pid), "--output", str(output), "--format", fmt,
-         "--rate", "100", "--nonblocking"],
+         "--rate", str(RATE_HZ), "--nonblocking", "--gil"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
+    started = time.monotonic()
     try:
         yield
     finally:
+        seconds = time.monotonic() - started
         proc.send_signal(signal.SIGINT)  # py-spy writes what it has sampled, then exits
         try:
             _, stderr = proc.communicate(timeout=60)
@@ -51,12 +55,13 @@ def profiled(pid: int, output: Path) -> Iterator[None]:
             raise BenchFailed(f"py-spy wrote no profile: {stderr.decode(errors='replace')[-500:]}")
     print(f"   profile of the node during B1 written to {output} ({fmt})", flush=True)
     if fmt == "raw":
-        print(top_frames(output.read_text()), flush=True)
+        print(top_frames(output.read_text(), seconds=seconds), flush=True)
 
 
-def top_frames(collapsed: str, count: int = 15) -> str:
+def top_frames(collapsed: str, count: int = 15, seconds: float | None = None) -> str:
     """The frames most samples were in (self time), from py-spy's collapsed stacks
-    (`frame;frame;leaf N` per line)."""
+    (`frame;frame;leaf N` per line); with the `seconds` sampled (at RATE_HZ), how much of
+    that time a thread held the GIL."""
     leaves: collections.Counter[str] = collections.Counter()
     total = 0
     for line in collapsed.splitlines():
@@ -65,6 +70,9 @@ def top_frames(collapsed: str, count: int = 15) -> str:
             continue
         leaves[stack.rsplit(";", 1)[-1]] += int(samples)
         total += int(samples)
-    rows = [f"   top of the profile ({total} samples, self time):"]
+    busy = (
+        f", the GIL held {total / (seconds * RATE_HZ) * 100:.0f} % of the time" if seconds else ""
+    )
+    rows = [f"   top of the profile ({total} samples{busy}; self time):"]
     rows += [f"   {n / total * 100:5.1f} %  {frame}" for frame, n in leaves.most_common(count)]
     return "\n".join(rows)

@@ -20,7 +20,7 @@ from bench.profiler import top_frames
 from bench.report import PEER_B1, Figure, Report, verdict
 from tests.fix_service import Service
 
-MACHINE = Machine("Test CPU", 2, 2, 23.5, "6.1", "CPython 3.11.7", "16.2", "Redis 7.0.15")
+MACHINE = Machine("Test CPU", 2, 2, 23.5, "6.1", "CPython 3.11.7", "16.2", "Redis 7.0.15", "none")
 
 
 def judged(*figures: Figure) -> list[str]:
@@ -142,6 +142,8 @@ def test_the_top_of_a_profile_counts_self_time() -> None:
     top = top_frames(collapsed).splitlines()
     assert "100 samples" in top[0]
     assert top[1].split() == ["70.0", "%", "claim"] and top[2].split() == ["30.0", "%", "poll"]
+    # 100 samples at 100 Hz over 4 s: a thread held the GIL a quarter of the time
+    assert "the GIL held 25 % of the time" in top_frames(collapsed, seconds=4.0).splitlines()[0]
 
 
 TINY = dataclasses.replace(
