@@ -12,7 +12,6 @@ action this does not know, os.posix_spawn is called instead.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,7 +29,9 @@ FileAction = tuple[object, ...]
 @functools.cache
 def _libc() -> ctypes.CDLL | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The process's own symbols, libc's among them: no library search (find_library runs
+        # ldconfig in a subprocess, which the node's orphan reaper could reap).
+        libc = ctypes.CDLL(None, use_errno=True)
         for name in (
             "posix_spawn",
             "posix_spawn_file_actions_init",
