@@ -38,18 +38,34 @@ class CgroupUnavailable(Exception):
     """No cgroup per attempt on this host; the message says why."""
 
 
-def cgroup2_mount(mountinfo: str = "/proc/self/mountinfo") -> Path | None:
-    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or .../unified when hybrid)."""
+@dataclass(frozen=True, slots=True)
+class _Mount:
+    root: str  # the directory of the file system mounted there ("/": the whole of it)
+    point: Path
+    fs_type: str
+    super_options: frozenset[str]
+
+
+def _mounts(mountinfo: str) -> Iterator[_Mount]:
+    """The mounts /proc/PID/mountinfo lists; none if it cannot be read."""
     try:
         lines = Path(mountinfo).read_text().splitlines()
     except OSError:
-        return None
+        return
     for line in lines:
         # "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER"
         head, sep, tail = line.partition(" - ")
-        fields = head.split()
-        if sep and tail.split()[:1] == ["cgroup2"] and len(fields) >= 5 and fields[3] == "/":
-            return Path(fields[4].replace("\\040", " "))
+        fields, after = head.split(), tail.split()
+        if sep and len(fields) >= 5 and after:
+            options = frozenset(after[2].split(",")) if len(after) > 2 else frozenset()
+            yield _Mount(fields[3], Path(fields[4].replace("\\040", " ")), after[0], options)
+
+
+def cgroup2_mount(mountinfo: str = "/proc/self/mountinfo") -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or .../unified when hybrid)."""
+    for mount in _mounts(mountinfo):
+        if mount.fs_type == "cgroup2" and mount.root == "/":
+            return mount.point
     return None
 
 
@@ -57,18 +73,10 @@ def favors_dynamic_moves(mount: Path, mountinfo: str = "/proc/self/mountinfo") -
     """Whether the cgroup v2 hierarchy at `mount` has `favordynmods` (Linux 6.0+). Without it,
     each move of a process into a cgroup waits for an RCU grace period: 9-16 ms per run's start
     measured here, the largest part of a short run's round trip."""
-    try:
-        lines = Path(mountinfo).read_text().splitlines()
-    except OSError:
-        return False
-    for line in lines:
-        head, _, tail = line.partition(" - ")
-        fields, super_fields = head.split(), tail.split()
-        if len(fields) >= 5 and Path(fields[4].replace("\\040", " ")) == mount:
-            return super_fields[:1] == ["cgroup2"] and "favordynmods" in (
-                super_fields[2].split(",") if len(super_fields) > 2 else []
-            )
-    return False
+    return any(
+        m.point == mount and m.fs_type == "cgroup2" and "favordynmods" in m.super_options
+        for m in _mounts(mountinfo)
+    )
 
 
 def own_cgroup(pid: int | str = "self") -> str | None:

@@ -62,7 +62,7 @@ MOUNTINFO = """\
     [("rw,favordynmods", True), ("rw,nsdelegate,favordynmods,memory_recursiveprot", True),
      ("rw", False), ("rw,nsdelegate", False)],
 )  # fmt: skip
-def test_favordynmods_is_read_from_the_cgroup2_mounts_super_options(
+def test_the_mount_and_favordynmods_are_read_from_mountinfo(
     tmp_path: Path, options: str, expected: bool
 ) -> None:
     mountinfo = tmp_path / "mountinfo"
@@ -72,6 +72,8 @@ def test_favordynmods_is_read_from_the_cgroup2_mounts_super_options(
     assert favors_dynamic_moves(Path("/sys/fs/cgroup/cpu"), str(mountinfo)) is False  # v1
     assert favors_dynamic_moves(Path("/elsewhere"), str(mountinfo)) is False
     assert favors_dynamic_moves(unified, str(tmp_path / "missing")) is False
+    assert cgroup2_mount(str(mountinfo)) == unified  # the same reading of mountinfo
+    assert cgroup2_mount(str(tmp_path / "missing")) is None
 
 
 def test_the_node_knows_whether_its_cgroup_mount_favors_moves(tree: CgroupTree) -> None:

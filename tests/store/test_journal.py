@@ -169,15 +169,7 @@ def test_each_write_is_observed_as_a_batch_and_only_new_output_bytes_are_counted
     assert journal.append_output(
         run.id, 1, offset=60, chunks=[DATA[60:130]], max_output_bytes=NO_CAP
     )
-    stored_status = journal.end_attempt(
-        run,
-        exit_code=0,
-        signal=None,
-        reason="exited",
-        leftovers_killed=0,
-        run_status=RunStatus.SUCCEEDED,
-        run_reason=None,
-    )
+    stored_status = _end(journal, run, None)
     after = scrape_in_process()
     assert stored_status is RunStatus.SUCCEEDED
     assert moved(before, after, "runvisor_journal_batch_size_count") == 4
