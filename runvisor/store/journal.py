@@ -263,12 +263,13 @@ class RunJournal:
         if output is None:
             stored: RunStatus | None = self._write(write)
             return stored
-        append = AppendOutput(self.node_id, run.id, run.attempt, output.offset, output.chunks,
-                              output.max_output_bytes)  # fmt: skip
-        new_bytes, status = self._write(EndWithOutput(append, write))
-        if new_bytes is not None:
-            metrics.output_stored(new_bytes)
-        return status  # type: ignore[no-any-return]
+        append = AppendOutput(
+            self.node_id, run.id, run.attempt, output.offset, output.chunks, output.max_output_bytes
+        )
+        answer: tuple[int | None, RunStatus | None] = self._write(EndWithOutput(append, write))
+        if answer[0] is not None:  # bytes stored anew
+            metrics.output_stored(answer[0])
+        return answer[1]
 
     def _observe_batch(self, size: int, seconds: float) -> None:
         metrics.observe_journal_batch(size, seconds)
