@@ -25,6 +25,19 @@ AUDIT_INSERT = (
     "INSERT INTO audit (actor, action, command_id, run_id, detail) VALUES (%s, %s, %s, %s, %s)"
 )
 RUNS_SELECT = sql.SQL("SELECT {} FROM runs ").format(RUN_COLUMNS)
+# A new run and its audit row in one statement, only while its command is there (locked FOR
+# SHARE for the statement; a command changes only by being deleted). INSERT ... SELECT: the
+# parameters take the columns' types, as in VALUES. The command id comes twice, the actor last.
+INSERT_RUN = sql.SQL(
+    "WITH r AS (INSERT INTO runs (command_id, code, env, timeout_s, stuck_after_s, restart,"
+    " max_output_bytes, limits, place_node, place_labels, created_by, on_output_limit)"
+    " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s WHERE EXISTS"
+    " (SELECT 1 FROM commands WHERE id = %s AND deleted_at IS NULL FOR SHARE)"
+    " RETURNING {}),"
+    " a AS (INSERT INTO audit (actor, action, command_id, run_id, detail)"
+    " SELECT %s, 'run.create', r.command_id, r.id, '{{}}'::jsonb FROM r)"
+    " SELECT * FROM r"
+).format(RUN_COLUMNS)
 ATTEMPTS_OF_RUNS = sql.SQL(
     "SELECT {} FROM run_attempts WHERE run_id = ANY(%s) ORDER BY run_id, attempt"
 ).format(ATTEMPT_COLUMNS)

@@ -28,8 +28,8 @@ from runvisor.store.columns import (
     AUDIT_INSERT,
     COMMAND_COLUMNS,
     GET_RUN,
+    INSERT_RUN,
     RECORD_STOP,
-    RUN_COLUMNS,
     RUNS_WITH_ATTEMPTS_SELECT,
     attempts_from_json,
 )
@@ -178,9 +178,13 @@ class History:
 
         The run may set only the variables its command declares (Unprocessable otherwise); its
         env is the command's defaults overridden by `spec.env`.
+
+        Two round trips, not a transaction of five: the command is read, then one statement
+        inserts the run and its audit row only if the command is still there, locked FOR
+        SHARE for that statement (a command changes only by being deleted).
         """
-        async with self._conn() as conn, conn.transaction():
-            command = await _fetch_command(conn, command_id, lock=True)
+        async with self._conn() as conn:
+            command = await _fetch_command(conn, command_id)
             if command is None:
                 raise NotFound(f"command {command_id} not found")
             undeclared = sorted(name for name in spec.env if name not in command.env)
@@ -196,14 +200,9 @@ class History:
             restart = spec.restart.to_json() if spec.restart is not None else command.restart
             place_node = command.place_node if spec.place_node is None else spec.place_node
             place_labels = command.place_labels if spec.place_labels is None else spec.place_labels
-            query = sql.SQL(
-                "INSERT INTO runs (command_id, code, env, timeout_s, stuck_after_s, restart,"
-                " max_output_bytes, limits, place_node, place_labels, created_by, on_output_limit)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {}"
-            ).format(RUN_COLUMNS)
             cur = conn.cursor(row_factory=class_row(Run))
             await cur.execute(
-                query,
+                INSERT_RUN,
                 (
                     command.id,
                     command.code,
@@ -217,11 +216,13 @@ class History:
                     Jsonb(place_labels),
                     actor,
                     str(spec.on_output_limit or command.on_output_limit),
+                    command.id,
+                    actor,
                 ),
             )
             run = await cur.fetchone()
-            assert run is not None
-            await _audit(conn, actor, "run.create", command_id=command.id, run_id=run.id)
+        if run is None:  # deleted between the read and the insert
+            raise NotFound(f"command {command_id} not found")
         return run
 
     async def get_run(self, run_id: int) -> Run:

@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable
 import psycopg
 import pytest
 
-from runvisor.models import Run
+from runvisor.errors import NotFound
+from runvisor.models import Run, RunSpec
 from runvisor.store.history import History, open_history
 from runvisor.store.journal import open_journal
 from tests.polling import wait_until
@@ -98,3 +99,46 @@ def test_a_run_read_while_its_pid_is_recorded_agrees_with_its_attempts(
     later = asyncio.run(read_again())
     assert later is not None
     assert (later.pid, [a.pid for a in later.attempts]) == (PID, [PID])
+
+
+async def test_a_command_deleted_while_its_run_is_created_leaves_no_run(database_url: str) -> None:
+    """create_run reads the command, then inserts the run only while the command is there:
+    a delete that commits in between (here: holding the row when the insert comes) wins, and
+    neither a run nor its audit row is left."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO commands (code, max_output_bytes) VALUES ('true', 1000) RETURNING id"
+        ).fetchone()
+    assert row is not None
+    command_id = row[0]
+    deleter = psycopg.connect(database_url)  # the delete, not committed yet
+    deleter.execute("UPDATE commands SET deleted_at = now() WHERE id = %s", (command_id,))
+    async with open_history(database_url, default_max_output_bytes=1000) as history:
+        creating = asyncio.create_task(history.create_run(command_id, RunSpec(), actor="test"))
+        await asyncio.to_thread(
+            wait_until, lambda: _waits_on_a_lock(database_url), 5, "the insert to wait"
+        )
+        deleter.commit()
+        deleter.close()
+        with pytest.raises(NotFound):
+            await creating
+        # and without the race, a run and its audit row, in one statement
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("UPDATE commands SET deleted_at = NULL WHERE id = %s", (command_id,))
+        run = await history.create_run(command_id, RunSpec(), actor="test")
+    with psycopg.connect(database_url) as conn:
+        runs = conn.execute("SELECT id FROM runs WHERE command_id = %s", (command_id,)).fetchall()
+        audit = conn.execute(
+            "SELECT actor, command_id, run_id FROM audit WHERE action = 'run.create'"
+        ).fetchall()
+    assert runs == [(run.id,)]
+    assert audit == [("test", command_id, run.id)]
+
+
+def _waits_on_a_lock(database_url: str) -> bool:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return row is not None and row[0] > 0
