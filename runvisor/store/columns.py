@@ -38,9 +38,6 @@ INSERT_RUN = sql.SQL(
     " SELECT %s, 'run.create', r.command_id, r.id, '{{}}'::jsonb FROM r)"
     " SELECT * FROM r"
 ).format(RUN_COLUMNS)
-ATTEMPTS_OF_RUNS = sql.SQL(
-    "SELECT {} FROM run_attempts WHERE run_id = ANY(%s) ORDER BY run_id, attempt"
-).format(ATTEMPT_COLUMNS)
 
 
 # Runs with their attempts in one statement (one snapshot, one round trip): the attempts come
@@ -77,13 +74,3 @@ def _attempt_of(row: dict[str, Any]) -> Attempt:
     row["started_at"] = datetime.fromisoformat(row["started_at"])
     row["finished_at"] = None if finished is None else datetime.fromisoformat(finished)
     return Attempt(**row)
-
-
-def attach_attempts(runs: list[Run], attempts: list[Attempt]) -> list[Run]:
-    """Give each run its attempts (fetched with ATTEMPTS_OF_RUNS), in attempt order."""
-    by_run: dict[int, list[Attempt]] = {}
-    for attempt in attempts:
-        by_run.setdefault(attempt.run_id, []).append(attempt)
-    for run in runs:
-        run.attempts = by_run.get(run.id, [])
-    return runs

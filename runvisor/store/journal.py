@@ -19,13 +19,12 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from runvisor import metrics
 from runvisor.errors import StoreUnavailable
-from runvisor.models import Attempt, Run, RunStatus
+from runvisor.models import Run, RunStatus
 from runvisor.store.columns import (
-    ATTEMPTS_OF_RUNS,
+    ATTEMPT_COLUMNS,
     AUDIT_INSERT,
     RUN_COLUMNS,
     RUNS_WITH_ATTEMPTS_SELECT,
-    attach_attempts,
     attempts_from_json,
 )
 from runvisor.store.connection import CONNECTION_OPTIONS, check_if_idle, note_returned
@@ -168,40 +167,32 @@ class RunJournal:
         attempt's row holds its process marker before any process exists, so a crash right
         after the spawn still leaves a way to find (and kill) what was started. A run whose
         stop was requested is never claimed."""
+        if limit < 1:
+            return []
+        # One statement (autocommit: its own transaction), one round trip: the attempts' rows
+        # are inserted from the claimed runs, and each run comes back with its attempts, the
+        # new one included (rows a statement inserts are not in its snapshot: taken from `n`).
         query = sql.SQL(
-            "UPDATE runs SET status = 'running', node = %s, attempt = attempt + 1, pid = NULL,"
-            " exit_code = NULL, signal = NULL, reason = NULL, next_attempt_at = NULL,"
+            "WITH c AS (UPDATE runs SET status = 'running', node = %s, attempt = attempt + 1,"
+            " pid = NULL, exit_code = NULL, signal = NULL, reason = NULL, next_attempt_at = NULL,"
             " queued_reason = NULL, started_at = coalesce(started_at, now())"
             " WHERE id IN (SELECT id FROM runs WHERE {} AND status IN ('queued', 'restarting')"
             "              AND stop_requested_at IS NULL"
             "              ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)"
-            " RETURNING {}"
-        ).format(condition, RUN_COLUMNS)
-        if limit < 1:
-            return []
-        with self._conn() as conn, conn.transaction():
+            " RETURNING {}),"
+            " n AS (INSERT INTO run_attempts (run_id, attempt, node, process_marker, boot_id,"
+            " output_offset) SELECT id, attempt, %s, (%s::text[])[row_number() OVER (ORDER BY id)],"
+            " %s, output_bytes FROM c RETURNING {})"
+            " SELECT c.*, (SELECT coalesce(json_agg(a ORDER BY a.attempt), '[]'::json) FROM"
+            " (SELECT {} FROM run_attempts WHERE run_id = c.id"
+            "  UNION ALL SELECT * FROM n WHERE n.run_id = c.id) AS a) AS attempts"
+            " FROM c ORDER BY c.id"
+        ).format(condition, RUN_COLUMNS, ATTEMPT_COLUMNS, ATTEMPT_COLUMNS)
+        markers = [marker or uuid.uuid4().hex for _ in range(limit)]
+        with self._conn() as conn:
             cur = conn.cursor(row_factory=class_row(Run))
-            cur.execute(query, (self.node_id, *params, limit))
-            runs = sorted(cur.fetchall(), key=lambda run: run.id)
-            if not runs:
-                return []
-            conn.execute(
-                "INSERT INTO run_attempts (run_id, attempt, node, process_marker, boot_id,"
-                " output_offset) SELECT run_id, attempt, %s, marker, %s, output_offset"
-                " FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::bigint[])"
-                "   AS claimed(run_id, attempt, marker, output_offset)",
-                (
-                    self.node_id,
-                    boot_id,
-                    [run.id for run in runs],
-                    [run.attempt for run in runs],
-                    [marker or uuid.uuid4().hex for _ in runs],
-                    [run.output_bytes for run in runs],
-                ),
-            )
-            acur = conn.cursor(row_factory=class_row(Attempt))
-            acur.execute(ATTEMPTS_OF_RUNS, ([run.id for run in runs],))
-            return attach_attempts(runs, acur.fetchall())
+            cur.execute(query, (self.node_id, *params, limit, self.node_id, markers, boot_id))
+            return attempts_from_json(cur.fetchall())
 
     def start_attempt(self, run: Run, *, pid: int, start_ticks: int) -> None:
         """The attempt's process exists: record its identity (pid + start time)."""

@@ -328,3 +328,32 @@ def _waiting_on_a_lock(database_url: str) -> bool:
             " WHERE datname = current_database() AND wait_event_type = 'Lock'"
         ).fetchone()
     return row is not None and row[0] > 0
+
+
+def test_a_claim_returns_the_run_with_every_attempt_the_new_one_included(
+    database_url: str, journal: RunJournal
+) -> None:
+    """The claim is one statement: the new attempt's row (with its own marker) comes back with
+    the earlier ones, though the statement inserting it cannot read it from the table."""
+    run = claimed_run(database_url, journal, max_output_bytes=1_000_000)
+    assert [a.attempt for a in run.attempts] == [1]
+    restarting = journal.end_attempt(
+        run,
+        exit_code=1,
+        signal=None,
+        reason="exited",
+        leftovers_killed=0,
+        run_status=RunStatus.RESTARTING,
+        run_reason=None,
+        restart_delay_s=0.0,
+        output=HeldOutput(0, [DATA[:10]], NO_CAP),
+    )
+    assert restarting is RunStatus.RESTARTING
+    again = journal.claim_run(run.id, marker="m2", boot_id="b2")
+    assert again is not None and again.attempt == 2 and again.status is RunStatus.RUNNING
+    assert [(a.attempt, a.node) for a in again.attempts] == [(1, NODE), (2, NODE)]
+    first, second = again.attempts
+    assert first.process_marker == run.attempts[0].process_marker and first.finished_at
+    assert second.process_marker == "m2" and second.boot_id == "b2" and not second.finished_at
+    assert second.output_offset == 10  # where this attempt's output begins
+    assert journal.claim_run(run.id, marker="m3", boot_id="b3") is None  # running: not again
