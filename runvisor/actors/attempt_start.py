@@ -116,10 +116,8 @@ def spawn(
             lambda: tell_quietly(owner, m.ProcessExited()),
         )
     # Live output goes on from what is stored: bytes a node taken over published and never
-    # stored are not the ones this attempt writes at those offsets. (A first attempt has no
-    # tail before it: a Redis round trip per run saved.)
-    if run.attempt > 1:
-        deps.live.restart_tail(run.id, run.output_bytes)
+    # stored are not the ones this attempt writes at those offsets.
+    deps.live.restart_tail(run.id, run.output_bytes)
     return _pump(run, deps, owner, spool_path, base_offset=run.output_bytes, stored_in_spool=0)
 
 

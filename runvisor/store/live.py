@@ -74,6 +74,13 @@ return #fresh
 """
 
 
+# A new attempt's tail: empty, ending at ARGV[1]. KEYS: tail, state hash.
+_RESTART_TAIL = """
+redis.call('SET', KEYS[1], '', 'KEEPTTL')
+redis.call('HSET', KEYS[2], 'tail_end', ARGV[1])
+"""
+
+
 class LiveState:
     def __init__(
         self, client: redis.Redis, keys: RedisKeys, *, store_waits: StoreWaits | None = None
@@ -84,6 +91,7 @@ class LiveState:
         self._waits = store_waits or StoreWaits()
         self._down_since: float | None = None
         self._append_tail = client.register_script(_APPEND_TAIL)
+        self._restart_tail = client.register_script(_RESTART_TAIL)
         self._publisher: LivePublisher[Callable[[Pipeline], None]] | None = None
 
     def close(self) -> None:
@@ -111,6 +119,8 @@ class LiveState:
         """From now on publish_state and the stored output of publish_output(s) are queued for
         one thread, which sends what queued meanwhile in one round trip (live_publisher)."""
         if self._publisher is None:
+            # Loaded ahead, so that the first writes find them (a miss costs a second send).
+            self._best_effort("load the tail scripts", self._load_scripts)
             self._publisher = LivePublisher(self._send)
 
     def publish_state(self, run_id: int, state: dict[str, Any], *, terminal: bool) -> None:
@@ -130,10 +140,7 @@ class LiveState:
             if terminal:  # wakes the requests waiting for this run's end, on every node
                 pipe.publish(self.keys.runs_ended(), str(run_id))
 
-        if self._publisher is not None:
-            self._publisher.put(add, droppable=False)
-        else:
-            self._send([add])
+        self._publish(add, droppable=False)
 
     def publish_output(self, run_id: int, *, offset: int, data: bytes, stored: bool = True) -> None:
         """Add to the run's capped tail and publish the bytes not published yet (`data` ends at
@@ -153,6 +160,12 @@ class LiveState:
         elif adds:
             self._send(adds)
 
+    def _publish(self, add: Callable[[Pipeline], None], *, droppable: bool) -> None:
+        if self._publisher is not None:
+            self._publisher.put(add, droppable=droppable)
+        else:
+            self._send([add])
+
     def _append_piece(
         self, run_id: int, offset: int, data: bytes, stored: bool, pipe: Pipeline
     ) -> None:
@@ -165,25 +178,31 @@ class LiveState:
         ]  # fmt: skip
         pipe.evalsha(self._append_tail.sha, len(keys), *keys, *args)
 
-    def _send(self, writes: list[Callable[[Pipeline], None]]) -> None:
-        """The writes, in order, in one pipelined round trip (best effort)."""
+    def _load_scripts(self) -> None:
+        for script in (_APPEND_TAIL, _RESTART_TAIL):
+            self._redis.script_load(script)
 
-        def execute() -> None:
+    def _send(self, writes: list[Callable[[Pipeline], None]]) -> bool:
+        """The writes, in order, in one pipelined round trip (best effort); False if Redis
+        could not take them."""
+
+        def execute(these: list[Callable[[Pipeline], None]]) -> None:
             pipe = self._redis.pipeline(transaction=False)
-            for add in writes:
+            for add in these:
                 add(pipe)
             pipe.execute()
 
         def write() -> None:
             try:
-                execute()
+                execute(writes)
             except redis.exceptions.NoScriptError:
-                # Redis lost its scripts (a restart, SCRIPT FLUSH): load it, send again (the
-                # script skips output it appended already; a state is set again).
-                self._redis.script_load(_APPEND_TAIL)
-                execute()
+                # Redis lost its scripts (a restart, SCRIPT FLUSH): the rest of the pipeline
+                # went through; load them and send again the scripts' writes alone, in order.
+                self._load_scripts()
+                scripted = (self._append_piece, self._restart_piece)
+                execute([w for w in writes if getattr(w, "func", None) in scripted])
 
-        self._best_effort("publish live state", write)
+        return self._best_effort("publish live state", write) is not None
 
     def followed_runs(self, run_ids: list[int]) -> set[int] | None:
         """Those of `run_ids` whose events channel has a subscriber (a live stream on some
@@ -197,15 +216,14 @@ class LiveState:
         return {run_id for run_id, (_, n) in zip(run_ids, counts, strict=True) if n}
 
     def restart_tail(self, run_id: int, offset: int) -> None:
-        """A new attempt writes from `offset` on: the tail is empty and ends there."""
+        """A new attempt writes from `offset` on: the tail is empty and ends there. Queued like
+        the output (after the last of the attempt before it), in one script (atomic: the live
+        relay's appends never fall between its two writes)."""
+        self._publish(functools.partial(self._restart_piece, run_id, offset), droppable=False)
 
-        def write() -> None:
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.set(self.keys.run_tail(run_id), b"", keepttl=True)
-            pipe.hset(self.keys.run_state(run_id), "tail_end", str(offset))
-            pipe.execute()
-
-        self._best_effort("restart tail", write)
+    def _restart_piece(self, run_id: int, offset: int, pipe: Pipeline) -> None:
+        keys = [self.keys.run_tail(run_id), self.keys.run_state(run_id)]
+        pipe.evalsha(self._restart_tail.sha, len(keys), *keys, str(offset))
 
     def renew_lease(self, node_id: str, ttl_s: float) -> bool | None:
         """Renew this node's lease: True if it was still held, False if it had expired (and

@@ -20,10 +20,11 @@ def test_writes_queued_meanwhile_go_in_one_batch_in_order() -> None:
     sent: list[list[int]] = []
     first_sent, release = threading.Event(), threading.Event()
 
-    def send(batch: list[int]) -> None:
+    def send(batch: list[int]) -> bool:
         sent.append(batch)
         first_sent.set()
         release.wait(5)
+        return True
 
     publisher: LivePublisher[int] = LivePublisher(send)
     try:
@@ -43,11 +44,12 @@ def test_output_beyond_the_bound_is_dropped_a_state_never_and_a_failing_send_is_
     sent: list[str] = []
     release = threading.Event()
 
-    def send(batch: list[str]) -> None:
+    def send(batch: list[str]) -> bool:
         release.wait(5)
         if batch == ["boom"]:
-            raise RuntimeError("a bug in a write")
+            raise RuntimeError("a bug in a write")  # not sent again: it would raise again
         sent.extend(batch)
+        return True
 
     publisher: LivePublisher[str] = LivePublisher(send, max_queued=3)
     try:
@@ -62,6 +64,29 @@ def test_output_beyond_the_bound_is_dropped_a_state_never_and_a_failing_send_is_
         assert sent == ["o1", "o2", "o3", "state"]
     finally:
         release.set()
+        publisher.close()
+
+
+def test_the_states_of_a_batch_redis_refused_go_with_the_next_its_output_does_not() -> None:
+    refused: list[str] = []
+    accepted: list[str] = []
+    refuse = True
+
+    def send(batch: list[str]) -> bool:
+        ok = not refuse
+        (accepted if ok else refused).extend(batch)
+        return ok
+
+    publisher: LivePublisher[str] = LivePublisher(send)
+    try:
+        publisher.put("out-1", droppable=True)
+        publisher.put("state-1", droppable=False)
+        wait_until(lambda: "state-1" in refused, 5, "the refused batch")
+        refuse = False
+        publisher.put("out-2", droppable=True)
+        wait_until(lambda: "out-2" in accepted, 5, "the next batch")
+        assert accepted == ["state-1", "out-2"]  # the state first, once; the output dropped
+    finally:
         publisher.close()
 
 
@@ -96,3 +121,49 @@ def test_an_actor_does_not_wait_for_a_paused_redis_and_its_end_follows_its_outpu
         pubsub.close()
         live.close()
         raw.close()
+
+
+def test_a_lost_script_cache_resends_the_appends_alone_and_a_restart_follows_the_output(
+    redis_server_url: str, redis_prefix: str, redis_proxy: TcpProxy
+) -> None:
+    """A batch whose appends meet NOSCRIPT (Redis restarted, SCRIPT FLUSH): the rest of the
+    pipeline went through, so only the appends are sent again: one status event, not two. A
+    new attempt's restart_tail is queued after the last output of the attempt before it."""
+    keys = RedisKeys(redis_prefix)
+    live = LiveState(redis_client(proxied_redis_url(redis_server_url, redis_proxy)), keys)
+    live.publish_in_background()
+    raw = redis.Redis.from_url(redis_server_url)
+    pubsub = raw.pubsub(ignore_subscribe_messages=True)
+    try:
+        assert live.ping()
+        pubsub.subscribe(keys.run_events(8))
+        assert pubsub.get_message(timeout=1) is None
+        redis_proxy.pause()
+        live.publish_state(99, {"status": "running"}, terminal=False)  # the thread waits on it
+        wait_until(lambda: live_queue_empty(live), 5, "the first write to be taken")
+        live.publish_output(8, offset=3, data=b"abc")  # attempt 1's last output
+        live.restart_tail(8, 3)  # attempt 2 begins at byte 3
+        live.publish_output(8, offset=5, data=b"de")
+        live.publish_state(8, {"status": "succeeded"}, terminal=True)
+        raw.script_flush()
+        redis_proxy.resume()
+        wait_until(lambda: raw.hget(keys.run_state(8), "status") == b"succeeded", 10, "the end")
+        wait_until(lambda: raw.get(keys.run_tail(8)) == b"de", 10, "attempt 2's tail")
+        events = []
+        while (message := pubsub.get_message(timeout=1)) is not None:
+            events.append(parse_event(message["data"]))
+        assert [e for e in events if isinstance(e, StatusEvent)] == [StatusEvent("succeeded")]
+        assert [e for e in events if isinstance(e, OutputEvent)] == [
+            OutputEvent(0, b"abc"),
+            OutputEvent(3, b"de"),
+        ]
+    finally:
+        redis_proxy.resume()
+        pubsub.close()
+        live.close()
+        raw.close()
+
+
+def live_queue_empty(live: LiveState) -> bool:
+    publisher = live._publisher
+    return publisher is not None and publisher.queued() == 0
