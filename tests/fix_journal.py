@@ -27,3 +27,14 @@ def claimed_run(database_url: str, journal: RunJournal, *, max_output_bytes: int
     run = journal.claim_next_queued(marker=uuid.uuid4().hex, boot_id="test")
     assert run is not None and run.attempt == 1 and run.status is RunStatus.RUNNING
     return run
+
+
+def waiting_on_a_lock(database_url: str) -> bool:
+    """Whether a session of the database waits for a lock now (a write held by a test's row
+    lock, say)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return row is not None and row[0] > 0

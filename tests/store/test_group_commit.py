@@ -17,7 +17,7 @@ from runvisor.models import Run, RunStatus
 from runvisor.store.journal import RunJournal, open_journal
 from runvisor.store.journal_writes import EndAttempt
 from runvisor.store.output_writes import ARRAY_INSERT_MAX_BYTES
-from tests.fix_journal import claimed_run
+from tests.fix_journal import claimed_run, waiting_on_a_lock
 from tests.polling import wait_until
 
 NO_CAP = 2**40  # max_output_bytes: no byte is dropped
@@ -240,15 +240,6 @@ def test_writes_queued_at_close_are_performed_before_it_returns(database_url: st
         assert stored_output(database_url, run.id) == (b"z", 1)
     with pytest.raises(StoreUnavailable):
         journal.append_output(runs[0].id, 1, offset=1, chunks=[b"z"], max_output_bytes=NO_CAP)
-
-
-def waiting_on_a_lock(database_url: str) -> bool:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        ).fetchone()
-    return row is not None and row[0] > 0
 
 
 def test_large_and_small_batches_are_stored_byte_exact(

@@ -15,6 +15,7 @@ from runvisor.errors import NotFound
 from runvisor.models import Run, RunSpec
 from runvisor.store.history import History, open_history
 from runvisor.store.journal import open_journal
+from tests.fix_journal import waiting_on_a_lock
 from tests.polling import wait_until
 
 NODE = "history-test-node"
@@ -50,15 +51,6 @@ def claimed_run(database_url: str) -> Run:
         journal.close()
     assert run is not None and run.pid is None and run.attempts[0].pid is None
     return run
-
-
-def waiting_on_a_lock(database_url: str) -> bool:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        ).fetchone()
-    return row is not None and row[0] > 0
 
 
 @pytest.mark.parametrize("read", sorted(READS))
@@ -116,7 +108,7 @@ async def test_a_command_deleted_while_its_run_is_created_leaves_no_run(database
     async with open_history(database_url, default_max_output_bytes=1000) as history:
         creating = asyncio.create_task(history.create_run(command_id, RunSpec(), actor="test"))
         await asyncio.to_thread(
-            wait_until, lambda: _waits_on_a_lock(database_url), 5, "the insert to wait"
+            wait_until, lambda: waiting_on_a_lock(database_url), 5, "the insert to wait"
         )
         deleter.commit()
         deleter.close()
@@ -133,12 +125,3 @@ async def test_a_command_deleted_while_its_run_is_created_leaves_no_run(database
         ).fetchall()
     assert runs == [(run.id,)]
     assert audit == [("test", command_id, run.id)]
-
-
-def _waits_on_a_lock(database_url: str) -> bool:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        ).fetchone()
-    return row is not None and row[0] > 0

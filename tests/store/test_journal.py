@@ -15,7 +15,7 @@ from runvisor.models import Run, RunStatus
 from runvisor.store.journal import RunJournal, open_journal
 from runvisor.store.output_writes import HeldOutput
 from runvisor.store.waits import StoreWaits
-from tests.fix_journal import claimed_run
+from tests.fix_journal import claimed_run, waiting_on_a_lock
 from tests.fix_metrics import moved, scrape_in_process, value
 from tests.fix_proxy import TcpProxy, proxied_database_url
 from tests.polling import wait_until
@@ -97,21 +97,17 @@ def test_a_call_blocked_on_a_locked_row_is_a_store_wait_until_it_returns(
             )
         )
 
-    def waiting_for_a_lock() -> int:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            ).fetchone()
-        return row[0] if row else 0
-
     try:
         with psycopg.connect(database_url) as locker:
             locker.execute("SELECT * FROM runs WHERE id = %s FOR UPDATE", (run.id,))
             thread = threading.Thread(target=writer, daemon=True)
             thread.start()
             since = wait_until(lambda: waits.of("writer").waiting_since, 5, "the writer to wait")
-            wait_until(waiting_for_a_lock, 5, "the writer's statement to wait for the lock")
+            wait_until(
+                lambda: waiting_on_a_lock(database_url),
+                5,
+                "the writer's statement to wait for the lock",
+            )
             assert not results and waits.of("writer").waiting_since == since
         thread.join(10)
         assert results == [True]
@@ -302,7 +298,7 @@ def test_ends_with_output_of_many_runs_share_a_batch(
     threads = [threading.Thread(target=end, args=(run,)) for run in runs]
     before = scrape_in_process()
     threads[0].start()  # its batch waits on the row lock (up to lock_timeout, 2 s)
-    wait_until(lambda: _waiting_on_a_lock(database_url), 2, "the first batch to wait")
+    wait_until(lambda: waiting_on_a_lock(database_url), 2, "the first batch to wait")
     for thread in threads[1:]:
         thread.start()
     wait_until(lambda: journal.queued_writes() == 5, 2, "the other ends to queue")
@@ -319,15 +315,6 @@ def test_ends_with_output_of_many_runs_share_a_batch(
             size = run.id % 50 + 1
             assert answers[run.id] is RunStatus.SUCCEEDED
             assert stored(database_url, run.id) == (size, DATA[:size])
-
-
-def _waiting_on_a_lock(database_url: str) -> bool:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        ).fetchone()
-    return row is not None and row[0] > 0
 
 
 def test_a_claim_returns_the_run_with_every_attempt_the_new_one_included(
