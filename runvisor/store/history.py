@@ -33,6 +33,7 @@ from runvisor.store.columns import (
     RUNS_WITH_ATTEMPTS_SELECT,
     attempts_from_json,
 )
+from runvisor.store.command_cache import CommandCache
 from runvisor.store.connection import (
     CONNECTION_OPTIONS,
     check_if_idle_async,
@@ -77,6 +78,7 @@ class History:
     def __init__(self, pool: AsyncConnectionPool, *, default_max_output_bytes: int) -> None:
         self._pool = pool
         self._default_max_output_bytes = default_max_output_bytes
+        self._commands = CommandCache()  # the commands create_run has read
         self.nodes = NodeReads(self._conn)  # the fleet's table (store/nodes.py)
         self.drains = DrainRequests(self._conn)  # store/drains.py
         self.output_reads = OutputReads(self._conn)  # the live streams read pieces' offsets
@@ -170,6 +172,7 @@ class History:
                 "UPDATE commands SET deleted_at = now() WHERE id = %s", (command_id,)
             )
             await _audit(conn, actor, "command.delete", command_id=command_id)
+        self._commands.forget(command_id)
 
     # Runs
 
@@ -179,14 +182,13 @@ class History:
         The run may set only the variables its command declares (Unprocessable otherwise); its
         env is the command's defaults overridden by `spec.env`.
 
-        Two round trips, not a transaction of five: the command is read, then one statement
-        inserts the run and its audit row only if the command is still there, locked FOR
-        SHARE for that statement (a command changes only by being deleted).
-        """
+        One round trip for a command read before (store/command_cache.py), else two. The one
+        statement inserts the run and its audit row only while the command is there."""
         async with self._conn() as conn:
-            command = await _fetch_command(conn, command_id)
+            command = self._commands.get(command_id) or await _fetch_command(conn, command_id)
             if command is None:
                 raise NotFound(f"command {command_id} not found")
+            self._commands.put(command)
             undeclared = sorted(name for name in spec.env if name not in command.env)
             if undeclared:
                 raise undeclared_env(command.id, undeclared)
@@ -221,7 +223,8 @@ class History:
                 ),
             )
             run = await cur.fetchone()
-        if run is None:  # deleted between the read and the insert
+        if run is None:  # deleted since it was read
+            self._commands.forget(command_id)
             raise NotFound(f"command {command_id} not found")
         return run
 

@@ -7,9 +7,11 @@ import asyncio
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any, Self
 
 import psycopg
 import pytest
+from psycopg_pool import AsyncConnectionPool
 
 from runvisor.errors import NotFound
 from runvisor.models import Run, RunSpec
@@ -125,3 +127,47 @@ async def test_a_command_deleted_while_its_run_is_created_leaves_no_run(database
         ).fetchall()
     assert runs == [(run.id,)]
     assert audit == [("test", command_id, run.id)]
+
+
+class CountingCursor(psycopg.AsyncCursor[Any]):
+    """Counts the statements sent, whichever cursor of the connection sends them."""
+
+    statements = 0
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Self:
+        CountingCursor.statements += 1
+        return await super().execute(*args, **kwargs)
+
+
+async def test_a_command_started_before_is_started_in_one_statement(database_url: str) -> None:
+    """A command never changes, only goes: create_run keeps what it read and sends only the
+    insert (which checks the command is there) at the next start; a command deleted on
+    another node fails that start and is read again after."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO commands (code, max_output_bytes) VALUES ('echo one', 1000) RETURNING id"
+        ).fetchone()
+    assert row is not None
+    command_id = row[0]
+    kwargs = {"autocommit": True, "cursor_factory": CountingCursor}
+    async with AsyncConnectionPool(database_url, kwargs=kwargs, open=False) as pool:
+        history = History(pool, default_max_output_bytes=1000)
+
+        async def statements_of_a_start() -> int:
+            before = CountingCursor.statements
+            await history.create_run(command_id, RunSpec(), actor="test")
+            return CountingCursor.statements - before
+
+        assert await statements_of_a_start() == 2  # read, then insert
+        assert await statements_of_a_start() == 1
+        assert await statements_of_a_start() == 1
+        with psycopg.connect(database_url, autocommit=True) as conn:  # another node's delete
+            conn.execute("UPDATE commands SET deleted_at = now() WHERE id = %s", (command_id,))
+        with pytest.raises(NotFound):
+            await history.create_run(command_id, RunSpec(), actor="test")
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("UPDATE commands SET deleted_at = NULL WHERE id = %s", (command_id,))
+        assert await statements_of_a_start() == 2  # forgotten: read again
+    with psycopg.connect(database_url) as conn:
+        count = conn.execute("SELECT count(*) FROM runs WHERE command_id = %s", (command_id,))
+        assert count.fetchone() == (4,)
