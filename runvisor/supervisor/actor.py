@@ -65,9 +65,11 @@ class Supervisor(pykka.ThreadingActor, FleetDuties, m.SupervisorCalls):
         self.live: dict[int, LiveAttempt] = {}  # run id -> its RunActor
         self.restarts: dict[int, TimerHandle] = {}
         self.unended: dict[int, Unended] = {}
-        self.recovered = False
+        self.recovered = self.stopping = False
         self.fill_requested = False  # a FillSlots is on its way to this actor
-        self.stopping = False
+        # The last fill ran out of slots, not of queued runs: fill a freed slot at once (else
+        # an ended run costs no claim; new runs come with RunsQueued, or the tick finds them).
+        self.runs_may_wait = True
         self.tick: TimerHandle | None = None
         self.next_slow_check = 0.0
         self.lease = NodeLease(
@@ -169,7 +171,8 @@ class Supervisor(pykka.ThreadingActor, FleetDuties, m.SupervisorCalls):
                     return  # a RunActor that was given up on (wedged) ended late
                 if delay is not None:
                     self._schedule_restart(run_id, delay)
-                self._fill_slots()
+                if self.runs_may_wait:
+                    self._fill_slots()
             case m.RunActorFailed(run_id=run_id, attempt=attempt):
                 entry = self._forget(run_id, attempt)
                 if entry is not None:
@@ -281,11 +284,13 @@ class Supervisor(pykka.ThreadingActor, FleetDuties, m.SupervisorCalls):
                     metrics.run_started()
                     self._spawn(run)
                 if len(runs) < free:
+                    self.runs_may_wait = False
                     return  # the queue is empty (or the rest is being claimed elsewhere)
+            self.runs_may_wait = True  # no slot left
         except StoreUnavailable:
+            self.runs_may_wait = True
             if raise_errors:
-                raise
-            # the next tick tries again
+                raise  # else the next tick tries again
 
     def _request_fill(self) -> None:
         """Fill the free slots once the messages already waiting are handled: a burst of

@@ -3,6 +3,7 @@ by a timeout, and calls blocked on a locked row or a paused server marked as sto
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 
@@ -225,7 +226,7 @@ def test_a_burst_of_queued_runs_is_claimed_oldest_first_a_batch_per_transaction(
     first = journal.claim_queued(limit=3, boot_id="b")
     assert [r.id for r in first] == [ids[0], ids[2], ids[3]]
     markers = {r.attempts[0].process_marker for r in first}
-    assert len(markers) == 3 and all(len(m) == 32 for m in markers)
+    assert len(markers) == 3 and all(re.fullmatch("[0-9a-f]{32}", m) for m in markers)
     for run in first:
         assert run.status is RunStatus.RUNNING and run.node == NODE and run.attempt == 1
         assert [(a.attempt, a.node, a.output_offset) for a in run.attempts] == [(1, NODE, 0)]

@@ -8,16 +8,19 @@ the policy. RunActors that stop answering are in test_wedged_run_actors.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 import psycopg
 import pykka
+import pytest
 
 from runvisor import protocol as m
 from runvisor.actors.deps import RunDeps
 from runvisor.actors.run_actor import RunActor
-from runvisor.models import RunStatus
+from runvisor.models import Run, RunStatus
+from runvisor.supervisor import actor as supervisor_actor
 from runvisor.supervisor.actor import Supervisor
 from tests.polling import wait_until
 from tests.supervisor.fix_in_process import (  # noqa: F401
@@ -142,3 +145,53 @@ def test_an_actor_queued_for_the_spawn_lock_is_not_taken_for_wedged(
     assert final.status is RunStatus.SUCCEEDED, final
     assert [(a.reason, a.exit_code) for a in final.attempts] == [("exited", 0)]
     assert stored_output(database_url, run_id) == b"started late\n"
+
+
+def test_a_freed_slot_is_filled_at_once_and_an_ended_run_costs_no_claim_otherwise(
+    database_url: str, deps: RunDeps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With RUNVISOR_MAX_RUNNING full, the next queued run starts as soon as a run ends (not
+    at the next tick); with slots to spare the queue was emptied by the last claim, and the
+    end of a run claims nothing (a round trip per run, before)."""
+    monkeypatch.setattr(supervisor_actor, "TICK_S", 600.0)  # no tick fills a slot meanwhile
+    claims: list[int] = []
+    claim_queued = deps.journal.claim_queued
+
+    def counted_claim(**kwargs: Any) -> list[Run]:
+        runs = claim_queued(**kwargs)
+        claims.append(len(runs))
+        return runs
+
+    monkeypatch.setattr(deps.journal, "claim_queued", counted_claim)
+    one_slot = dataclasses.replace(
+        deps, settings=deps.settings.model_copy(update={"max_running": 1})
+    )
+    first, second = (queued_run(database_url, "true", {}) for _ in range(2))
+    ref = Supervisor.start(deps=one_slot)
+    try:
+        assert ref.proxy().start_run(first).get(timeout=10) is True  # then no slot is left
+        wait_until(lambda: run_in(deps, second, RunStatus.SUCCEEDED), 10, "the second run")
+        assert run_in(deps, first, RunStatus.SUCCEEDED)
+        assert claims[:2] == [1, 1]  # the second claimed when the first ended
+        wait_until(lambda: ref.proxy().running_count().get(timeout=10) == 0, 5, "no actor")
+        # the second's end: a claim (the node was full), which found the queue empty
+        assert claims == [1, 1, 0]
+        third = queued_run(database_url, "true", {})
+        ref.tell(m.RunsQueued())
+        wait_until(lambda: run_in(deps, third, RunStatus.SUCCEEDED), 10, "the third run")
+        wait_until(lambda: ref.proxy().running_count().get(timeout=10) == 0, 5, "no actor")
+        # claimed with RunsQueued; one slot, so its end claims again (runs may wait)
+        assert claims == [1, 1, 0, 1, 0]
+    finally:
+        ref.stop(block=True, timeout=10)
+
+    unlimited = Supervisor.start(deps=deps)
+    try:
+        del claims[:]
+        fourth = queued_run(database_url, "true", {})
+        unlimited.tell(m.RunsQueued())
+        wait_until(lambda: run_in(deps, fourth, RunStatus.SUCCEEDED), 10, "the fourth run")
+        wait_until(lambda: unlimited.proxy().running_count().get(timeout=10) == 0, 5, "no actor")
+        assert claims == [1]  # with RunsQueued; none at the end
+    finally:
+        unlimited.stop(block=True, timeout=10)
