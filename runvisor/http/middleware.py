@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ from runvisor.logs import get_logger
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = get_logger("runvisor.http")
 OPERATION_ID = "operation_id"  # set on each route's handler by the app factory
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 CLIENT_GONE_STATUS = 499  # logged for a request whose client went away before its answer ended
 
 
@@ -46,7 +48,12 @@ async def request_log(request: web.Request, handler: Handler) -> web.StreamRespo
         seconds = time.perf_counter() - started
         metrics.observe_request(route_template(request), request.method, status, seconds)
         principal = request.get(PRINCIPAL)
-        log.info(
+        # A read that succeeded at debug, as Nomad and Consul log theirs: clients poll, and a
+        # line per poll was a sixth of the event loop's time under load (the metrics count
+        # them). Changes, refusals and failures at info.
+        level = logging.DEBUG if request.method in _READS and status < 400 else logging.INFO
+        log.log(
+            level,
             "request",
             method=request.method,
             path=request.path,
