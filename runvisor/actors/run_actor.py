@@ -267,7 +267,7 @@ class RunActor(pykka.ThreadingActor):
             self.end_reason = (
                 AttemptEndReason.EXITED if status is not None else AttemptEndReason.LOST
             )
-        self.log.info("process exited", exit_code=self.exit.exit_code, signal=self.exit.signal)
+        self.log.debug("process exited", exit_code=self.exit.exit_code, signal=self.exit.signal)
         if self._leftovers_may_finish():
             return
         self._try_end()
