@@ -21,12 +21,13 @@ from pykka.typing import ActorMemberMixin, proxy_method
 
 @dataclass(frozen=True, slots=True)
 class FlushTick:
-    """Read new spool output, store it, publish it; check for a stuck attempt."""
+    """Look after the attempt: a stuck verdict, a missed exit; at its end, store the rest."""
 
 
 @dataclass(frozen=True, slots=True)
-class FlushSoon:
-    """256 KiB or more are waiting in the spool: flush now, not at the next tick."""
+class OutputLimitPassed:
+    """The OutputFlusher stored output past max_output_bytes of a run whose on_output_limit is
+    "stop" (told once)."""
 
 
 @dataclass(frozen=True, slots=True)

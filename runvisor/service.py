@@ -21,7 +21,7 @@ from aiohttp import web
 
 from runvisor import __version__
 from runvisor.actors.deps import RunDeps
-from runvisor.actors.flush_nudger import FlushNudger
+from runvisor.actors.output_flusher import OutputFlusher
 from runvisor.actors.timer import TimerService
 from runvisor.config import Settings
 from runvisor.errors import SettingsError
@@ -330,16 +330,17 @@ def start_run_services(
     )
     live.publish_in_background()  # a RunActor never waits on Redis for its live view
     stack.callback(live.close)
-    nudger = FlushNudger(live)  # stopped before the live state it publishes through
-    nudger.start()
-    stack.callback(nudger.stop)
+    # Stopped before the live state it publishes through, and the journal it stores through.
+    flusher = OutputFlusher(journal, live, flush_interval_s=settings.flush_interval_s)
+    flusher.start()
+    stack.callback(flusher.stop)
     return RunDeps(
         settings=settings,
         journal=journal,
         live=live,
         timers=timers,
         watcher=watcher,
-        nudger=nudger,
+        flusher=flusher,
         store_waits=store_waits,
         run_user=isolation.run_user,
         cgroups=isolation.cgroups,

@@ -17,7 +17,7 @@ from runvisor import protocol as m
 from runvisor.actors.deps import RunDeps
 from runvisor.actors.output_pump import OutputPump
 from runvisor.errors import StoreUnavailable
-from runvisor.models import Attempt, Run
+from runvisor.models import Attempt, OnOutputLimit, Run
 from runvisor.procs.attempt_processes import AttemptProcesses
 from runvisor.procs.limits import effective_limits
 from runvisor.procs.run_env import run_environment
@@ -172,16 +172,9 @@ def _pump(
     base_offset: int,
     stored_in_spool: int,
 ) -> OutputPump:
-    """The attempt's output pump; the flush nudger watches its spool for `owner`."""
-    deps.nudger.watch(
-        owner,
-        spool_path,
-        stored_in_spool,
-        run_id=run.id,
-        base_offset=base_offset,
-        max_output_bytes=run.max_output_bytes,
-    )
-    return OutputPump(
+    """The attempt's output pump, handed to the OutputFlusher, which stores its output for
+    `owner` (and tells it when it passes a limit that stops it)."""
+    pump = OutputPump(
         run_id=run.id,
         attempt=run.attempt,
         spool_path=spool_path,
@@ -191,6 +184,8 @@ def _pump(
         journal=deps.journal,
         live=deps.live,
     )
+    deps.flusher.watch(owner, pump, stops_at_limit=run.on_output_limit == OnOutputLimit.STOP)
+    return pump
 
 
 def tell_quietly(ref: pykka.ActorRef[Any], message: object) -> None:

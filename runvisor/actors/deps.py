@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runvisor.actors.flush_nudger import FlushNudger
+from runvisor.actors.output_flusher import OutputFlusher
 from runvisor.actors.timer import TimerService
 from runvisor.config import Settings
 from runvisor.procs.cgroups import CgroupTree
@@ -26,7 +26,7 @@ class RunDeps:
     live: LiveState
     timers: TimerService
     watcher: ExitWatcher
-    nudger: FlushNudger
+    flusher: OutputFlusher
     store_waits: StoreWaits  # the journal's and the live state's calls, per RunActor
     # Who runs execute as; None: the service's own user (tests of the actors alone).
     run_user: RunUser | None = None

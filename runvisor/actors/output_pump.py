@@ -14,6 +14,7 @@ system (a hole: positions stay), so memory, disk and rows per run stay bounded.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -65,6 +66,11 @@ class OutputPump:
         self._dropped_punched = 0  # and between the head and this, once the gap is known
         self._can_punch = True
         self.held: HeldOutput | None = None  # see flush(hold_last=True)
+        # Held while a batch is read and stored: by the OutputFlusher (the attempt's output
+        # while it runs) or the RunActor (the rest, at its end). `retired`: the RunActor's
+        # alone from then on, set under the lock.
+        self.lock = threading.Lock()
+        self.retired = False
 
     @property
     def stored_bytes(self) -> int:
@@ -81,10 +87,17 @@ class OutputPump:
         """The run has written more than its max_output_bytes."""
         return self.produced_bytes > self.max_output_bytes
 
+    def retire(self) -> None:
+        """From now on the RunActor's alone: the OutputFlusher leaves it (its attempt ends)."""
+        with self.lock:
+            self.retired = True
+
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self.lock:
+            self.retired = True
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def observe(self) -> None:
         """Note output written since the last look, stored or not (PostgreSQL may be down)."""
@@ -108,33 +121,44 @@ class OutputPump:
         Raises StoreUnavailable when PostgreSQL is down; nothing is lost, the next call retries.
         Raises Fenced when the attempt was superseded.
         """
-        self.held = None
-        while True:
-            self.observe()
-            self._skip_to_tail()
-            self._free_dropped()
-            chunks, at_end = self._read_batch()
-            if not chunks:
-                return True
-            if at_end and hold_last:
-                self.held = HeldOutput(self.stored_bytes, chunks, self.max_output_bytes)
-                return True
-            ok = self._journal.append_output(
-                self.run_id,
-                self.attempt,
-                offset=self.stored_bytes,
-                chunks=chunks,
-                max_output_bytes=self.max_output_bytes,
-            )
-            if not ok:
-                raise Fenced(f"run {self.run_id} attempt {self.attempt} was superseded")
-            self.position += sum(len(c) for c in chunks)
-            self._publish(chunks)
-            self._free_stored()
-            if at_end:
-                return True
-            if not to_eof:
-                return False
+        with self.lock:
+            self.held = None
+            while True:
+                chunks, at_end = self.next_batch()
+                if not chunks:
+                    return True
+                if at_end and hold_last:
+                    self.held = HeldOutput(self.stored_bytes, chunks, self.max_output_bytes)
+                    return True
+                ok = self._journal.append_output(
+                    self.run_id,
+                    self.attempt,
+                    offset=self.stored_bytes,
+                    chunks=chunks,
+                    max_output_bytes=self.max_output_bytes,
+                )
+                if not ok:
+                    raise Fenced(f"run {self.run_id} attempt {self.attempt} was superseded")
+                self.batch_stored(chunks)
+                if at_end:
+                    return True
+                if not to_eof:
+                    return False
+
+    def next_batch(self) -> tuple[list[bytes], bool]:
+        """The next batch to store, read from the spool (`lock` held): up to BATCH_BYTES from
+        the position; True when the spool's end was reached. Nothing moves until
+        batch_stored."""
+        self.observe()
+        self._skip_to_tail()
+        self._free_dropped()
+        return self._read_batch()
+
+    def batch_stored(self, chunks: list[bytes]) -> None:
+        """`chunks`, the batch next_batch gave, are committed (`lock` held): past them."""
+        self.position += sum(len(c) for c in chunks)
+        self._publish(chunks)
+        self._free_stored()
 
     def held_stored(self) -> None:
         """The held batch is committed (with the attempt's end): past it, and published."""

@@ -1,8 +1,8 @@
 """RunActor: one per attempt of a run. Owns the attempt's process, spool and timers.
 
-It never blocks on the process: exits arrive as ProcessExited from the exit watcher, and
-output is pulled from the spool file on FlushTick. What to do after the attempt ends is the
-restart policy's call (runvisor.policy); the Supervisor only schedules restarts.
+It never blocks on the process: exits arrive as ProcessExited from the exit watcher; the output
+is stored by the OutputFlusher until the attempt ends, then the rest here. What to do after the
+attempt ends is the restart policy's call (runvisor.policy); the Supervisor schedules restarts.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from runvisor.models import Attempt, AttemptEndReason, Run, RunStatus
 from runvisor.procs.spawn import ExitStatus
 
 RETRY_S = 1.0  # how soon to retry a store write that failed
+HOUSEKEEPING_S = 1.0  # between looks at a running attempt (stuck? gone?), at most
 
 
 class RunActor(pykka.ThreadingActor):
-    # A RunActor stuck in a store call must not keep the process alive at shutdown: its run
-    # is adopted at the next start anyway.
+    # Stuck in a store call, it must not keep the process alive at shutdown (adopted later).
     use_daemon_thread = True
 
     def __init__(
@@ -95,7 +95,7 @@ class RunActor(pykka.ThreadingActor):
             return
         state = self._live_state(RunStatus.RUNNING, None)
         self.deps.live.publish_state(self.run.id, state, terminal=False)
-        self.timers.schedule("flush", self.deps.settings.flush_interval_s, m.FlushTick())
+        self.timers.schedule("flush", self._tick_s(), m.FlushTick())
         if self.run.timeout_s:
             elapsed = time.time() - self.started_at
             self.timers.schedule("timeout", self.run.timeout_s - elapsed, m.TimeoutDeadline())
@@ -121,9 +121,7 @@ class RunActor(pykka.ThreadingActor):
             self._end()
             return
         self.log = self.log.bind(pid=self.procs.pid)
-        self.attempt_recorded = attempt_start.record_process(
-            self.deps.journal, self.run, self.procs, self.log
-        )
+        self._record_process()
         self.log.info("run started", node=self.deps.journal.node_id)
 
     def _adopt(self, attempt: Attempt) -> None:
@@ -156,7 +154,7 @@ class RunActor(pykka.ThreadingActor):
     def _release(self) -> None:
         self.deps.store_waits.unregister(self.actor_urn)
         self.timers.cancel_all()
-        self.deps.nudger.unwatch(self.actor_ref)
+        self.deps.flusher.unwatch(self.actor_ref)
         if self.procs.pid is not None:
             self.deps.watcher.unwatch(self.procs.pid)
         if self.pump is not None:
@@ -172,9 +170,8 @@ class RunActor(pykka.ThreadingActor):
         match message:
             case m.FlushTick():
                 self._on_flush_tick()
-            case m.FlushSoon():
-                if self.phase.awaits_exit:
-                    self._flush()
+            case m.OutputLimitPassed():
+                self._check_output_limit()
             case m.ProcessExited():
                 self._on_process_exited()
             case m.StopRun(grace_s=grace_s, requested_by=by):
@@ -195,8 +192,7 @@ class RunActor(pykka.ThreadingActor):
         return None
 
     def _stand_down(self) -> None:
-        """The attempt was superseded while this actor was away (a write fenced off, or told
-        Superseded): its processes must not run beside the attempt that replaced it."""
+        """Superseded (a write fenced off, or told): its processes must not run beside the new."""
         self.log.warning("attempt superseded; this actor stands down")
         self.phase = Phase.DONE
         if self.procs.identity is not None:
@@ -211,10 +207,9 @@ class RunActor(pykka.ThreadingActor):
         if self.phase.done:
             return
         if self.pump is not None:
-            self.pump.observe()
-        drained = self._flush()
-        if self.phase.done:
-            return
+            self.pump.observe()  # its output is the OutputFlusher's to store, until the end
+        self._record_process()
+        self._check_output_limit()
         if self.phase.awaits_exit and self.procs.leader_seen_gone():
             self._on_process_exited()  # a safety net: the exit watcher tells at once, normally
             return
@@ -228,31 +223,37 @@ class RunActor(pykka.ThreadingActor):
         if stuck_after and self.phase is Phase.RUNNING and pump and pump.silent_for(stuck_after):
             self.log.warning("attempt stuck: no output", stuck_after_s=stuck_after)
             self._terminate(AttemptEndReason.STUCK, self.deps.settings.default_grace_s)
-        delay = 0.0 if drained is False else self.deps.settings.flush_interval_s
-        self.timers.schedule("flush", delay, m.FlushTick())
+        self.timers.schedule("flush", self._tick_s(), m.FlushTick())
+
+    def _tick_s(self) -> float:  # a second or a quarter of stuck_after_s; a flush interval at least
+        tick = min(HOUSEKEEPING_S, (self.run.stuck_after_s or 4 * HOUSEKEEPING_S) / 4)
+        return max(tick, self.deps.settings.flush_interval_s)
 
     def _flush(self, *, to_eof: bool = False, hold_last: bool = False) -> bool | None:
         """True: all stored; False: more is waiting; None: PostgreSQL is down, retry later."""
         if self.pump is None:
             return True
-        if not self.attempt_recorded:
-            self.attempt_recorded = attempt_start.record_process(
-                self.deps.journal, self.run, self.procs, self.log
-            )
+        self._record_process()
         try:
             drained: bool | None = self.pump.flush(to_eof=to_eof, hold_last=hold_last)
-            self.deps.nudger.stored(self.actor_ref, self.pump.position)
         except StoreUnavailable as exc:
             self.log.warning("output not stored yet; will retry", error=exc.message)
             drained = None
         except Fenced:
             self._stand_down()
             return None
+        self._check_output_limit()
+        return drained
+
+    def _record_process(self) -> None:
+        if not self.attempt_recorded and self.procs.identity is not None:
+            record = attempt_start.record_process
+            self.attempt_recorded = record(self.deps.journal, self.run, self.procs, self.log)
+
+    def _check_output_limit(self) -> None:  # seen from the spool's size (PostgreSQL down too)
         if self.phase is Phase.RUNNING and stops_at_limit(self.run, self.pump):
-            # on_output_limit "stop", seen from the spool's size (even while PostgreSQL is down)
             self.log.info("output limit reached", max_output_bytes=self.run.max_output_bytes)
             self._terminate(AttemptEndReason.OUTPUT_LIMIT, self.deps.settings.default_grace_s)
-        return drained
 
     def _on_process_exited(self) -> None:
         if self.exit is not None or self.procs.identity is None:
@@ -322,6 +323,8 @@ class RunActor(pykka.ThreadingActor):
             leftovers = self.procs.kill()
             if leftovers:
                 self.log.info("killed leftover processes", processes=leftovers)
+        if self.pump is not None:
+            self.pump.retire()  # the rest is this actor's to store
         if self._flush(to_eof=True, hold_last=True) is None:  # the last batch: with the end
             if not self.phase.done:
                 self.timers.schedule("flush", RETRY_S, m.FlushTick())
@@ -383,11 +386,8 @@ class RunActor(pykka.ThreadingActor):
         )
 
     def _detach(self) -> None:
-        """Service shutdown: store a batch more and leave the process running.
-
-        Not to the end of the spool: a fast writer would keep shutdown waiting. What is left is
-        stored after the adoption at the next start.
-        """
+        """Service shutdown: store a batch more (not to the spool's end: a fast writer would
+        hold shutdown up) and leave the process running, adopted at the next start."""
         self._flush()
         self.log.info("detached; the run goes on and is adopted at the next start")
         self.phase = Phase.DONE

@@ -3,7 +3,7 @@
 Each stream (`GET …/events`, `GET …/output?follow=1`) registers for its run; the hub subscribes
 the node's one pub/sub connection to that run's events channel while at least one stream of
 the node follows the run, and hands each message to every such stream's inbox. Redis carries
-the output as soon as the flush nudger reads it from the spool, whichever node runs the run.
+the output as soon as the live relay reads it from the spool, whichever node runs the run.
 
 Redis is a fast path only: a stream also reads PostgreSQL every RECHECK_S (the streams in
 output_follow.py), so a lost message, a full inbox or Redis down delays output and never

@@ -4,7 +4,7 @@ has ended and every byte of it was given. Both live streams use it (`GET …/eve
 
 Three sources, one sequence of bytes by offset:
 - PostgreSQL, the record: everything below the run's `output_bytes`;
-- Redis messages (live_hub.py), each with its offsets: the nudger publishes output as soon as it
+- Redis messages (live_hub.py), each with its offsets: the live relay publishes output as soon as it
   is in the spool, before PostgreSQL has it, at the offsets it will be stored at;
 - the tail in Redis (the last 64 KiB published), for a hole between the two: bytes published
   before the stream subscribed, or dropped on the way, and not stored yet.

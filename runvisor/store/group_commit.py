@@ -52,7 +52,7 @@ class Write(Protocol):
     def write_all(cls, conn: psycopg.Connection[Any], writes: Sequence[Any]) -> list[Any]: ...
 
 
-class _Pending:
+class Pending:
     """A write and its answer, which one caller waits for. A bare lock, held until the answer
     is set: a concurrent.futures.Future builds a Condition (and its RLock) per write, which
     cost a twelfth of a busy node's time."""
@@ -92,8 +92,8 @@ class GroupCommit:
     ) -> None:
         self._pool = pool
         self._on_batch = on_batch
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self._carry: _Pending | None = None  # taken from the queue, left for the next batch
+        self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
+        self._carry: Pending | None = None  # taken from the queue, left for the next batch
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._closed = False
         self._thread.start()
@@ -101,11 +101,16 @@ class GroupCommit:
     def write(self, write: Write) -> Any:
         """Perform `write` in the next batch; its answer once the batch has committed. Raises
         StoreUnavailable if PostgreSQL could not be reached (nothing of it was committed)."""
+        return self.submit(write).result()
+
+    def submit(self, write: Write) -> Pending:
+        """Queue `write` for the next batch, without waiting: Pending.result() waits for its
+        answer (a caller with many writes submits them all, then waits once per write)."""
         if self._closed:
             raise StoreUnavailable("the journal is closed")
-        pending = _Pending(write)
+        pending = Pending(write)
         self._queue.put(pending)
-        return pending.result()
+        return pending
 
     def queued(self) -> int:
         """Writes waiting for a batch (not counting the one being performed)."""
@@ -125,7 +130,7 @@ class GroupCommit:
             if stop:
                 return
 
-    def _next_batch(self) -> tuple[list[_Pending], bool]:
+    def _next_batch(self) -> tuple[list[Pending], bool]:
         first = self._carry if self._carry is not None else self._queue.get()
         self._carry = None
         if first is None:
@@ -142,7 +147,7 @@ class GroupCommit:
             size += item.write.size_bytes
         return batch, False
 
-    def _perform(self, batch: list[_Pending]) -> None:
+    def _perform(self, batch: list[Pending]) -> None:
         started = time.monotonic()
         try:
             answers = self._transaction(batch)
@@ -168,7 +173,7 @@ class GroupCommit:
         if self._on_batch is not None:
             self._on_batch(len(batch), time.monotonic() - started)
 
-    def _transaction(self, batch: list[_Pending]) -> list[Any]:
+    def _transaction(self, batch: list[Pending]) -> list[Any]:
         groups: dict[type[Write], list[int]] = {}
         for index, pending in enumerate(batch):
             groups.setdefault(type(pending.write), []).append(index)

@@ -31,7 +31,7 @@ from runvisor.store.drains import Drains
 from runvisor.store.group_commit import BatchObserver, GroupCommit, Write
 from runvisor.store.journal_writes import EndAttempt, RecordProcess
 from runvisor.store.nodes import NodeRegistry
-from runvisor.store.output_writes import AppendOutput, EndWithOutput, HeldOutput
+from runvisor.store.output_writes import AppendOutput, EndWithOutput, HeldOutput, OutputBatch
 from runvisor.store.waits import StoreWaits
 
 # Queued runs this node may take: any node, or this one; labels all among this node's. A run
@@ -40,8 +40,7 @@ QUEUED_FOR_NODE = sql.SQL(
     "status = 'queued' AND (place_node IS NULL OR place_node = %s) AND place_labels <@ %s"
 )
 # A claimed attempt's process marker when none is given: 32 random hex digits, made by
-# PostgreSQL (pg_strong_random, core since 13) per row, so a claim of a batch of up to 64 runs
-# makes only the markers of the runs it found, not 64 in Python each time.
+# PostgreSQL (core since 13) for each run a claim finds, not 64 in Python per claim.
 NEW_MARKER = sql.SQL("replace(gen_random_uuid()::text, '-', '')")
 JOURNAL_OPTIONS = CONNECTION_OPTIONS["options"] + " -c lock_timeout=2000"
 
@@ -94,15 +93,12 @@ class RunJournal:
         self.node_id = node_id
         self.node_labels = dict(node_labels or {})  # RUNVISOR_NODE_LABELS: what it may claim
         self.actor = f"node:{node_id}"
-        # Every call is marked there: the Supervisor does not take a RunActor waiting on
-        # PostgreSQL for a wedged one.
+        # Every call is marked there: a RunActor waiting on PostgreSQL is not wedged.
         self._waits = store_waits or StoreWaits()
         self._on_batch = on_batch
         self._writer = GroupCommit(pool, on_batch=self._observe_batch)
-        # The fleet's table, on the same pool: registration, heartbeats, states.
-        self.nodes = NodeRegistry(self._conn)
-        # Drains read back and runs handed to the queue by a draining node.
-        self.drains = Drains(self._conn, node_id=node_id, actor=self.actor)
+        self.nodes = NodeRegistry(self._conn)  # the fleet's table: registration, heartbeats
+        self.drains = Drains(self._conn, node_id=node_id, actor=self.actor)  # read back, handed on
 
     def close(self) -> None:
         self._writer.close()  # what is queued is written first
@@ -110,9 +106,8 @@ class RunJournal:
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
-        # A statement cancelled by statement_timeout (QueryCanceled) or lock_timeout
-        # (LockNotAvailable) is an OperationalError too: too slow is unavailable, and the
-        # caller retries; it never fails a run.
+        # Cancelled by statement_timeout or lock_timeout is an OperationalError too: too slow
+        # is unavailable, and the caller retries; it never fails a run.
         with self._waits.call():
             try:
                 with self._pool.connection() as conn:
@@ -211,15 +206,30 @@ class RunJournal:
         chunks: Sequence[bytes],
         max_output_bytes: int,
     ) -> bool:
-        """Store output chunks starting at byte `offset`; False if this node lost the run.
-        Bytes below what is stored already are skipped; past `max_output_bytes` only the head
-        and the tail are kept (journal_writes.AppendOutput)."""
-        write = AppendOutput(self.node_id, run_id, attempt, offset, chunks, max_output_bytes)
-        stored: int | None = self._write(write)  # bytes newly stored; None: the run is lost
-        if stored is None:
-            return False
-        metrics.output_stored(stored)
-        return True
+        """Store output chunks from byte `offset`; False if this node lost the run. Bytes stored
+        already are skipped; past `max_output_bytes`, head and tail only (AppendOutput)."""
+        [answer] = self.append_outputs(
+            [OutputBatch(run_id, attempt, offset, chunks, max_output_bytes)]
+        )
+        if isinstance(answer, StoreUnavailable):
+            raise answer
+        return answer
+
+    def append_outputs(self, outputs: Sequence[OutputBatch]) -> list[bool | StoreUnavailable]:
+        """The output of many attempts, in the group commit's next batches (one, up to 256):
+        each True, False if this node lost the run, or the StoreUnavailable its batch met."""
+        with self._waits.call():
+            writes = [self._writer.submit(AppendOutput(self.node_id, *o)) for o in outputs]
+            answers: list[bool | StoreUnavailable] = []
+            for write in writes:
+                try:
+                    stored: int | None = write.result()  # None: the run is lost
+                except StoreUnavailable as exc:
+                    answers.append(exc)
+                    continue
+                metrics.output_stored(stored or 0)
+                answers.append(stored is not None)
+        return answers
 
     def end_attempt(
         self,

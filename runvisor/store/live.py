@@ -41,7 +41,7 @@ def redis_client(url: str) -> redis.Redis:
     return redis.Redis(connection_pool=pool)
 
 
-# A run's new output, from the pump (after PostgreSQL committed it) and from the flush nudger
+# A run's new output, from the pump (after PostgreSQL committed it) and from the live relay
 # (as soon as it is in the spool, before): whichever comes first appends it to the tail and
 # publishes it; bytes below `tail_end` (the tail's end offset, in the state hash) were published
 # already and are skipped, so the tail stays contiguous and each byte is published once. A gap

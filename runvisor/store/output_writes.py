@@ -6,12 +6,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 
 from runvisor.models import output_head_tail
 from runvisor.store.journal_writes import EndAttempt
+
+
+class OutputBatch(NamedTuple):
+    """One attempt's output to store from byte `offset` (RunJournal.append_outputs)."""
+
+    run_id: int
+    attempt: int
+    offset: int
+    chunks: Sequence[bytes]
+    max_output_bytes: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
-"""A slow store is not a stuck run: a RunActor waiting on a locked row or a paused PostgreSQL
-is never ended as stuck, and no byte it printed is lost. (A RunActor that is wedged, not slow,
+"""A slow store is not a stuck run: a run whose row is locked, or a paused PostgreSQL, never
+ends a run as stuck, and no byte it printed is lost. (A RunActor that is wedged, not slow,
 and the spool its attempt leaves: tests/supervisor/test_wedged_run_actors.py, in process.)
 
 The ping timeout is short (1 s) so that a wait on the store, counted as a late ping, would end
@@ -17,7 +17,8 @@ import pytest
 from tests.fix_proxy import TcpProxy, proxied_database_url
 from tests.fix_service import Service, wait_until
 
-WAITS_ON_STORE = "run actor waits on the store"
+# The output flusher's, its batch refused after lock_timeout (it stores for every RunActor).
+OUTPUT_WAITS = "output not stored yet; will retry"
 TAKEN_FOR_STUCK = "treating the attempt as stuck"
 
 
@@ -51,7 +52,7 @@ def test_a_run_whose_row_is_locked_for_20_s_goes_on_and_keeps_every_byte(
     with psycopg.connect(database_url) as locker:  # commits (and unlocks) when the block ends
         locker.execute("SELECT * FROM runs WHERE id = %s FOR UPDATE", (run["id"],))
         held_until = time.monotonic() + 20
-        wait_until(lambda: logged(service, WAITS_ON_STORE), 10, "the wait to be noticed")
+        wait_until(lambda: logged(service, OUTPUT_WAITS), 10, "the wait to be noticed")
         while time.monotonic() < held_until:  # the lock held: the run stays as it is
             now = api.run(run["id"])
             assert now["status"] == "running" and len(now["attempts"]) == 1, now

@@ -186,7 +186,7 @@ def test_output_published_early_is_not_published_again_and_carries_its_offsets(
     try:
         pubsub.subscribe(keys.run_events(4))
         assert pubsub.get_message(timeout=1) is None
-        live.publish_outputs([(4, 5, b"hello")], stored=False)  # the nudger, before the commit
+        live.publish_outputs([(4, 5, b"hello")], stored=False)  # the relay, before the commit
         live.publish_output(4, offset=8, data=b"hello, w"[2:])  # the pump: [2, 8) stored
         live.publish_output(4, offset=8, data=b"llo, w")  # again: nothing new
         live.publish_outputs([(4, 20, b"after a gap")], stored=False)

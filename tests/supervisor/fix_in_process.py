@@ -15,7 +15,7 @@ import pykka
 import pytest
 
 from runvisor.actors.deps import RunDeps
-from runvisor.actors.flush_nudger import FlushNudger
+from runvisor.actors.output_flusher import OutputFlusher
 from runvisor.actors.run_actor import RunActor
 from runvisor.actors.timer import TimerService
 from runvisor.config import load_settings
@@ -80,13 +80,14 @@ def deps(
     )
     settings.spool_dir.mkdir(mode=0o700)
     settings.work_dir.mkdir(mode=0o711)
-    timers, watcher, nudger = TimerService(), ExitWatcher(), FlushNudger()
-    for service in (timers, watcher, nudger):
-        service.start()
     store_waits = StoreWaits()
     journal = open_journal(
         journal_url, node_id=settings.node_id, store_waits=journal_waits or store_waits
     )
+    timers, watcher = TimerService(), ExitWatcher()
+    flusher = OutputFlusher(journal, flush_interval_s=settings.flush_interval_s)
+    for service in (timers, watcher, flusher):
+        service.start()
     live = LiveState(
         redis_client(redis_server_url), RedisKeys(redis_prefix), store_waits=store_waits
     )
@@ -96,13 +97,13 @@ def deps(
         live=live,
         timers=timers,
         watcher=watcher,
-        nudger=nudger,
+        flusher=flusher,
         store_waits=store_waits,
     )
+    for service in (flusher, watcher, timers):
+        service.stop()
     live.close()
     journal.close()
-    for service in (nudger, watcher, timers):
-        service.stop()
 
 
 @pytest.fixture
