@@ -128,6 +128,7 @@ class OutputFlusher:
                     continue  # its RunActor has it (its attempt is ending), or it is idle
                 taken.append((entry, *batch))
                 entry.due_at = now + self._interval_s
+                self._check_limit(entry)  # seen from the spool (PostgreSQL down too)
             outputs = [
                 OutputBatch(p.run_id, p.attempt, p.stored_bytes, chunks, p.max_output_bytes)
                 for p, chunks in ((entry.pump, chunks) for entry, chunks, _ in taken)
@@ -156,7 +157,6 @@ class OutputFlusher:
                 entry.failures = 0
                 if not at_end:  # more than a batch was waiting: the rest at once
                     entry.due_at, more = now, True
-                self._after_stored(entry)
             else:  # fenced off: another node (or the Supervisor) has the attempt now
                 self.unwatch(entry.ref)
                 _tell(entry.ref, m.Superseded())
@@ -167,7 +167,7 @@ class OutputFlusher:
         self._store_down = failed is not None if answers else self._store_down
         return more
 
-    def _after_stored(self, entry: _Watched) -> None:
+    def _check_limit(self, entry: _Watched) -> None:
         if entry.stops_at_limit and not entry.told_limit and entry.pump.over_limit:
             entry.told_limit = True
             _tell(entry.ref, m.OutputLimitPassed())
@@ -175,11 +175,12 @@ class OutputFlusher:
 
 def _is_due(entry: _Watched, now: float) -> bool:
     """Whether `entry`'s spool holds output to store now: its interval is up, or a lot waits.
-    One stat(); its RunActor and the flush itself look again under the pump's lock."""
+    One stat(); the flush looks again under the pump's lock."""
     try:
         size = os.stat(entry.pump.spool_path).st_size
     except OSError:
         return False
+    entry.pump.observed(size)  # output written, stored or not: not silent (stuck_after_s)
     waiting = size - entry.pump.position
     return waiting > 0 and (now >= entry.due_at or waiting >= PENDING_BYTES)
 

@@ -105,6 +105,10 @@ class OutputPump:
             size = os.stat(self.spool_path).st_size
         except FileNotFoundError:
             return
+        self.observed(size)
+
+    def observed(self, size: int) -> None:
+        """The spool's size, as someone saw it now (the OutputFlusher, at each look)."""
         if size != self._spool_size:
             self._spool_size = size
             self.last_output_at = time.monotonic()

@@ -35,7 +35,9 @@ from runvisor.models import Attempt, AttemptEndReason, Run, RunStatus
 from runvisor.procs.spawn import ExitStatus
 
 RETRY_S = 1.0  # how soon to retry a store write that failed
-HOUSEKEEPING_S = 1.0  # between looks at a running attempt (stuck? gone?), at most
+# Looks at a running attempt: for stuck_after_s every second (or a quarter of it), else only
+# for an exit the exit watcher missed (never seen yet), every 10 s.
+HOUSEKEEPING_S, SAFETY_NET_S = 1.0, 10.0
 
 
 class RunActor(pykka.ThreadingActor):
@@ -206,10 +208,7 @@ class RunActor(pykka.ThreadingActor):
         self.timers.fired("flush")
         if self.phase.done:
             return
-        if self.pump is not None:
-            self.pump.observe()  # its output is the OutputFlusher's to store, until the end
-        self._record_process()
-        self._check_output_limit()
+        self._record_process()  # (the OutputFlusher stores its output, and tells its limit)
         if self.phase.awaits_exit and self.procs.leader_seen_gone():
             self._on_process_exited()  # a safety net: the exit watcher tells at once, normally
             return
@@ -225,9 +224,10 @@ class RunActor(pykka.ThreadingActor):
             self._terminate(AttemptEndReason.STUCK, self.deps.settings.default_grace_s)
         self.timers.schedule("flush", self._tick_s(), m.FlushTick())
 
-    def _tick_s(self) -> float:  # a second or a quarter of stuck_after_s; a flush interval at least
-        tick = min(HOUSEKEEPING_S, (self.run.stuck_after_s or 4 * HOUSEKEEPING_S) / 4)
-        return max(tick, self.deps.settings.flush_interval_s)
+    def _tick_s(self) -> float:  # see HOUSEKEEPING_S; never less than the flush interval
+        stuck = self.run.stuck_after_s
+        tick = min(HOUSEKEEPING_S, stuck / 4) if stuck else SAFETY_NET_S
+        return max(tick if self.attempt_recorded else RETRY_S, self.deps.settings.flush_interval_s)
 
     def _flush(self, *, to_eof: bool = False, hold_last: bool = False) -> bool | None:
         """True: all stored; False: more is waiting; None: PostgreSQL is down, retry later."""

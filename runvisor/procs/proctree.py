@@ -247,6 +247,13 @@ def reap_children(exclude: Collection[int]) -> list[tuple[int, int]]:
     spawned (hold one lock across spawn + registration and reap_children).
     """
     reaped: list[tuple[int, int]] = []
+    # A look first: none of the children waitable, none to reap, and no scan of every
+    # thread's children file (a node with a thousand runs has a thousand threads).
+    try:
+        if os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            return reaped
+    except ChildProcessError:  # no children at all
+        return reaped
     for pid in _children(os.getpid()):
         st = read_stat(pid)
         if st is None or st.state not in DEAD_STATES or pid in exclude:

@@ -3,7 +3,8 @@ spools of many attempts are stored in one flush (one group-commit batch), byte-e
 pump moving on and no RunActor told anything; a pump its RunActor holds, or has retired, is
 left alone; a run this node lost has its RunActor told Superseded; a run past a limit that
 stops it has its RunActor told so, once; a spool with more than a batch waiting is flushed
-again at once; while PostgreSQL is away nothing moves, and afterwards every byte is stored."""
+again at once; while PostgreSQL is away nothing moves (but the output's growth is seen, for
+stuck_after_s), and afterwards every byte is stored."""
 
 from __future__ import annotations
 
@@ -273,9 +274,13 @@ def test_while_postgres_is_away_nothing_moves_and_every_byte_is_stored_after(
         try:
             assert flusher.flush_due() is False
             assert [pump.position for pump in pumps] == [0, 0, 0]
+            seen = [pump.last_output_at for pump in pumps]
             for pump in pumps:
                 with pump.spool_path.open("ab") as spool:
                     spool.write(b"during\n")
+            flusher.flush_due()  # backing off: nothing stored, but the growth is seen
+            assert [pump.position for pump in pumps] == [0, 0, 0]
+            assert all(p.last_output_at > at for p, at in zip(pumps, seen, strict=True))
         finally:
             pg_proxy.restore()
 

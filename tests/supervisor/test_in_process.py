@@ -195,3 +195,29 @@ def test_a_freed_slot_is_filled_at_once_and_an_ended_run_costs_no_claim_otherwis
         assert claims == [1]  # with RunsQueued; none at the end
     finally:
         unlimited.stop(block=True, timeout=10)
+
+
+def test_a_running_attempt_is_looked_after_only_as_often_as_it_needs(
+    database_url: str, deps: RunDeps, start_supervisor: StartSupervisor
+) -> None:
+    """Its output is the output flusher's to store: a RunActor's own tick comes every quarter
+    of stuck_after_s (at most a second apart), or every 10 s as a safety net without it, not
+    every flush interval (0.05 s here)."""
+    ticks: dict[int, int] = {}
+
+    class CountingTicks(RunActor):
+        def on_receive(self, message: Any) -> Any:
+            if isinstance(message, m.FlushTick):
+                ticks[self.run.id] = ticks.get(self.run.id, 0) + 1
+            return super().on_receive(message)
+
+    supervisor = start_supervisor(CountingTicks)
+    code = "for i in 1 2 3 4 5; do echo $i; sleep 0.5; done"  # never silent for 2 s
+    quiet, watched = (queued_run(database_url, code, {}) for _ in range(2))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE runs SET stuck_after_s = 2 WHERE id = %s", (watched,))
+    assert supervisor.start_run(quiet).get(timeout=10) is True  # both: the queue is filled
+    for run_id in (quiet, watched):
+        wait_until(lambda r=run_id: run_in(deps, r, RunStatus.SUCCEEDED), 15, "the runs to end")
+    assert ticks.get(quiet, 0) == 0
+    assert 3 <= ticks[watched] <= 6  # every 0.5 s for 2.5 s

@@ -1,5 +1,6 @@
 """The watchdog, in process, with real actors and a real PostgreSQL: a RunActor that does not
-answer is wedged, one waiting on a store is not, and a dead one is failed or gone."""
+answer is wedged, one waiting on a store is not, and a dead one is failed or gone; one that
+answers is pinged again a quarter of the timeout later, not at every look."""
 
 from __future__ import annotations
 
@@ -91,6 +92,24 @@ def test_a_run_actor_that_does_not_answer_is_wedged_after_the_ping_timeout(
 
     assert time.monotonic() - pinged_at > PING_TIMEOUT_S
     assert [(f.run_id, f.verdict) for f in findings] == [(1, Verdict.WEDGED)]
+
+
+def test_a_run_actor_that_answers_is_pinged_again_a_quarter_of_the_timeout_later(
+    journal: RunJournal, store_waits: StoreWaits, release: threading.Event
+) -> None:
+    dog = watchdog(journal, store_waits)
+    live = {1: entry(store_waits, release)}
+    assert dog.check(live) == []
+    first = live[1].ping
+    assert first is not None and first[1].get(timeout=5) is True
+    assert dog.check(live) == [] and live[1].ping is first  # answered; the next is not due
+
+    def pinged_again() -> tuple[float, Any] | None:
+        assert dog.check(live) == []
+        return live[1].ping if live[1].ping is not first else None
+
+    again = wait_until(pinged_again, 5, "the next ping")
+    assert again[0] - first[0] >= PING_TIMEOUT_S / 4
 
 
 def test_a_run_actor_waiting_on_a_store_is_never_wedged_and_its_clock_starts_again_after(

@@ -5,7 +5,8 @@ wakes up later stands down and writes nothing over the run's newer record. The o
 stores a wedged RunActor's output meanwhile, as any other's.
 
 The wedge is a RunActor subclass that blocks its own thread, outside any store call, in the
-flush tick that first stored output of attempt 1, until the test releases it."""
+first message it handles once output of attempt 1 is stored (a ping, a tick), until the test
+releases it."""
 
 # Fixtures are imported from fix_in_process and requested by parameter name:
 # ruff: noqa: F811
@@ -22,7 +23,6 @@ import pykka
 import pytest
 from structlog.testing import capture_logs
 
-from runvisor import protocol as m
 from runvisor.actors.deps import RunDeps
 from runvisor.actors.run_actor import RunActor
 from runvisor.errors import StoreUnavailable
@@ -66,7 +66,7 @@ class Wedge:
             def on_receive(self, message: Any) -> Any:
                 answer = super().on_receive(message)
                 stored = self.pump is not None and self.pump.stored_bytes > 0
-                first = isinstance(message, m.FlushTick) and self.run.attempt == 1
+                first = self.run.attempt == 1  # any message: a ping, a tick
                 if first and stored and not wedge.entered.is_set():
                     wedge.actor_ref = self.actor_ref
                     wedge.entered.set()
