@@ -1,7 +1,8 @@
 """Stores the output of every running attempt from one thread: it looks at the size of each
-spool file every LOOK_EVERY_S and flushes the spools that are due (RUNVISOR_FLUSH_INTERVAL_S
-since their last flush, or PENDING_BYTES waiting), a batch of each, all in the journal's next
-group-commit batch: one wait for all of them, then each pump moves on and publishes.
+spool file every LOOK_EVERY_S (less often with many: LOOK_SHARE) and flushes the spools that
+are due (RUNVISOR_FLUSH_INTERVAL_S since their last flush, or PENDING_BYTES waiting), a batch
+of each, all in the journal's next group-commit batch: one wait for all of them, then each
+pump moves on and publishes.
 
 A RunActor is not woken for its output. (Each used to flush its own on a timer: a thread
 woken, a journal round trip and a timer per run per interval, most of a node's time with a
@@ -31,7 +32,8 @@ from runvisor.store.live import LiveState
 from runvisor.store.output_writes import OutputBatch
 
 PENDING_BYTES = 256 * 1024  # waiting in a spool: flushed at the next look, not its interval
-LOOK_EVERY_S = 0.05
+LOOK_EVERY_S = 0.05  # between looks at the spools' sizes; longer with many (LOOK_SHARE)
+LOOK_SHARE = 0.05
 RETRY_S = 1.0  # after PostgreSQL failed a flush; doubled for each failure in a row
 MAX_RETRY_S = 16.0  # a run whose row another transaction holds waits up to this long
 
@@ -62,6 +64,7 @@ class OutputFlusher:
         self._lock = threading.Lock()
         self._watched: dict[int, _Watched] = {}  # keyed by id(ref): one entry per RunActor
         self._store_down = False  # the last flush met StoreUnavailable (logged once)
+        self._look_every_s = LOOK_EVERY_S
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="runvisor-flush", daemon=True)
 
@@ -102,7 +105,7 @@ class OutputFlusher:
         # nothing more); it drops those of dead actors itself.
 
     def _loop(self) -> None:
-        while not self._stopping.wait(LOOK_EVERY_S):
+        while not self._stopping.wait(self._look_every_s):
             try:
                 # Again at once while a spool has more than a batch waiting (a fast writer).
                 while self.flush_due() and not self._stopping.is_set():
@@ -116,6 +119,8 @@ class OutputFlusher:
         with self._lock:
             entries = list(self._watched.values())
         due = [entry for entry in entries if _is_due(entry, now)]
+        # A look costs a stat() per spool: at most LOOK_SHARE of the time goes to looking.
+        self._look_every_s = max(LOOK_EVERY_S, (time.monotonic() - now) / LOOK_SHARE)
         return self._flush(due, now) if due and self._journal is not None else False
 
     def _flush(self, due: list[_Watched], now: float) -> bool:
