@@ -38,3 +38,12 @@ def waiting_on_a_lock(database_url: str) -> bool:
             " WHERE datname = current_database() AND wait_event_type = 'Lock'"
         ).fetchone()
     return row is not None and row[0] > 0
+
+
+def stored_output(database_url: str, run_id: int) -> bytes:
+    """The run's output as PostgreSQL holds it, read past the journal (and any proxy)."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT data FROM run_output WHERE run_id = %s ORDER BY byte_offset", (run_id,)
+        ).fetchall()
+    return b"".join(bytes(row[0]) for row in rows)

@@ -16,7 +16,9 @@ import pytest
 import redis
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from runvisor.store.live import LiveState, redis_client
 from runvisor.store.migrate import apply_migrations
+from runvisor.store.redis_keys import RedisKeys
 
 TEMPLATE_DB = f"runvisor_tmpl_{os.getpid()}"
 
@@ -125,3 +127,11 @@ def shared_dir() -> Iterator[Path]:
     path.chmod(0o1777)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def live(redis_server_url: str, redis_prefix: str) -> Iterator[LiveState]:
+    """The live state on the test's Redis, under its own key prefix."""
+    live = LiveState(redis_client(redis_server_url), RedisKeys(redis_prefix))
+    yield live
+    live.close()

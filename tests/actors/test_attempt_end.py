@@ -21,7 +21,7 @@ from runvisor.models import AttemptEndReason, Run, RunStatus
 from runvisor.procs.spawn import ExitStatus
 from runvisor.procs.spool import SpoolLayout
 from runvisor.store.journal import RunJournal, open_journal
-from runvisor.store.live import LiveState, redis_client
+from runvisor.store.live import LiveState
 from runvisor.store.redis_keys import RedisKeys
 from tests.fix_metrics import moved, scrape_in_process
 
@@ -33,13 +33,6 @@ def journal(database_url: str) -> Iterator[RunJournal]:
     journal = open_journal(database_url, node_id=NODE)
     yield journal
     journal.close()
-
-
-@pytest.fixture
-def live(redis_server_url: str, redis_prefix: str) -> Iterator[LiveState]:
-    live = LiveState(redis_client(redis_server_url), RedisKeys(redis_prefix))
-    yield live
-    live.close()
 
 
 def claimed_run(database_url: str, journal: RunJournal, restart: dict[str, object]) -> Run:

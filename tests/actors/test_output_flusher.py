@@ -9,7 +9,6 @@ stuck_after_s), and afterwards every byte is stored."""
 from __future__ import annotations
 
 import queue
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,8 @@ from runvisor.actors.output_flusher import OutputFlusher
 from runvisor.actors.output_pump import BATCH_BYTES, OutputPump
 from runvisor.models import Run
 from runvisor.store.journal import RunJournal, open_journal
-from runvisor.store.live import LiveState, redis_client
-from runvisor.store.redis_keys import RedisKeys
+from runvisor.store.live import LiveState
+from tests.fix_journal import claimed_run, stored_output
 from tests.fix_proxy import TcpProxy, proxied_database_url
 from tests.polling import wait_until
 
@@ -58,13 +57,6 @@ def journal(database_url: str, batches: list[int]) -> Iterator[RunJournal]:
     journal.close()
 
 
-@pytest.fixture
-def live(redis_server_url: str, redis_prefix: str) -> Iterator[LiveState]:
-    live = LiveState(redis_client(redis_server_url), RedisKeys(redis_prefix))
-    yield live
-    live.close()
-
-
 Inbox = queue.SimpleQueue[Any]
 
 
@@ -84,21 +76,7 @@ def run_actor() -> Iterator[Callable[[], tuple[pykka.ActorRef[Any], Inbox]]]:
 
 
 def claimed_runs(database_url: str, journal: RunJournal, count: int) -> list[Run]:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        row = conn.execute(
-            "INSERT INTO commands (code, max_output_bytes) VALUES ('true', 1000) RETURNING id"
-        ).fetchone()
-        assert row is not None
-        for _ in range(count):
-            conn.execute(
-                "INSERT INTO runs (command_id, code, max_output_bytes) VALUES (%s, 'true', 1000)",
-                (row[0],),
-            )
-    runs = [
-        journal.claim_next_queued(marker=uuid.uuid4().hex, boot_id="test") for _ in range(count)
-    ]
-    assert all(run is not None for run in runs)
-    return [run for run in runs if run is not None]
+    return [claimed_run(database_url, journal) for _ in range(count)]
 
 
 def pump_of(
@@ -114,14 +92,6 @@ def pump_of(
         journal=journal,
         live=live,
     )
-
-
-def stored_output(database_url: str, run_id: int) -> bytes:
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute(
-            "SELECT data FROM run_output WHERE run_id = %s ORDER BY byte_offset", (run_id,)
-        ).fetchall()
-    return b"".join(bytes(row[0]) for row in rows)
 
 
 def spooled(tmp_path: Path, run: Run, data: bytes) -> Path:

@@ -145,12 +145,3 @@ def queued_run(database_url: str, code: str, restart: dict[str, object]) -> int:
 def run_in(deps: RunDeps, run_id: int, *statuses: RunStatus) -> Run | None:
     run = deps.journal.get_run(run_id)
     return run if run is not None and run.status in statuses else None
-
-
-def stored_output(database_url: str, run_id: int) -> bytes:
-    """The run's output as PostgreSQL holds it, read past the journal (and any proxy)."""
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute(
-            "SELECT data FROM run_output WHERE run_id = %s ORDER BY byte_offset", (run_id,)
-        ).fetchall()
-    return b"".join(bytes(row[0]) for row in rows)

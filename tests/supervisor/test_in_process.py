@@ -22,6 +22,7 @@ from runvisor.actors.run_actor import RunActor
 from runvisor.models import Run, RunStatus
 from runvisor.supervisor import actor as supervisor_actor
 from runvisor.supervisor.actor import Supervisor
+from tests.fix_journal import stored_output
 from tests.polling import wait_until
 from tests.supervisor.fix_in_process import (  # noqa: F401
     StartSupervisor,
@@ -33,7 +34,6 @@ from tests.supervisor.fix_in_process import (  # noqa: F401
     queued_run,
     run_in,
     start_supervisor,
-    stored_output,
     supervisor,
 )
 

@@ -5,27 +5,17 @@ thread while the lease goes on being renewed."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import psycopg
-import pytest
 
 from runvisor.store.journal import RunJournal, open_journal
-from runvisor.store.live import LiveState, redis_client
-from runvisor.store.redis_keys import RedisKeys
+from runvisor.store.live import LiveState
 from runvisor.supervisor.lease import NodeLease
 from runvisor.supervisor.node_presence import NodePresence
 from tests.fix_proxy import TcpProxy, proxied_database_url
 from tests.polling import wait_until
 
 NODE = "presence-node"
-
-
-@pytest.fixture
-def live(redis_server_url: str, redis_prefix: str) -> Iterator[LiveState]:
-    live = LiveState(redis_client(redis_server_url), RedisKeys(redis_prefix))
-    yield live
-    live.close()
 
 
 def presence(journal: RunJournal, live: LiveState, **kw: float) -> NodePresence:

@@ -29,6 +29,7 @@ from runvisor.errors import StoreUnavailable
 from runvisor.models import Run, RunStatus
 from runvisor.store.waits import StoreWaits
 from runvisor.supervisor.actor import Supervisor
+from tests.fix_journal import stored_output
 from tests.fix_proxy import TcpProxy
 from tests.polling import wait_until
 from tests.procs.fix_processes import live_tree
@@ -42,7 +43,6 @@ from tests.supervisor.fix_in_process import (  # noqa: F401
     queued_run,
     run_in,
     start_supervisor,
-    stored_output,
     supervisor,
 )
 
