@@ -27,6 +27,7 @@ from runvisor.store.redis_keys import RedisKeys
 from runvisor.store.waits import StoreWaits
 from runvisor.supervisor.actor import Supervisor
 from tests.fix_proxy import TcpProxy, proxied_database_url
+from tests.fix_service import kill_pids, processes_with_env
 
 SupervisorProxy = pykka.ActorProxy[Supervisor]
 StartSupervisor = Callable[..., SupervisorProxy]
@@ -104,6 +105,8 @@ def deps(
         service.stop()
     live.close()
     journal.close()
+    # What a failed test left running (its RunActors gone) must not go on looping for hours.
+    kill_pids(processes_with_env(f"RUNVISOR_NODE={settings.node_id}"))
 
 
 @pytest.fixture
