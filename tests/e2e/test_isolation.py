@@ -177,7 +177,11 @@ def test_the_scan_fallback_still_kills_what_stays_findable(service_factory) -> N
     api = service.api
     runs = api.get("/readyz", token="").json()["runs"]
     assert runs["process_tracking"] == "scan" and runs["cgroup"] is None
-    run = api.run_code("(setsid sh -c 'echo escaped $$; exec sleep 600' &); echo main done")
+    # The main shell waits for the escapee's line: ended first, the attempt's end could kill
+    # the escapee before it printed its pid.
+    run = api.run_code(
+        "(setsid sh -c 'echo escaped $$; exec sleep 600' &); sleep 0.5; echo main done"
+    )
     pid = _escaped_pid(api, run["id"])
     final = api.wait_finished(run["id"])
     assert final["status"] == "succeeded" and final["attempts"][0]["leftovers_killed"] == 1
