@@ -76,7 +76,7 @@ class RunControl:
     async def stop_run(self, run_id: int, *, grace_s: float | None, actor: str) -> Run:
         grace = self.default_grace_s if grace_s is None else grace_s
         # The common case, a running run, in one round trip; the others read the run first.
-        requested = await self.history.record_stop_request(run_id, actor=actor, grace_s=grace)
+        requested = await self.history.stop_requests.record(run_id, actor=actor, grace_s=grace)
         if requested is None:
             run = await self.history.get_run(run_id)  # NotFound (404) if there is none
             if run.status.is_terminal:
@@ -89,7 +89,7 @@ class RunControl:
                     metrics.run_ended(RunStatus.STOPPED)  # it never started: no attempt ends
                     return stopped
             # Claimed between the two reads (queued a moment ago, started now): record it.
-            requested = await self.history.record_stop_request(run_id, actor=actor, grace_s=grace)
+            requested = await self.history.stop_requests.record(run_id, actor=actor, grace_s=grace)
             if requested is None:
                 raise Conflict(f"run {run_id} has already ended", code="run_finished")
         if requested.node in (None, self.node_id):

@@ -25,21 +25,6 @@ AUDIT_INSERT = (
     "INSERT INTO audit (actor, action, command_id, run_id, detail) VALUES (%s, %s, %s, %s, %s)"
 )
 RUNS_SELECT = sql.SQL("SELECT {} FROM runs ").format(RUN_COLUMNS)
-# A new run and its audit row in one statement, only while its command is there (locked FOR
-# SHARE for the statement; a command changes only by being deleted). INSERT ... SELECT: the
-# parameters take the columns' types, as in VALUES. The command id comes twice, the actor last.
-INSERT_RUN = sql.SQL(
-    "WITH r AS (INSERT INTO runs (command_id, code, env, timeout_s, stuck_after_s, restart,"
-    " max_output_bytes, limits, place_node, place_labels, created_by, on_output_limit)"
-    " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s WHERE EXISTS"
-    " (SELECT 1 FROM commands WHERE id = %s AND deleted_at IS NULL FOR SHARE)"
-    " RETURNING {}),"
-    " a AS (INSERT INTO audit (actor, action, command_id, run_id, detail)"
-    " SELECT %s, 'run.create', r.command_id, r.id, '{{}}'::jsonb FROM r)"
-    " SELECT * FROM r"
-).format(RUN_COLUMNS)
-
-
 # Runs with their attempts in one statement (one snapshot, one round trip): the attempts come
 # as a JSON array in the `attempts` column, turned into Attempt records by attempts_from_json.
 RUN_WITH_ATTEMPTS = sql.SQL(
@@ -48,18 +33,6 @@ RUN_WITH_ATTEMPTS = sql.SQL(
 ).format(RUN_COLUMNS, ATTEMPT_COLUMNS)
 RUNS_WITH_ATTEMPTS_SELECT = sql.SQL("SELECT {} FROM runs ").format(RUN_WITH_ATTEMPTS)
 GET_RUN = (RUNS_WITH_ATTEMPTS_SELECT + sql.SQL("WHERE id = %s")).as_string(None)
-# A stop request recorded, audited and the run read back in one statement (one round trip).
-RECORD_STOP = (
-    sql.SQL(
-        "WITH asked AS (UPDATE runs SET stop_requested_by = coalesce(stop_requested_by, %s),"
-        " stop_requested_at = coalesce(stop_requested_at, now()), stop_grace_s = %s"
-        " WHERE id = %s AND status = ANY(%s) RETURNING {}),"
-        " audited AS (INSERT INTO audit (actor, action, run_id, detail)"
-        " SELECT %s, 'run.stop', id, %s FROM asked) SELECT * FROM asked"
-    )
-    .format(RUN_WITH_ATTEMPTS)
-    .as_string(None)
-)
 
 
 def attempts_from_json(runs: list[Run]) -> list[Run]:

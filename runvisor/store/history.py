@@ -28,8 +28,6 @@ from runvisor.store.columns import (
     AUDIT_INSERT,
     COMMAND_COLUMNS,
     GET_RUN,
-    INSERT_RUN,
-    RECORD_STOP,
     RUNS_WITH_ATTEMPTS_SELECT,
     attempts_from_json,
 )
@@ -42,9 +40,10 @@ from runvisor.store.connection import (
 from runvisor.store.drains import DrainRequests
 from runvisor.store.nodes import NodeReads
 from runvisor.store.output_reads import OutputReads, ReadPlan
+from runvisor.store.run_inserts import NewRun, RunInserts
+from runvisor.store.stop_requests import StopRequests
 
 _ACTIVE = [str(s) for s in ACTIVE_STATUSES]
-_STARTED = [str(RunStatus.RUNNING), str(RunStatus.RESTARTING)]
 
 
 @asynccontextmanager
@@ -82,6 +81,8 @@ class History:
         self.nodes = NodeReads(self._conn)  # the fleet's table (store/nodes.py)
         self.drains = DrainRequests(self._conn)  # store/drains.py
         self.output_reads = OutputReads(self._conn)  # the live streams read pieces' offsets
+        self.stop_requests = StopRequests(self._conn)  # many at once in one statement
+        self.run_inserts = RunInserts(self._conn)  # the same, for new runs
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -183,46 +184,46 @@ class History:
         env is the command's defaults overridden by `spec.env`.
 
         One round trip for a command read before (store/command_cache.py), else two. The one
-        statement inserts the run and its audit row only while the command is there."""
-        async with self._conn() as conn:
-            command = self._commands.get(command_id) or await _fetch_command(conn, command_id)
-            if command is None:
-                raise NotFound(f"command {command_id} not found")
-            self._commands.put(command)
-            undeclared = sorted(name for name in spec.env if name not in command.env)
-            if undeclared:
-                raise undeclared_env(command.id, undeclared)
-            looser = [] if spec.may_loosen else loosened(command, spec)
-            if looser:
-                raise Forbidden(
-                    f"only an admin may loosen command {command.id}'s bounds: " + "; ".join(looser)
-                )
-            env = {name: value for name, value in command.env.items() if value is not None}
-            env.update(spec.env)
-            restart = spec.restart.to_json() if spec.restart is not None else command.restart
-            place_node = command.place_node if spec.place_node is None else spec.place_node
-            place_labels = command.place_labels if spec.place_labels is None else spec.place_labels
-            cur = conn.cursor(row_factory=class_row(Run))
-            await cur.execute(
-                INSERT_RUN,
-                (
-                    command.id,
-                    command.code,
-                    Jsonb(env),
-                    spec.timeout_s if spec.timeout_s is not None else command.timeout_s,
-                    spec.stuck_after_s if spec.stuck_after_s is not None else command.stuck_after_s,
-                    Jsonb(restart),
-                    spec.max_output_bytes or command.max_output_bytes,
-                    Jsonb(command.limits),
-                    place_node or None,  # "": the request asked for no node in particular
-                    Jsonb(place_labels),
-                    actor,
-                    str(spec.on_output_limit or command.on_output_limit),
-                    command.id,
-                    actor,
-                ),
+        statement inserts the run and its audit row only while the command is there; starts
+        asked at once share it (store/run_inserts.py)."""
+        command = self._commands.get(command_id)
+        if command is None:
+            async with self._conn() as conn:
+                command = await _fetch_command(conn, command_id)
+        if command is None:
+            raise NotFound(f"command {command_id} not found")
+        self._commands.put(command)
+        undeclared = sorted(name for name in spec.env if name not in command.env)
+        if undeclared:
+            raise undeclared_env(command.id, undeclared)
+        looser = [] if spec.may_loosen else loosened(command, spec)
+        if looser:
+            raise Forbidden(
+                f"only an admin may loosen command {command.id}'s bounds: " + "; ".join(looser)
             )
-            run = await cur.fetchone()
+        env = {name: value for name, value in command.env.items() if value is not None}
+        env.update(spec.env)
+        restart = spec.restart.to_json() if spec.restart is not None else command.restart
+        place_node = command.place_node if spec.place_node is None else spec.place_node
+        place_labels = command.place_labels if spec.place_labels is None else spec.place_labels
+        run = await self.run_inserts.insert(
+            NewRun(
+                command_id=command.id,
+                code=command.code,
+                env=env,
+                timeout_s=spec.timeout_s if spec.timeout_s is not None else command.timeout_s,
+                stuck_after_s=(
+                    spec.stuck_after_s if spec.stuck_after_s is not None else command.stuck_after_s
+                ),
+                restart=restart,
+                max_output_bytes=spec.max_output_bytes or command.max_output_bytes,
+                limits=command.limits,
+                place_node=place_node or None,  # "": the request asked for no node in particular
+                place_labels=place_labels,
+                created_by=actor,
+                on_output_limit=str(spec.on_output_limit or command.on_output_limit),
+            )
+        )
         if run is None:  # deleted since it was read
             self._commands.forget(command_id)
             raise NotFound(f"command {command_id} not found")
@@ -329,17 +330,6 @@ class History:
                 return None
             await _audit(conn, actor, "run.stop", run_id=run_id, detail={"was": "queued"})
         return await self.get_run(run_id)
-
-    async def record_stop_request(self, run_id: int, *, actor: str, grace_s: float) -> Run | None:
-        """Note who asked to stop a started run (the first asker is kept); None if it is not
-        running or restarting (a queued run is stopped at once: stop_queued_run). One
-        statement: recorded, audited and read back."""
-        params = (actor, grace_s, run_id, _STARTED, actor, Jsonb({"grace_s": grace_s}))
-        async with self._conn() as conn:
-            cur = conn.cursor(row_factory=class_row(Run))
-            await cur.execute(RECORD_STOP, params)
-            runs = attempts_from_json(await cur.fetchall())
-        return runs[0] if runs else None
 
 
 async def _fetch_command(
