@@ -31,6 +31,7 @@ class ExitWatcher:
         self._lock = threading.Lock()
         self._epoll = select.epoll()
         self._by_fd: dict[int, tuple[int, ExitCallback]] = {}
+        self._fd_of: dict[int, int] = {}  # pid -> its pidfd: unwatch in O(1), not O(runs)
         # Pids whose exit status belongs to their owner (a RunActor), from watch() until
         # unwatch(): the reaper leaves them alone even after they exited.
         self._watched_pids: set[int] = set()
@@ -106,7 +107,10 @@ class ExitWatcher:
             fd = os.pidfd_open(pid)
         except ProcessLookupError:
             return False
+        if (old := self._fd_of.get(pid)) is not None:
+            self._close(old)  # watched again (adoption after a failed actor): one pidfd
         self._by_fd[fd] = (pid, on_exit)
+        self._fd_of[pid] = fd
         self._watched_pids.add(pid)
         self._epoll.register(fd, select.EPOLLIN)
         return True
@@ -115,12 +119,13 @@ class ExitWatcher:
         """The owner is done with `pid` (reaped it, or gave up): the reaper may take it now."""
         with self._lock:
             self._watched_pids.discard(pid)
-            for fd, (watched, _cb) in list(self._by_fd.items()):
-                if watched == pid:
-                    self._close(fd)
+            if (fd := self._fd_of.get(pid)) is not None:
+                self._close(fd)
 
     def _close(self, fd: int) -> None:
-        self._by_fd.pop(fd)
+        pid, _on_exit = self._by_fd.pop(fd)
+        if self._fd_of.get(pid) == fd:
+            del self._fd_of[pid]
         with contextlib.suppress(OSError, ValueError):
             self._epoll.unregister(fd)
         os.close(fd)

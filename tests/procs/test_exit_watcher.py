@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -84,3 +85,42 @@ def test_an_exit_event_is_checked_again_before_it_is_believed(tmp_path: Path) ->
         os.close(exited_fd)
         wait_until(lambda: poll_exit(sleeper.pid), 5, "the sleeper to be reaped")
         wait_until(lambda: poll_exit(quick.pid), 5, "the quick one to be reaped")
+
+
+def test_an_unwatched_pid_is_not_reported_and_one_watched_again_is_reported_once(
+    tmp_path: Path,
+) -> None:
+    """unwatch closes that pid's pidfd alone (looked up by pid, not by a walk over every watched
+    process); a pid watched again keeps one pidfd, the last watcher's."""
+    env = {"PATH": os.environ["PATH"]}
+    a, b = (
+        spawn_attempt(
+            code="sleep 30",
+            env=env,
+            spool_path=tmp_path / name,
+            status_path=tmp_path / f"{name}.status",
+            cwd=tmp_path,
+        )
+        for name in ("a", "b")
+    )
+    told: list[str] = []
+    b_told = threading.Event()
+    watcher = ExitWatcher()
+    watcher.start()
+    try:
+        assert watcher.watch(a.pid, lambda: told.append("a"))
+        assert watcher.watch(b.pid, lambda: told.append("b, first watch"))
+        assert watcher.watch(b.pid, lambda: (told.append("b, again"), b_told.set()))
+        watcher.unwatch(a.pid)
+        os.kill(a.pid, 9)
+        wait_until(lambda: poll_exit(a.pid), 5, "a to be reaped")  # gone before b goes
+        os.kill(b.pid, 9)
+        assert b_told.wait(5), "b's exit not reported"
+        assert told == ["b, again"]
+    finally:
+        watcher.stop()
+        for identity in (a, b):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(identity.pid, 9)
+            with contextlib.suppress(ChildProcessError):  # (reaped above)
+                os.waitpid(identity.pid, 0)
