@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runvisor.procs.posix_spawn import posix_spawn
+from runvisor.procs.posix_spawn import CLOSEFROM, closefrom_supported, prepared_spawn
 from runvisor.procs.run_user import RunUser
 
 # Held around the creation of a process; handed its pid (ExitWatcher.spawn_watched).
@@ -194,16 +194,18 @@ def spawn_attempt(
         # posix_spawn, not subprocess.Popen: no Popen object that could reap the pid behind the
         # RunActor's back (Popen.__del__ / _cleanup), and vfork-speed spawning; libc's, called
         # without the GIL (procs/posix_spawn.py), so the node goes on while the child starts.
-        with spawn_guard() if spawn_guard is not None else _no_guard() as keep:
-            pid = posix_spawn(
-                SHELL,
-                argv,
-                env,
-                file_actions=actions,
-                setsid=True,
-                setsigmask=(),  # nothing blocked, whatever the calling thread blocks
-                setsigdef=_DEFAULT_SIGNALS,
-            )
+        # Its arguments are built before the guard: the guard holds the call alone.
+        prepared = prepared_spawn(
+            SHELL,
+            argv,
+            env,
+            file_actions=actions,
+            setsid=True,
+            setsigmask=(),  # nothing blocked, whatever the calling thread blocks
+            setsigdef=_DEFAULT_SIGNALS,
+        )
+        with prepared as start, spawn_guard() if spawn_guard else _no_guard() as keep:
+            pid = start()
             keep(pid)
         os.close(gate_r)
         gate_r = -1
@@ -234,12 +236,12 @@ def _high_fd(fd: int) -> int:
 
 
 def _close_other_fds(keep: tuple[int, ...]) -> list[tuple[int, ...]]:
-    closefrom = getattr(os, "POSIX_SPAWN_CLOSEFROM", None)  # Python 3.13+
-    if closefrom is not None:
+    if closefrom_supported():  # Python 3.13+, or glibc 2.34+ (procs/posix_spawn.py)
         # After the dup2s: fd 3 is made valid, then closed; everything above GATE_FD at once.
-        return [(os.POSIX_SPAWN_DUP2, 0, 3), (os.POSIX_SPAWN_CLOSE, 3), (closefrom, GATE_FD + 1)]
+        return [(os.POSIX_SPAWN_DUP2, 0, 3), (os.POSIX_SPAWN_CLOSE, 3), (CLOSEFROM, GATE_FD + 1)]
     # Python opens everything O_CLOEXEC (PEP 446), so only descriptors someone explicitly made
     # inheritable can leak; close those. (One racing thread could still add one; closefrom won't.)
+    # A look at every descriptor of the node, a thousand with a thousand runs: at each spawn.
     actions: list[tuple[int, ...]] = []
     for name in os.listdir("/proc/self/fd"):
         n = int(name)

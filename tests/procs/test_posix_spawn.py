@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import subprocess
@@ -105,3 +106,39 @@ def test_bad_input_raises_like_os_posix_spawn() -> None:
             "/nonexistent", ["x"], {}, file_actions=[], setsid=False, setsigmask=(), setsigdef=()
         )
     assert missing.value.errno == errno.ENOENT
+
+
+def test_closefrom_closes_every_descriptor_from_n_up(tmp_path: Path) -> None:
+    """glibc 2.34+ (or Python 3.13+): one file action closes the node's thousand descriptors,
+    inheritable or not, instead of a look at each of them at every spawn."""
+    if not spawn_module.closefrom_supported():
+        pytest.skip("neither glibc's addclosefrom_np nor os.POSIX_SPAWN_CLOSEFROM here")
+    out = tmp_path / "out"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
+    leaky = os.open("/dev/null", os.O_RDONLY)
+    high = os.dup2(leaky, 200, inheritable=True)
+    try:
+        pid = posix_spawn(
+            "/bin/sh",
+            ["sh", "-c", "ls /proc/$$/fd; true"],
+            {"PATH": "/usr/bin:/bin"},
+            file_actions=[(os.POSIX_SPAWN_DUP2, fd, 1), (spawn_module.CLOSEFROM, 3)],
+            setsid=False,
+            setsigmask=(),
+            setsigdef=(),
+        )
+    finally:
+        for opened in (fd, leaky, high):
+            os.close(opened)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert sorted(out.read_text().split()) == ["0", "1", "2"]
+
+
+def test_the_attempt_spawn_uses_closefrom_where_libc_has_it() -> None:
+    from runvisor.procs.spawn import GATE_FD, _close_other_fds
+
+    has_it = hasattr(ctypes.CDLL(None), "posix_spawn_file_actions_addclosefrom_np")
+    assert spawn_module.closefrom_supported() == (has_it or hasattr(os, "POSIX_SPAWN_CLOSEFROM"))
+    if has_it:
+        assert (spawn_module.CLOSEFROM, GATE_FD + 1) in _close_other_fds(keep=(5, 6))

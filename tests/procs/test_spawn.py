@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import shutil
 import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -412,3 +414,34 @@ def test_prepare_runs_before_any_code_of_the_run(procs: Procs, tmp_path: Path) -
     )
     assert procs.wait_exit(Attempt(identity, tmp_path / "out", tmp_path / "status")).succeeded
     assert states == [False] and (tmp_path / "ran").exists()
+
+
+def test_the_spawn_guard_holds_the_call_alone(procs: Procs, tmp_path: Path) -> None:
+    """posix_spawn's arguments are built (and bad ones refused) before the guard is taken: the
+    guard (the exit watcher's lock, which every other spawn, exit and reap waits for) is held
+    for the call only, not for the seventy-odd libc calls that build its arguments."""
+    entered: list[str] = []
+    kept: list[int] = []
+
+    @contextlib.contextmanager
+    def guard() -> Iterator[Callable[[int], None]]:
+        entered.append("guard")
+        yield kept.append
+
+    good = {
+        "code": "exit 3",
+        "env": procs.env,
+        "spool_path": tmp_path / "out",
+        "status_path": tmp_path / "status",
+        "cwd": tmp_path,
+        "spawn_guard": guard,
+    }
+    with pytest.raises(ValueError, match="illegal environment variable name"):
+        spawn_attempt(**{**good, "env": {"A=B": "x"}})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="embedded null byte"):
+        spawn_attempt(**{**good, "code": "echo \0"})  # type: ignore[arg-type]
+    assert entered == []
+    identity = spawn_attempt(**good)  # type: ignore[arg-type]
+    assert entered == ["guard"] and kept == [identity.pid]
+    status = procs.wait_exit(Attempt(identity, tmp_path / "out", tmp_path / "status"))
+    assert status.exit_code == 3
