@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runvisor.actors.output_flusher import OutputFlusher
+from runvisor.actors.thread_starter import ThreadStarter
 from runvisor.actors.timer import TimerService
 from runvisor.config import Settings
 from runvisor.procs.cgroups import CgroupTree
@@ -34,6 +35,8 @@ class RunDeps:
     cgroups: CgroupTree | None = None
     # RUNVISOR_RUN_UIDS: each attempt runs as a uid of its own from here (run_user unused).
     run_uids: UidPool | None = None
+    # Starts the RunActors' threads, so the Supervisor does not wait for each; None: it waits.
+    starter: ThreadStarter | None = None
 
     @property
     def spool(self) -> SpoolLayout:

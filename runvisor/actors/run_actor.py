@@ -28,6 +28,7 @@ from runvisor.actors.attempt_end import (
 from runvisor.actors.deps import RunDeps
 from runvisor.actors.output_pump import OutputPump, stops_at_limit
 from runvisor.actors.phase import Phase
+from runvisor.actors.thread_starter import StartedByStarter
 from runvisor.actors.timer import ActorTimers
 from runvisor.errors import Fenced, StoreUnavailable
 from runvisor.logs import get_logger
@@ -35,12 +36,12 @@ from runvisor.models import Attempt, AttemptEndReason, Run, RunStatus
 from runvisor.procs.spawn import ExitStatus
 
 RETRY_S = 1.0  # how soon to retry a store write that failed
-# Looks at a running attempt: for stuck_after_s every second (or a quarter of it), else only
-# for an exit the exit watcher missed (never seen yet), every 10 s.
+# Looks at a running attempt: for stuck_after_s every second (or a quarter of it), else only for
+# an exit the exit watcher missed (never seen yet), every 10 s.
 HOUSEKEEPING_S, SAFETY_NET_S = 1.0, 10.0
 
 
-class RunActor(pykka.ThreadingActor):
+class RunActor(StartedByStarter):
     # Stuck in a store call, it must not keep the process alive at shutdown (adopted later).
     use_daemon_thread = True
 
@@ -54,6 +55,7 @@ class RunActor(pykka.ThreadingActor):
         uid: int | None = None,
     ) -> None:
         super().__init__()
+        self.thread_starter = deps.starter
         self.run = run
         self.deps = deps
         self.supervisor = supervisor
@@ -392,8 +394,6 @@ class RunActor(pykka.ThreadingActor):
         self.log.info("detached; the run goes on and is adopted at the next start")
         self.phase = Phase.DONE
         self.actor_ref.stop(block=False)
-
-    # Helpers
 
     def _live_state(self, status: RunStatus, exit_status: ExitStatus | None) -> dict[str, Any]:
         stored = self.pump.stored_bytes if self.pump else self.run.output_bytes

@@ -17,6 +17,7 @@ import pytest
 from runvisor.actors.deps import RunDeps
 from runvisor.actors.output_flusher import OutputFlusher
 from runvisor.actors.run_actor import RunActor
+from runvisor.actors.thread_starter import ThreadStarter
 from runvisor.actors.timer import TimerService
 from runvisor.config import load_settings
 from runvisor.models import Run, RunStatus
@@ -85,7 +86,7 @@ def deps(
     journal = open_journal(
         journal_url, node_id=settings.node_id, store_waits=journal_waits or store_waits
     )
-    timers, watcher = TimerService(), ExitWatcher()
+    timers, watcher, starter = TimerService(), ExitWatcher(), ThreadStarter()
     flusher = OutputFlusher(journal, flush_interval_s=settings.flush_interval_s)
     for service in (timers, watcher, flusher):
         service.start()
@@ -100,8 +101,9 @@ def deps(
         watcher=watcher,
         flusher=flusher,
         store_waits=store_waits,
+        starter=starter,
     )
-    for service in (flusher, watcher, timers):
+    for service in (starter, flusher, watcher, timers):
         service.stop()
     live.close()
     journal.close()
