@@ -114,16 +114,21 @@ class AttemptProcesses:
         return status or read_status_file(self.status_path)
 
     def terminate(self) -> tuple[bool, int]:
-        """SIGTERM to the leader's process group and to every process of the attempt."""
+        """SIGTERM, once, to every process of the attempt: (the leader's process group was
+        signalled, how many processes outside it were). Once: a second SIGTERM can run the
+        run's trap a second time. With a cgroup, its members (the group among them); else the
+        group, then the processes found by the attempt's marker outside it."""
+        if self.cgroup is not None:
+            return False, self.cgroup.signal(signal.SIGTERM)
         leader = self.leader()
         group = leader is not None and signal_group(leader.pid, signal.SIGTERM)
-        if self.cgroup is not None:
-            return group, self.cgroup.signal(signal.SIGTERM)
-        others = signal_all(
-            find_attempt_processes(leader=leader, marker=self.marker, own=not self.adopted),
-            signal.SIGTERM,
+        members = find_attempt_processes(
+            leader=leader,
+            marker=self.marker,
+            own=not self.adopted,
+            outside_group=leader.pid if group and leader is not None else None,
         )
-        return group, others
+        return group, signal_all(members, signal.SIGTERM)
 
     def kill(self) -> int:
         """SIGKILL whatever of the attempt is left; how many processes that was."""

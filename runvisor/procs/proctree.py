@@ -176,15 +176,21 @@ def _members(
 
 
 def find_attempt_processes(
-    *, leader: ProcessIdentity | None, marker: str, own: bool = False
+    *,
+    leader: ProcessIdentity | None,
+    marker: str,
+    own: bool = False,
+    outside_group: int | None = None,
 ) -> set[ProcessIdentity]:
     """Every process of the attempt, the leader included, zombies included (see `.zombie`).
     `own`: this process spawned the attempt (not adopted), so its tree holds all of it.
+    `outside_group`: only those not in that process group (signalled as a group already).
 
     A zombie cannot be killed and goes away only when its parent reaps it: never wait for one
     to "die" unless it is your child (reap_children / poll_exit).
     """
-    return {st.identity for st in _members(_candidates(own), leader, marker).values()}
+    members = _members(_candidates(own), leader, marker).values()
+    return {st.identity for st in members if st.pgid != outside_group}
 
 
 def is_zombie(identity: ProcessIdentity) -> bool:

@@ -133,3 +133,25 @@ def test_a_leftover_background_job_is_killed_and_counted_when_the_main_process_e
     bg = int((shared_dir / "bg.pid").read_text())
     wait_until(lambda: not alive(bg), 5, "the background job to be killed")
     assert final["attempts"][0]["leftovers_killed"] >= 1
+
+
+@pytest.mark.parametrize("tracking", ["cgroup", "scan"])
+def test_a_stop_sends_sigterm_once_to_each_process(service_factory, tracking: str) -> None:
+    """Each process of the run gets one SIGTERM, not one for its process group and another as
+    a member of the attempt: a trap that goes on would run twice (a race, so eight runs)."""
+    service: Service = service_factory(RUNVISOR_PROCESS_TRACKING=tracking)
+    api = service.api
+    code = (
+        "trap 'echo trapped' TERM; echo ready; n=0;"
+        " while [ $n -lt 40 ]; do sleep 0.1; n=$((n+1)); done"
+    )
+    runs = [api.run_code(code) for _ in range(8)]
+    for run in runs:
+        wait_until(lambda run=run: b"ready" in api.output(run["id"]), 10, "the run to be ready")
+    for run in runs:
+        response = api.post(f"/api/v1/runs/{run['id']}/stop", json={"grace_s": 30})
+        assert response.status_code == 202, response.text
+    for run in runs:  # the trap goes on: the loop ends by itself, 4 s after its start
+        assert api.wait_finished(run["id"], timeout_s=15)["status"] == "stopped"
+    # (bash also says "Terminated" for its `sleep`, which SIGTERM ended)
+    assert [api.output(run["id"]).count(b"trapped") for run in runs] == [1] * 8
