@@ -5,7 +5,6 @@ of its output."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from structlog.stdlib import BoundLogger
 from runvisor import protocol as m
 from runvisor.actors.deps import RunDeps
 from runvisor.actors.output_pump import OutputPump
+from runvisor.actors.tell import tell_quietly
 from runvisor.errors import StoreUnavailable
 from runvisor.models import Attempt, OnOutputLimit, Run
 from runvisor.procs.attempt_processes import AttemptProcesses
@@ -186,9 +186,3 @@ def _pump(
     )
     deps.flusher.watch(owner, pump, stops_at_limit=run.on_output_limit == OnOutputLimit.STOP)
     return pump
-
-
-def tell_quietly(ref: pykka.ActorRef[Any], message: object) -> None:
-    """Tell, unless the actor has ended already (an exit can be noticed after a stand-down)."""
-    with contextlib.suppress(pykka.ActorDeadError):
-        ref.tell(message)

@@ -13,7 +13,6 @@ the live relay (live_relay.py) which spools there are, for the runs someone foll
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -25,6 +24,7 @@ import pykka
 from runvisor import protocol as m
 from runvisor.actors.live_relay import LiveRelay
 from runvisor.actors.output_pump import OutputPump
+from runvisor.actors.tell import tell_quietly
 from runvisor.errors import StoreUnavailable
 from runvisor.logs import get_logger
 from runvisor.store.journal import RunJournal
@@ -164,7 +164,7 @@ class OutputFlusher:
                     entry.due_at, more = now, True
             else:  # fenced off: another node (or the Supervisor) has the attempt now
                 self.unwatch(entry.ref)
-                _tell(entry.ref, m.Superseded())
+                tell_quietly(entry.ref, m.Superseded())
         if failed is not None and not self._store_down:
             log.warning("output not stored yet; will retry", error=failed.message)
         elif failed is None and self._store_down and answers:
@@ -175,7 +175,7 @@ class OutputFlusher:
     def _check_limit(self, entry: _Watched) -> None:
         if entry.stops_at_limit and not entry.told_limit and entry.pump.over_limit:
             entry.told_limit = True
-            _tell(entry.ref, m.OutputLimitPassed())
+            tell_quietly(entry.ref, m.OutputLimitPassed())
 
 
 def _is_due(entry: _Watched, now: float) -> bool:
@@ -208,8 +208,3 @@ def _next_batch(pump: OutputPump) -> tuple[list[bytes], bool] | None:
         pump.lock.release()
         return None
     return chunks, at_end
-
-
-def _tell(ref: pykka.ActorRef[Any], message: object) -> None:
-    with contextlib.suppress(pykka.ActorDeadError):  # it has ended meanwhile
-        ref.tell(message)
