@@ -41,7 +41,7 @@ from bench.node import NodeUnderTest
 from bench.options import BENCHMARKS, parse_args
 from bench.profiler import profiled
 from bench.report import Figure, Report
-from bench.stores import Stores
+from bench.stores import Stores, autovacuum_stand_in
 
 TITLES = {
     "b1": "B1 short runs through the v1 API",
@@ -142,13 +142,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   {notes[-1]}", flush=True)
             peer.start()
         ctx = Context(node, QUICK if args.quick else FULL, data_dir, args.b3_data)
-        for key in selected:
-            with phase(node, TITLES[key]):
-                try:
-                    report.add(asyncio.run(run_benchmark(key, ctx, peer, args.profile)))
-                except Misbehaved as exc:
-                    failures.append(str(exc))
-            node.check_alive()
+        with autovacuum_stand_in(stores.database_url, notes):
+            for key in selected:
+                with phase(node, TITLES[key]):
+                    try:
+                        report.add(asyncio.run(run_benchmark(key, ctx, peer, args.profile)))
+                    except Misbehaved as exc:
+                        failures.append(str(exc))
+                node.check_alive()
     except Misbehaved as exc:
         failures.append(str(exc))
     except (Exception, KeyboardInterrupt, Interrupted) as exc:

@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from bench import b2_light_load, b3_big_output, b5_stop
@@ -18,7 +19,9 @@ from bench.machine import Machine
 from bench.node import NodeUnderTest, is_pool_trouble
 from bench.profiler import top_frames
 from bench.report import PEER_B1, Figure, Report, verdict
+from bench.stores import autovacuum_stand_in
 from tests.fix_service import Service
+from tests.polling import wait_until
 
 MACHINE = Machine("Test CPU", 2, 2, 23.5, "6.1", "CPython 3.11.7", "16.2", "Redis 7.0.15", "none")
 
@@ -171,3 +174,25 @@ def test_small_real_benchmarks_give_figures_with_their_raw_limits(
     assert figures["B2 start → terminal p50"].value >= figures["B2 202 answer p50"].value
     assert figures["B5 survivors"].value == 0
     assert figures["B5 stop → stopped p99"].value > 0
+
+
+def test_where_autovacuum_is_off_the_bench_vacuums_in_its_place(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        if conn.execute("SHOW autovacuum").fetchone() == ("on",):
+            pytest.skip("this PostgreSQL server runs autovacuum: the stand-in stays idle")
+        conn.execute("CREATE TABLE churn (n int)")
+        conn.execute("INSERT INTO churn SELECT generate_series(1, 100)")
+        conn.execute("DELETE FROM churn")
+    notes: list[str] = []
+
+    def vacuumed() -> bool:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT last_vacuum IS NOT NULL AND last_analyze IS NOT NULL"
+                " FROM pg_stat_user_tables WHERE relname = 'churn'"
+            ).fetchone()
+        return row == (True,)
+
+    with autovacuum_stand_in(database_url, notes, period_s=0.1):
+        wait_until(vacuumed, 30, "the stand-in to vacuum and analyze the scratch database")
+    assert len(notes) == 1 and notes[0].startswith("autovacuum is off")

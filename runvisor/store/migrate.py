@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from importlib import resources
+from typing import Any
 
 import psycopg
 
@@ -52,4 +53,18 @@ def apply_migrations(conninfo: str) -> list[str]:
                 applied_now.append(name)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+        warn_without_autovacuum(conn)
     return applied_now
+
+
+def warn_without_autovacuum(conn: psycopg.Connection[Any]) -> bool:
+    """Say so if the server's autovacuum is off (True then): every run updates its row a few
+    times, and without autovacuum the dead rows pile up and the statistics never change, so
+    each run costs more than the one before (B1: 109 -> 89 runs/s over 11,000 runs)."""
+    if conn.execute("SHOW autovacuum").fetchone() == ("on",):
+        return False
+    log.warning(
+        "PostgreSQL's autovacuum is off: runs slow down as their history grows;"
+        " turn it on (the default), or VACUUM ANALYZE the database often"
+    )
+    return True
