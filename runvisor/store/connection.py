@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+# What the stores' parts are given to get a connection: a pool's `connection`, as a factory.
+Connect = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
+AsyncConnect = Callable[[], AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]]
 
 # A server that stops answering (packets dropped, not refused) must fail calls in seconds,
 # not hang them: connect, keepalive and TCP user timeouts, and a statement timeout.

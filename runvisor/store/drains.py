@@ -9,18 +9,14 @@ lost. A draining node hands each run that is due to restart back to the queue
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-import psycopg
 from psycopg.types.json import Jsonb
 
 from runvisor.store.columns import AUDIT_INSERT
-
-Connect = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
+from runvisor.store.connection import AsyncConnect, Connect
 
 # The drain's deadline as seconds from now, in PostgreSQL's clock: no clock of a node counts.
 DRAIN_REQUEST = (
@@ -81,8 +77,6 @@ class Drains:
 
 # The HTTP side
 
-
-AsyncConnect = Callable[[], AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]]
 
 REQUEST_DRAIN = (
     "UPDATE nodes SET state = 'draining',"

@@ -11,17 +11,15 @@ helpers) and `NodeReads` (async, on History's pool: the HTTP side).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
 
-import psycopg
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from runvisor.placement import NodeView, Placement, unmet_reason
+from runvisor.store.connection import AsyncConnect, Connect
 
 
 class NodeState(StrEnum):
@@ -95,8 +93,6 @@ SET_REASONS = (
 SET_REASON = "UPDATE runs SET queued_reason = %s WHERE id = %s AND status = 'queued'"
 
 LeaseHeld = Callable[[str], bool | None]
-Connect = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
-AsyncConnect = Callable[[], AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]]
 
 
 def effective_state(stored: str, lease_held: bool | None) -> str:

@@ -9,12 +9,13 @@ head's bytes, one marker line, then the tail's: `limit` counts output bytes, not
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+
+from runvisor.store.connection import AsyncConnect
 
 # Output is read a piece at a time (part of one chunk of up to 256 KiB): what a reader holds
 # while a client takes it.
@@ -22,8 +23,6 @@ OUTPUT_PIECE_BYTES = 64 * 1024
 # Pieces fetched at once per node, by all readers together.
 OUTPUT_READS_AT_ONCE = 4
 MAX_BYTE_OFFSET = 2**63 - 1  # PostgreSQL bigint
-
-Connect = Callable[[], AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]]
 
 
 def gap_marker(dropped: int) -> bytes:
@@ -77,7 +76,7 @@ def plan_read(
 
 
 class OutputReads:
-    def __init__(self, connect: Connect) -> None:
+    def __init__(self, connect: AsyncConnect) -> None:
         self._conn = connect  # History's: a pooled connection, StoreUnavailable when down
         self._output_reads = asyncio.Semaphore(OUTPUT_READS_AT_ONCE)
 

@@ -7,12 +7,10 @@ each, were answered over 0.8 s (B4b), the spawns waiting behind them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from psycopg import sql
 from psycopg.rows import kwargs_row
 from psycopg.types.json import Jsonb
@@ -20,8 +18,7 @@ from psycopg.types.json import Jsonb
 from runvisor.models import Run
 from runvisor.store.batching import StatementBatch
 from runvisor.store.columns import RUN_COLUMNS
-
-Connect = Callable[[], AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]]
+from runvisor.store.connection import AsyncConnect
 
 # Each new run as a row of arrays (its place kept in `n`), inserted with its audit row only
 # while its command is there (commands locked FOR SHARE for the statement; a command changes
@@ -75,7 +72,7 @@ class NewRun:
 class RunInserts:
     """The HTTP side's new runs (async, on the history pool)."""
 
-    def __init__(self, connect: Connect) -> None:
+    def __init__(self, connect: AsyncConnect) -> None:
         self._conn = connect
         self._batch: StatementBatch[NewRun, Run | None] = StatementBatch(
             self._write, name="run-inserts"

@@ -8,12 +8,9 @@ first (B5).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
@@ -21,8 +18,7 @@ from psycopg.types.json import Jsonb
 from runvisor.models import Run, RunStatus
 from runvisor.store.batching import StatementBatch
 from runvisor.store.columns import RUN_WITH_ATTEMPTS, attempts_from_json
-
-Connect = Callable[[], AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]]
+from runvisor.store.connection import AsyncConnect
 
 _STARTED = [str(RunStatus.RUNNING), str(RunStatus.RESTARTING)]
 
@@ -60,7 +56,7 @@ class StopAsk:
 class StopRequests:
     """The HTTP side's stop requests (async, on the history pool)."""
 
-    def __init__(self, connect: Connect) -> None:
+    def __init__(self, connect: AsyncConnect) -> None:
         self._conn = connect
         self._batch: StatementBatch[StopAsk, Run | None] = StatementBatch(
             self._write, name="stop-requests"
