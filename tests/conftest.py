@@ -1,3 +1,3 @@
 """Fixtures live in fix_*.py modules; this file only makes them visible to every test."""
 
-pytest_plugins = ["tests.fix_stores", "tests.fix_service", "tests.fix_proxy"]
+pytest_plugins = ["tests.fix_stores", "tests.fix_service", "tests.fix_proxy", "tests.fix_journal"]

@@ -1,14 +1,25 @@
 """A run as the actors' journal sees it once claimed, for tests of the store, the recovery and
-the watchdog (real PostgreSQL, the test's own database)."""
+the watchdog (real PostgreSQL, the test's own database); the `journal` fixture of a test module's
+node (its NODE)."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 import psycopg
+import pytest
 
 from runvisor.models import Run, RunStatus
-from runvisor.store.journal import RunJournal
+from runvisor.store.journal import RunJournal, open_journal
+
+
+@pytest.fixture
+def journal(database_url: str, request: pytest.FixtureRequest) -> Iterator[RunJournal]:
+    """The journal of the test module's node (its module-level NODE), closed after the test."""
+    journal = open_journal(database_url, node_id=request.module.NODE)
+    yield journal
+    journal.close()
 
 
 def claimed_run(database_url: str, journal: RunJournal, *, max_output_bytes: int = 1000) -> Run:

@@ -8,11 +8,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
 import redis
 
 from runvisor.actors.attempt_end import Outcome, Recorded, end_attempt
@@ -20,19 +18,12 @@ from runvisor.logs import get_logger
 from runvisor.models import AttemptEndReason, Run, RunStatus
 from runvisor.procs.spawn import ExitStatus
 from runvisor.procs.spool import SpoolLayout
-from runvisor.store.journal import RunJournal, open_journal
+from runvisor.store.journal import RunJournal
 from runvisor.store.live import LiveState
 from runvisor.store.redis_keys import RedisKeys
 from tests.fix_metrics import moved, scrape_in_process
 
 NODE = "attempt-end-test-node"
-
-
-@pytest.fixture
-def journal(database_url: str) -> Iterator[RunJournal]:
-    journal = open_journal(database_url, node_id=NODE)
-    yield journal
-    journal.close()
 
 
 def claimed_run(database_url: str, journal: RunJournal, restart: dict[str, object]) -> Run:

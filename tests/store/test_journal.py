@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -25,13 +24,6 @@ NO_CAP = 2**40  # max_output_bytes: no byte is dropped
 
 NODE = "journal-test-node"
 DATA = bytes(range(256)) * 4
-
-
-@pytest.fixture
-def journal(database_url: str) -> Iterator[RunJournal]:
-    journal = open_journal(database_url, node_id=NODE)
-    yield journal
-    journal.close()
 
 
 def stored(database_url: str, run_id: int) -> tuple[int, bytes]:

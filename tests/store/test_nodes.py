@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -14,13 +13,6 @@ from runvisor.store.journal import RunJournal, open_journal
 from runvisor.store.nodes import NodeState, effective_state
 
 NODE = "nodes-test-node"
-
-
-@pytest.fixture
-def journal(database_url: str) -> Iterator[RunJournal]:
-    journal = open_journal(database_url, node_id=NODE)
-    yield journal
-    journal.close()
 
 
 def test_register_upserts_and_a_restart_makes_the_node_up_again(journal: RunJournal) -> None:

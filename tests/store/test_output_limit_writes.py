@@ -4,24 +4,14 @@ plan_read, the map of a read around the gap (pure)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import psycopg
-import pytest
 
-from runvisor.store.journal import RunJournal, open_journal
+from runvisor.store.journal import RunJournal
 from runvisor.store.output_reads import gap_marker, plan_read
 from tests.fix_journal import claimed_run
 
 NODE = "limit-writes-node"
 DATA = bytes(range(256)) * 8  # 2,048 bytes
-
-
-@pytest.fixture
-def journal(database_url: str) -> Iterator[RunJournal]:
-    journal = open_journal(database_url, node_id=NODE)
-    yield journal
-    journal.close()
 
 
 def state(database_url: str, run_id: int) -> tuple[int, bool, int | None, int | None, list[int]]:

@@ -5,28 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from runvisor.errors import StoreUnavailable
 from runvisor.models import Run
 from runvisor.store.history import History
-from runvisor.store.journal import RunJournal, open_journal
+from runvisor.store.journal import RunJournal
 from tests.fix_journal import claimed_run, waiting_on_a_lock
 from tests.store.test_history import CountingCursor
 
 NODE = "stop-requests-test-node"
-
-
-@pytest.fixture
-def journal(database_url: str) -> Iterator[RunJournal]:
-    journal = open_journal(database_url, node_id=NODE)
-    yield journal
-    journal.close()
 
 
 async def counting_history(database_url: str) -> tuple[AsyncConnectionPool, History]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 from runvisor.models import RunStatus
 from runvisor.procs.spool import SpoolLayout
-from runvisor.store.journal import RunJournal, open_journal
+from runvisor.store.journal import RunJournal
 from runvisor.supervisor.recovery import (
     Adopt,
     NeverRecorded,
@@ -29,13 +28,6 @@ from tests.fix_journal import claimed_run
 from tests.procs.fix_processes import MARKER_ENV, Procs, leak_guard, live_tree, marker, procs  # noqa: F401
 
 NODE = "recovery-test-node"
-
-
-@pytest.fixture
-def journal(database_url: str) -> Iterator[RunJournal]:
-    journal = open_journal(database_url, node_id=NODE)
-    yield journal
-    journal.close()
 
 
 def test_a_claimed_attempt_whose_process_was_never_recorded_is_lost_by_its_marker(

@@ -14,7 +14,7 @@ import pykka
 import pytest
 
 from runvisor import protocol as m
-from runvisor.store.journal import RunJournal, open_journal
+from runvisor.store.journal import RunJournal
 from runvisor.store.waits import StoreWaits
 from runvisor.supervisor.watchdog import DEAD_GRACE_S, Finding, LiveAttempt, Verdict, Watchdog
 from tests.fix_journal import claimed_run
@@ -48,13 +48,6 @@ class StandIn(pykka.ThreadingActor):
             case ("hold", False):
                 self.release.wait(30)
         return None
-
-
-@pytest.fixture
-def journal(database_url: str) -> Iterator[RunJournal]:
-    journal = open_journal(database_url, node_id=NODE)
-    yield journal
-    journal.close()
 
 
 @pytest.fixture
