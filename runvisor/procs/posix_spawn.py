@@ -101,27 +101,6 @@ def closefrom_supported() -> bool:
     return CLOSEFROM in _known_actions() or hasattr(os, "POSIX_SPAWN_CLOSEFROM")
 
 
-def posix_spawn(
-    path: str,
-    argv: Sequence[str],
-    env: Mapping[str, str],
-    *,
-    file_actions: Iterable[FileAction],
-    setsid: bool,
-    setsigmask: Iterable[int],
-    setsigdef: Iterable[int],
-) -> int:
-    """os.posix_spawn(path, argv, env, file_actions=..., setsid=..., setsigmask=...,
-    setsigdef=...) without holding the GIL; the child's pid. Raises as os.posix_spawn does:
-    OSError for a failed spawn, ValueError for a NUL in an argument or the environment, or a
-    name with '='."""
-    with prepared_spawn(
-        path, argv, env, file_actions=file_actions, setsid=setsid, setsigmask=setsigmask,
-        setsigdef=setsigdef,
-    ) as start:  # fmt: skip
-        return start()
-
-
 @contextlib.contextmanager
 def prepared_spawn(
     path: str,
@@ -133,9 +112,11 @@ def prepared_spawn(
     setsigmask: Iterable[int],
     setsigdef: Iterable[int],
 ) -> Iterator[Callable[[], int]]:
-    """posix_spawn's arguments, built now (bad input raises here, or at the call where
-    os.posix_spawn stands in); what it yields spawns, once, and returns the pid (OSError if the
-    spawn fails)."""
+    """os.posix_spawn(path, argv, env, file_actions=..., setsid=..., setsigmask=...,
+    setsigdef=...) in two steps: the arguments built now (bad input raises here as
+    os.posix_spawn would: ValueError for a NUL in an argument or the environment, or a name
+    with '='; at the call where os.posix_spawn stands in), then what it yields spawns, once,
+    without holding the GIL, and returns the child's pid (OSError if the spawn fails)."""
     actions = list(file_actions)
     libc, held = _libc(), _libc_held()
     if libc is None or held is None or any(a[0] not in _known_actions() for a in actions):

@@ -8,11 +8,19 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from runvisor.procs import posix_spawn as spawn_module
-from runvisor.procs.posix_spawn import posix_spawn
+from runvisor.procs.posix_spawn import prepared_spawn
+
+
+def posix_spawn(path: str, argv: list[str], env: dict[str, str], **options: Any) -> int:
+    """Both steps of prepared_spawn at once, as os.posix_spawn is called."""
+    with prepared_spawn(path, argv, env, **options) as start:
+        return start()
+
 
 # The child opens a FIFO for reading before its exec: it waits there until a writer comes, and
 # posix_spawn (vfork) returns only after the exec. The writer is a Python thread that needs the
@@ -20,7 +28,7 @@ from runvisor.procs.posix_spawn import posix_spawn
 # never let it try, and the script would hang.
 HOLDS_NO_GIL = """
 import errno, os, sys, threading
-from runvisor.procs.posix_spawn import posix_spawn
+from runvisor.procs.posix_spawn import prepared_spawn
 fifo = sys.argv[1]
 os.mkfifo(fifo)
 def writer():
@@ -36,8 +44,10 @@ def writer():
         return
 thread = threading.Thread(target=writer, daemon=True)
 thread.start()
-pid = posix_spawn("/bin/cat", ["cat"], {}, file_actions=[
-    (os.POSIX_SPAWN_OPEN, 0, fifo, os.O_RDONLY, 0)], setsid=True, setsigmask=(), setsigdef=())
+with prepared_spawn("/bin/cat", ["cat"], {}, file_actions=[
+        (os.POSIX_SPAWN_OPEN, 0, fifo, os.O_RDONLY, 0)], setsid=True, setsigmask=(),
+        setsigdef=()) as start:
+    pid = start()
 thread.join()
 _, status = os.waitpid(pid, 0)
 sys.exit(os.waitstatus_to_exitcode(status))
