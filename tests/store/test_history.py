@@ -7,11 +7,9 @@ import asyncio
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Self
 
 import psycopg
 import pytest
-from psycopg_pool import AsyncConnectionPool
 
 from runvisor.errors import NotFound
 from runvisor.models import Run, RunSpec
@@ -19,6 +17,7 @@ from runvisor.store.history import History, open_history
 from runvisor.store.journal import open_journal
 from tests.fix_journal import waiting_on_a_lock
 from tests.polling import wait_until
+from tests.store.fix_history import CountingCursor, counting_history
 
 NODE = "history-test-node"
 PID = 4242
@@ -129,16 +128,6 @@ async def test_a_command_deleted_while_its_run_is_created_leaves_no_run(database
     assert audit == [("test", command_id, run.id)]
 
 
-class CountingCursor(psycopg.AsyncCursor[Any]):
-    """Counts the statements sent, whichever cursor of the connection sends them."""
-
-    statements = 0
-
-    async def execute(self, *args: Any, **kwargs: Any) -> Self:
-        CountingCursor.statements += 1
-        return await super().execute(*args, **kwargs)
-
-
 async def test_a_command_started_before_is_started_in_one_statement(database_url: str) -> None:
     """A command never changes, only goes: create_run keeps what it read and sends only the
     insert (which checks the command is there) at the next start; a command deleted on
@@ -149,9 +138,8 @@ async def test_a_command_started_before_is_started_in_one_statement(database_url
         ).fetchone()
     assert row is not None
     command_id = row[0]
-    kwargs = {"autocommit": True, "cursor_factory": CountingCursor}
-    async with AsyncConnectionPool(database_url, kwargs=kwargs, open=False) as pool:
-        history = History(pool, default_max_output_bytes=1000)
+    pool, history = await counting_history(database_url)
+    async with pool:
 
         async def statements_of_a_start() -> int:
             before = CountingCursor.statements

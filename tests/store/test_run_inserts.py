@@ -11,8 +11,7 @@ import psycopg
 from runvisor.errors import NotFound
 from runvisor.models import Run, RunSpec, RunStatus
 from runvisor.store.run_inserts import NewRun
-from tests.store.test_history import CountingCursor
-from tests.store.test_stop_requests import counting_history
+from tests.store.fix_history import CountingCursor, counting_history
 
 
 def new_command(database_url: str, code: str) -> int:

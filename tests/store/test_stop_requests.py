@@ -15,16 +15,9 @@ from runvisor.models import Run
 from runvisor.store.history import History
 from runvisor.store.journal import RunJournal
 from tests.fix_journal import claimed_run, waiting_on_a_lock
-from tests.store.test_history import CountingCursor
+from tests.store.fix_history import CountingCursor, counting_history
 
 NODE = "stop-requests-test-node"
-
-
-async def counting_history(database_url: str) -> tuple[AsyncConnectionPool, History]:
-    kwargs = {"autocommit": True, "cursor_factory": CountingCursor}
-    pool = AsyncConnectionPool(database_url, kwargs=kwargs, open=False, max_size=4)
-    await pool.open(wait=True)
-    return pool, History(pool, default_max_output_bytes=1000)
 
 
 def queued_run_id(database_url: str) -> int:
